@@ -1,0 +1,393 @@
+"""REINFORCE (Monte Carlo policy gradient) with reward-to-go and a baseline, on CartPole-v1.
+
+Williams 1992, "Simple statistical gradient-following algorithms for connectionist
+reinforcement learning"; the policy gradient theorem as in Sutton et al. 2000. Each update
+uses exactly one complete episode per environment, all collected with the current policy.
+
+    python reinforce.py                                  # value baseline: solves CartPole-v1
+    python reinforce.py --baseline none --no-normalize-advantages   # textbook REINFORCE
+    python reinforce.py --help
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.distributions import Categorical
+from torch.utils.tensorboard import SummaryWriter
+
+
+def flag(default, help):
+    """A dataclass field that is also a command-line flag with help text."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Args:
+    seed: int = flag(1, "seed of random, numpy, torch and the environments")
+    cuda: bool = flag(True, "use CUDA when it is available")
+    output_dir: str = flag("", "logs and checkpoints go here; default runs/<run-name>")
+    env_id: str = flag("CartPole-v1", "a Gymnasium environment with a Discrete action space")
+    total_timesteps: int = flag(300_000, "environment steps to train for")
+    learning_rate: float = flag(1e-2, "Adam learning rate of the policy")
+    value_learning_rate: float = flag(1e-2, "Adam learning rate of V(s) (--baseline value)")
+    gamma: float = flag(0.99, "discount factor of the reward-to-go")
+    num_envs: int = flag(8, "parallel environments = complete episodes per update")
+    baseline: str = flag("value", "none | mean (batch mean of G_t) | value (learned V(s))")
+    normalize_advantages: bool = flag(True, "scale the advantages of each batch to mean 0, std 1")
+    bootstrap_truncated: bool = flag(
+        True, "a time-limit-truncated episode's G_t adds gamma^k V(final obs) (value baseline)"
+    )
+    ent_coef: float = flag(0.0, "weight of the entropy bonus; 0 turns it off")
+    max_grad_norm: float = flag(0.5, "clip each network's gradient norm to this; 0 turns it off")
+    hidden_size: int = flag(64, "width of the two hidden layers of the policy and of V(s)")
+    eval_episodes: int = flag(0, "greedy evaluation episodes after training; 0 skips it")
+
+
+def parse_args(argv=None) -> Args:
+    """Build the command line from the fields of Args: --flag-name, --x/--no-x for booleans."""
+    parser = argparse.ArgumentParser(description=sys.modules[__name__].__doc__.split("\n")[0])
+    for f in dataclasses.fields(Args):
+        kind = type(f.default)
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=None if kind is bool else kind,
+            action=argparse.BooleanOptionalAction if kind is bool else None,
+            default=f.default,
+            help=f.metadata["help"] + " (default: %(default)s)",
+        )
+    parser.error = lambda message: sys.exit(f"error: {message} (see --help)")
+    return Args(**vars(parser.parse_args(argv)))
+
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
+    torch.save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+# The policy gradient theorem (Sutton et al. 2000), in its Monte Carlo form (Williams 1992):
+#     ∇θ J(θ) = E_τ~πθ [ Σ_t ∇θ log πθ(a_t|s_t) · G_t ],   G_t = Σ_k γ^k r_{t+k+1}.
+# Reward-to-go: an action cannot influence rewards that came before it (causality). For
+# k < t, E[∇ log π(a_t|s_t) · r_{k+1}] = E[r_{k+1} · E_{a_t~π}[∇ log π(a_t|s_t)]] = 0, since
+# Σ_a π ∇ log π = ∇ Σ_a π = ∇1 = 0; so the whole-episode return can be replaced by G_t,
+# which drops those zero-mean terms and with them their variance.
+# Baseline: for any b(s_t) that does not depend on a_t, E[∇ log π(a_t|s_t) · b(s_t)] = 0 by
+# the same identity, so G_t − b(s_t) is an unbiased weight; b ≈ V(s_t) = E[G_t|s_t] makes it
+# small, which lowers the variance.
+# With γ < 1 we drop the γ^t factor the discounted theorem puts in front of each term, as
+# nearly all implementations do: the result is not exactly ∇ of the discounted objective
+# (Nota & Thomas 2020, "Is the policy gradient a gradient?"). With γ = 1 it is exact.
+
+
+def reward_to_go(rewards, ends, bootstrap, gamma):
+    """Discounted reward-to-go along the time axis (dim 0), restarting at episode ends:
+
+        G_t = r_{t+1} + γ G_{t+1}             inside an episode,
+        G_t = r_{t+1} + γ bootstrap_t         on the last step of an episode (ends_t = 1).
+
+    rewards[t] is the reward that followed the action at t; bootstrap is 0 for a terminated
+    episode (and for pure Monte Carlo), V(s_final) for a time-limit-truncated one.
+    """
+    returns = torch.zeros_like(rewards)
+    next_return = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        # G_t = r_{t+1} + γ [(1 − end_t) G_{t+1} + end_t · bootstrap_t]
+        next_return = rewards[t] + gamma * torch.where(ends[t], bootstrap[t], next_return)
+        returns[t] = next_return
+    return returns
+
+
+def advantage_estimate(returns, values, baseline, normalize):
+    """Â_t = G_t − b_t, with b_t = 0 (none), mean(G) over the batch (mean) or V(s_t) (value);
+    then optionally Â ← (Â − mean Â) / (std Â + 1e-8).
+
+    V must come from parameters fitted before this batch, so that b_t does not depend on a_t.
+    The batch mean contains G_t itself: its bias is O(1/batch size), negligible here.
+    Normalisation is a per-batch change of step size that keeps the sign of every weight
+    relative to the batch mean (Schulman et al.'s implementations; Andrychowicz et al. 2021).
+    """
+    if baseline == "none":
+        adv = returns
+    elif baseline == "mean":
+        adv = returns - returns.mean()
+    else:
+        adv = returns - values.detach()
+    if normalize and adv.numel() > 1:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    return adv
+
+
+def reinforce_loss(logprob, advantages):
+    """Surrogate whose gradient is the REINFORCE estimate, averaged over all steps:
+
+        L(θ) = −mean_t [ log πθ(a_t|s_t) · Â_t ],   −∇θ L = mean_t ∇θ log πθ(a_t|s_t) Â_t.
+
+    Â_t is a constant here (no gradient flows through the baseline)."""
+    # L = −mean(log π(a_t|s_t) · Â_t)
+    return -(logprob * advantages.detach()).mean()
+
+
+def value_loss(values, returns):
+    """Regression of the baseline on the Monte Carlo targets: L_V = ½ mean_t (V(s_t) − G_t)²."""
+    # L_V = ½ mean (V(s_t) − G_t)²
+    return 0.5 * (values - returns).pow(2).mean()
+
+
+def reinforce_mlp(in_dim, out_dim, hidden, last_std):
+    """Two tanh hidden layers; orthogonal init, the last layer scaled by last_std (a policy
+    head of 0.01 starts near uniform, Andrychowicz et al. 2021)."""
+    layers = [nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh()]
+    layers.append(nn.Linear(hidden, out_dim))
+    for layer, std in zip(layers[::2], (np.sqrt(2), np.sqrt(2), last_std), strict=True):
+        nn.init.orthogonal_(layer.weight, std)
+        nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+def make_reinforce_envs(env_id, num_envs):
+    """Vector env with Gymnasium's next-step autoreset; the numpy-vectorised implementation
+    where the environment has one (CartPole does), else one copy per env in this process."""
+    try:
+        spec = gym.spec(env_id)
+    except gym.error.Error as e:
+        raise ValueError(f"unknown --env-id {env_id!r} ({e})") from None
+    mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
+    envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode)
+    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
+        envs.close()
+        raise ValueError(
+            f"--env-id {env_id} has action space {envs.single_action_space}; "
+            "this script needs a Discrete one (e.g. CartPole-v1)"
+        )
+    if not isinstance(envs.single_observation_space, gym.spaces.Box):
+        envs.close()
+        raise ValueError(f"--env-id {env_id} needs a Box observation space")
+    return envs
+
+
+@torch.no_grad()
+def collect_episodes(envs, policy, device, greedy=False, seed=None):
+    """Play exactly one episode in every env, from a fresh reset, with the current policy.
+
+    One episode per env makes the batch an i.i.d. sample of episodes; keeping every episode
+    that ends before some time limit instead would favour short episodes. An env whose
+    episode is over is still stepped by the vector env, but nothing it returns is read (the
+    autoreset step and the next episode never enter the batch), and it is not counted in
+    `alive`. Returns (T, N) tensors and the number of live envs at each step.
+    """
+    obs, _ = envs.reset(seed=seed)
+    n = envs.num_envs
+    alive = np.ones(n, dtype=bool)
+    keys = ("obs", "actions", "rewards", "ends", "truncated", "final_obs", "alive")
+    buf = {k: [] for k in keys}
+    while alive.any():
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device).reshape(n, -1)
+        logits = policy(obs_t)
+        action = logits.argmax(-1) if greedy else Categorical(logits=logits).sample()
+        next_obs, reward, terminated, truncated, _ = envs.step(action.cpu().numpy())
+        step_out = (obs, action, reward, terminated | truncated, truncated, next_obs)
+        for k, v in zip(keys, step_out, strict=False):
+            buf[k].append(torch.as_tensor(np.asarray(v), device=device))
+        buf["alive"].append(torch.as_tensor(alive.copy(), device=device))
+        alive &= ~(terminated | truncated)
+        obs = next_obs
+    batch = {k: torch.stack(v) for k, v in buf.items()}
+    batch["obs"] = batch["obs"].float().reshape(*batch["ends"].shape, -1)
+    batch["final_obs"] = batch["final_obs"].float().reshape(*batch["ends"].shape, -1)
+    batch["rewards"] = batch["rewards"].float() * batch["alive"]
+    batch["ends"] &= batch["alive"]
+    batch["truncated"] &= batch["ends"]
+    return batch
+
+
+def train(args):
+    for name in ("total_timesteps", "num_envs", "hidden_size"):
+        if getattr(args, name) <= 0:
+            raise ValueError(
+                f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
+            )
+    for name in ("learning_rate", "value_learning_rate"):
+        if not getattr(args, name) > 0:
+            raise ValueError(
+                f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
+            )
+    if not 0 <= args.gamma <= 1:
+        raise ValueError(f"--gamma must be in [0, 1], got {args.gamma}")
+    if args.baseline not in ("none", "mean", "value"):
+        raise ValueError(f"--baseline must be none, mean or value, got {args.baseline!r}")
+    for name in ("ent_coef", "max_grad_norm", "eval_episodes"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+
+    run_name = f"{args.env_id}__reinforce__{args.seed}__{int(time.time())}"
+    out_dir = args.output_dir or os.path.join("runs", run_name)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(1)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+
+    envs = make_reinforce_envs(args.env_id, args.num_envs)
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    n_actions = int(envs.single_action_space.n)
+    policy = reinforce_mlp(obs_dim, n_actions, args.hidden_size, 0.01).to(device)
+    value = reinforce_mlp(obs_dim, 1, args.hidden_size, 1.0).to(device)
+    optimizer = torch.optim.Adam(
+        [
+            {"params": policy.parameters(), "lr": args.learning_rate},
+            {"params": value.parameters(), "lr": args.value_learning_rate},
+        ]
+    )
+
+    os.makedirs(out_dir, exist_ok=True)
+    writer = SummaryWriter(out_dir)
+    writer.add_text("args", json.dumps(dataclasses.asdict(args)))
+    ckpt_path = os.path.join(out_dir, "checkpoint.pt")
+    episodes_csv = open(os.path.join(out_dir, "episodes.csv"), "w")
+    episodes_csv.write("global_step,episodic_return\n")
+    print(f"reinforce on {args.env_id}: {device}, output in {out_dir}", flush=True)
+
+    global_step, iteration = 0, 0
+    recent = deque(maxlen=20)
+    solved_at_step = solved_at_s = None
+    start = time.time()
+    while global_step < args.total_timesteps:
+        iteration += 1
+        batch = collect_episodes(envs, policy, device, seed=args.seed if iteration == 1 else None)
+        alive, ends = batch["alive"], batch["ends"]
+
+        # Episode bookkeeping in finishing order; global_step counts live transitions only,
+        # i.e. exactly the steps a one-env implementation would take for the same episodes.
+        live_per_step = alive.sum(1).cpu().numpy()
+        ep_return = batch["rewards"].sum(0).cpu().numpy()
+        for t, env_idx in ends.nonzero().cpu().numpy():
+            step_at_end = global_step + int(live_per_step[: t + 1].sum())
+            recent.append(float(ep_return[env_idx]))
+            episodes_csv.write(f"{step_at_end},{ep_return[env_idx]:g}\n")
+            writer.add_scalar("charts/episodic_return", ep_return[env_idx], step_at_end)
+            if solved_at_step is None and len(recent) == 20 and np.mean(recent) >= 475:
+                solved_at_step, solved_at_s = step_at_end, round(time.time() - start, 2)
+                print(f"solved at step {solved_at_step} ({solved_at_s} s)", flush=True)
+        global_step += int(live_per_step.sum())
+        episodes_csv.flush()
+
+        obs, mask = batch["obs"], alive
+        values = value(obs[mask]).squeeze(-1)
+        # CartPole stops at 500 steps by truncation, not failure. Pure Monte Carlo would count
+        # the missing tail as 0, telling the policy its last actions of a perfect episode
+        # were bad; with a learned V we add γ^k V(s_final) instead (the value of the state
+        # the time limit cut off). This is the one place V enters G_t rather than the baseline.
+        bootstrap = torch.zeros_like(batch["rewards"])
+        if args.baseline == "value" and args.bootstrap_truncated and batch["truncated"].any():
+            with torch.no_grad():
+                v_final = value(batch["final_obs"][batch["truncated"]]).squeeze(-1)
+            bootstrap[batch["truncated"]] = v_final
+        returns = reward_to_go(batch["rewards"], ends, bootstrap, args.gamma)[mask]
+        adv = advantage_estimate(returns, values, args.baseline, args.normalize_advantages)
+        dist = Categorical(logits=policy(obs[mask]))
+        logprob = dist.log_prob(batch["actions"][mask])
+        entropy = dist.entropy().mean()
+        pg_loss = reinforce_loss(logprob, adv)
+        v_loss = value_loss(values, returns) if args.baseline == "value" else torch.zeros(())
+        loss = pg_loss - args.ent_coef * entropy + v_loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss at iteration {iteration} (step {global_step}); the last good "
+                f"checkpoint is {ckpt_path}; try a lower --learning-rate"
+            )
+        optimizer.zero_grad()
+        loss.backward()
+        # Clip each network on its own: V's squared error on returns of order 1/(1−γ) has a
+        # far larger gradient than the policy's, and would dominate a joint norm.
+        grad_norm = torch.zeros(())
+        if args.max_grad_norm > 0:
+            grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
+            nn.utils.clip_grad_norm_(value.parameters(), args.max_grad_norm)
+        optimizer.step()
+        if not all(torch.isfinite(p).all() for p in [*policy.parameters(), *value.parameters()]):
+            raise FloatingPointError(
+                f"non-finite parameters after the update of iteration {iteration}; the last "
+                f"good checkpoint is {ckpt_path}; try a lower --learning-rate"
+            )
+        save_atomic(
+            {
+                "policy": policy.state_dict(),
+                "value": value.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "args": dataclasses.asdict(args),
+                "iteration": iteration,
+                "global_step": global_step,
+            },
+            ckpt_path,
+        )
+
+        sps = int(global_step / (time.time() - start))
+        for tag, val in (
+            ("losses/policy_loss", pg_loss.item()),
+            ("losses/value_loss", v_loss.item()),
+            ("losses/entropy", entropy.item()),
+            ("losses/policy_grad_norm", float(grad_norm)),
+            ("charts/episodes_per_update", int(ends.sum())),
+            ("charts/SPS", sps),
+        ):
+            writer.add_scalar(tag, val, global_step)
+        if iteration % 10 == 0:
+            print(
+                f"iter {iteration:4d}  step {global_step:7d}  return(last 20) "
+                f"{np.mean(recent):6.1f}  entropy {entropy.item():.3f}  "
+                f"value loss {v_loss.item():8.2f}  {sps} steps/s",
+                flush=True,
+            )
+    wall_time = time.time() - start
+    episodes_csv.close()
+    envs.close()
+
+    eval_mean = None
+    if args.eval_episodes:
+        eval_envs = make_reinforce_envs(args.env_id, args.eval_episodes)
+        eval_batch = collect_episodes(
+            eval_envs, policy, device, greedy=True, seed=args.seed + 10_000
+        )
+        eval_mean = float(eval_batch["rewards"].sum(0).mean())
+        eval_envs.close()
+        writer.add_scalar("charts/eval_mean_return", eval_mean, global_step)
+    writer.close()
+    return {
+        "algo": "reinforce",
+        "env_id": args.env_id,
+        "seed": args.seed,
+        "global_step": global_step,
+        "solved_at_step": solved_at_step,
+        "solved_at_s": solved_at_s,
+        "final_mean_return": float(np.mean(recent)) if recent else None,
+        "eval_mean_return": eval_mean,
+        "wall_time_s": round(wall_time, 2),
+        "output_dir": out_dir,
+    }
+
+
+def main(argv=None):
+    """Run train(), print its summary as the last stdout line; bad input exits with one line."""
+    try:
+        summary = train(parse_args(argv))
+    except (ValueError, OSError, FloatingPointError) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        print("error: interrupted; checkpoints written so far are kept", file=sys.stderr)
+        sys.exit(130)
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -46,7 +46,7 @@ class Args:
     baseline: str = flag("value", "none | mean (batch mean of G_t) | value (learned V(s))")
     normalize_advantages: bool = flag(True, "scale the advantages of each batch to mean 0, std 1")
     bootstrap_truncated: bool = flag(
-        True, "a time-limit-truncated episode's G_t adds gamma^k V(final obs) (value baseline)"
+        True, "with --baseline value, G_t of a time-limit-truncated episode adds γ^k V(s_final)"
     )
     ent_coef: float = flag(0.0, "weight of the entropy bonus; 0 turns it off")
     max_grad_norm: float = flag(0.5, "clip each network's gradient norm to this; 0 turns it off")
@@ -138,7 +138,7 @@ def reinforce_loss(logprob, advantages):
     return -(logprob * advantages.detach()).mean()
 
 
-def value_loss(values, returns):
+def value_regression_loss(values, returns):
     """Regression of the baseline on the Monte Carlo targets: L_V = ½ mean_t (V(s_t) − G_t)²."""
     # L_V = ½ mean (V(s_t) − G_t)²
     return 0.5 * (values - returns).pow(2).mean()
@@ -180,57 +180,56 @@ def make_reinforce_envs(env_id, num_envs):
 def collect_episodes(envs, policy, device, greedy=False, seed=None):
     """Play exactly one episode in every env, from a fresh reset, with the current policy.
 
-    One episode per env makes the batch an i.i.d. sample of episodes; keeping every episode
-    that ends before some time limit instead would favour short episodes. An env whose
-    episode is over is still stepped by the vector env, but nothing it returns is read (the
-    autoreset step and the next episode never enter the batch), and it is not counted in
-    `alive`. Returns (T, N) tensors and the number of live envs at each step.
+    One episode per env makes the batch an i.i.d. sample of episodes (keeping every episode
+    that ends before some deadline would favour short ones), and every episode is complete
+    and on-policy. An env whose episode is over is still stepped by the vector env, but
+    nothing it returns is kept: its autoreset step and next episode never enter the batch,
+    so the autoreset mode does not matter here. Returns [T, N] tensors (obs: [T, N, obs_dim]);
+    `alive` marks the steps that belong to an episode.
     """
     obs, _ = envs.reset(seed=seed)
-    n = envs.num_envs
-    alive = np.ones(n, dtype=bool)
-    keys = ("obs", "actions", "rewards", "ends", "truncated", "final_obs", "alive")
-    buf = {k: [] for k in keys}
+    alive = np.ones(envs.num_envs, dtype=bool)
+    steps = []
     while alive.any():
-        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device).reshape(n, -1)
-        logits = policy(obs_t)
+        logits = policy(torch.as_tensor(obs, dtype=torch.float32, device=device).flatten(1))
         action = logits.argmax(-1) if greedy else Categorical(logits=logits).sample()
-        next_obs, reward, terminated, truncated, _ = envs.step(action.cpu().numpy())
-        step_out = (obs, action, reward, terminated | truncated, truncated, next_obs)
-        for k, v in zip(keys, step_out, strict=False):
-            buf[k].append(torch.as_tensor(np.asarray(v), device=device))
-        buf["alive"].append(torch.as_tensor(alive.copy(), device=device))
-        alive &= ~(terminated | truncated)
+        action = action.cpu().numpy()
+        next_obs, reward, terminated, truncated, _ = envs.step(action)
+        end = terminated | truncated
+        steps.append((obs, action, reward * alive, end & alive, truncated & alive, next_obs, alive))
+        alive = alive & ~end
         obs = next_obs
-    batch = {k: torch.stack(v) for k, v in buf.items()}
-    batch["obs"] = batch["obs"].float().reshape(*batch["ends"].shape, -1)
-    batch["final_obs"] = batch["final_obs"].float().reshape(*batch["ends"].shape, -1)
-    batch["rewards"] = batch["rewards"].float() * batch["alive"]
-    batch["ends"] &= batch["alive"]
-    batch["truncated"] &= batch["ends"]
+    keys = ("obs", "actions", "rewards", "ends", "truncated", "final_obs", "alive")
+    columns = zip(*steps, strict=True)
+    batch = {
+        k: torch.as_tensor(np.stack(v), device=device) for k, v in zip(keys, columns, strict=True)
+    }
+    for k in ("obs", "final_obs"):
+        batch[k] = batch[k].float().flatten(2)
+    batch["rewards"] = batch["rewards"].float()
     return batch
 
 
-def train(args):
-    for name in ("total_timesteps", "num_envs", "hidden_size"):
-        if getattr(args, name) <= 0:
-            raise ValueError(
-                f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
-            )
-    for name in ("learning_rate", "value_learning_rate"):
+def check_reinforce_args(args):
+    """Reject settings that would fail later with an obscure error, saying what to fix."""
+    for name in ("total_timesteps", "num_envs", "hidden_size", "learning_rate"):
         if not getattr(args, name) > 0:
-            raise ValueError(
-                f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
-            )
-    if not 0 <= args.gamma <= 1:
-        raise ValueError(f"--gamma must be in [0, 1], got {args.gamma}")
-    if args.baseline not in ("none", "mean", "value"):
-        raise ValueError(f"--baseline must be none, mean or value, got {args.baseline!r}")
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    if not args.value_learning_rate > 0:
+        raise ValueError("--value-learning-rate must be positive")
     for name in ("ent_coef", "max_grad_norm", "eval_episodes"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+        if not getattr(args, name) >= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
+    if not 0 <= args.gamma <= 1:
+        raise ValueError(f"--gamma must lie in [0, 1], not {args.gamma}")
+    if args.baseline not in ("none", "mean", "value"):
+        raise ValueError(f"--baseline must be none, mean or value, not {args.baseline!r}")
 
-    run_name = f"{args.env_id}__reinforce__{args.seed}__{int(time.time())}"
+
+def train(args):
+    check_reinforce_args(args)
+    start = time.time()
+    run_name = f"{args.env_id}__reinforce__{args.seed}__{int(start)}"
     out_dir = args.output_dir or os.path.join("runs", run_name)
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -261,7 +260,7 @@ def train(args):
     global_step, iteration = 0, 0
     recent = deque(maxlen=20)
     solved_at_step = solved_at_s = None
-    start = time.time()
+    t0 = time.time()
     while global_step < args.total_timesteps:
         iteration += 1
         batch = collect_episodes(envs, policy, device, seed=args.seed if iteration == 1 else None)
@@ -277,30 +276,31 @@ def train(args):
             episodes_csv.write(f"{step_at_end},{ep_return[env_idx]:g}\n")
             writer.add_scalar("charts/episodic_return", ep_return[env_idx], step_at_end)
             if solved_at_step is None and len(recent) == 20 and np.mean(recent) >= 475:
-                solved_at_step, solved_at_s = step_at_end, round(time.time() - start, 2)
+                solved_at_step, solved_at_s = step_at_end, round(time.time() - t0, 2)
                 print(f"solved at step {solved_at_step} ({solved_at_s} s)", flush=True)
         global_step += int(live_per_step.sum())
         episodes_csv.flush()
 
-        obs, mask = batch["obs"], alive
-        values = value(obs[mask]).squeeze(-1)
-        # CartPole stops at 500 steps by truncation, not failure. Pure Monte Carlo would count
-        # the missing tail as 0, telling the policy its last actions of a perfect episode
-        # were bad; with a learned V we add γ^k V(s_final) instead (the value of the state
-        # the time limit cut off). This is the one place V enters G_t rather than the baseline.
+        # CartPole stops at 500 steps by truncation, not failure. Pure Monte Carlo counts the
+        # missing tail as 0, which tells the policy that the last actions of a perfect
+        # episode were bad, and gives V a target that depends on the time step, which V cannot
+        # see. With the value baseline we add γ^k V(s_final) instead, V as fitted before this
+        # batch: the one place V enters G_t itself (a bootstrap, so G_t is then biased by V's
+        # error there). Without V the cut is treated as an ending, as in the textbook.
         bootstrap = torch.zeros_like(batch["rewards"])
-        if args.baseline == "value" and args.bootstrap_truncated and batch["truncated"].any():
+        truncated = batch["truncated"]
+        if args.baseline == "value" and args.bootstrap_truncated and truncated.any():
             with torch.no_grad():
-                v_final = value(batch["final_obs"][batch["truncated"]]).squeeze(-1)
-            bootstrap[batch["truncated"]] = v_final
-        returns = reward_to_go(batch["rewards"], ends, bootstrap, args.gamma)[mask]
+                bootstrap[truncated] = value(batch["final_obs"][truncated]).squeeze(-1)
+        returns = reward_to_go(batch["rewards"], ends, bootstrap, args.gamma)[alive]
+        obs = batch["obs"][alive]
+        values = value(obs).squeeze(-1) if args.baseline == "value" else None
         adv = advantage_estimate(returns, values, args.baseline, args.normalize_advantages)
-        dist = Categorical(logits=policy(obs[mask]))
-        logprob = dist.log_prob(batch["actions"][mask])
+        dist = Categorical(logits=policy(obs))
         entropy = dist.entropy().mean()
-        pg_loss = reinforce_loss(logprob, adv)
-        v_loss = value_loss(values, returns) if args.baseline == "value" else torch.zeros(())
-        loss = pg_loss - args.ent_coef * entropy + v_loss
+        pg_loss = reinforce_loss(dist.log_prob(batch["actions"][alive]), adv)
+        v_loss = value_regression_loss(values, returns) if values is not None else None
+        loss = pg_loss - args.ent_coef * entropy + (v_loss if v_loss is not None else 0)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite loss at iteration {iteration} (step {global_step}); the last good "
@@ -332,10 +332,10 @@ def train(args):
             ckpt_path,
         )
 
-        sps = int(global_step / (time.time() - start))
+        sps = int(global_step / (time.time() - t0))
         for tag, val in (
             ("losses/policy_loss", pg_loss.item()),
-            ("losses/value_loss", v_loss.item()),
+            ("losses/value_loss", v_loss.item() if v_loss is not None else 0.0),
             ("losses/entropy", entropy.item()),
             ("losses/policy_grad_norm", float(grad_norm)),
             ("charts/episodes_per_update", int(ends.sum())),
@@ -345,11 +345,9 @@ def train(args):
         if iteration % 10 == 0:
             print(
                 f"iter {iteration:4d}  step {global_step:7d}  return(last 20) "
-                f"{np.mean(recent):6.1f}  entropy {entropy.item():.3f}  "
-                f"value loss {v_loss.item():8.2f}  {sps} steps/s",
+                f"{np.mean(recent):6.1f}  entropy {entropy.item():.3f}  {sps} steps/s",
                 flush=True,
             )
-    wall_time = time.time() - start
     episodes_csv.close()
     envs.close()
 
@@ -372,7 +370,7 @@ def train(args):
         "solved_at_s": solved_at_s,
         "final_mean_return": float(np.mean(recent)) if recent else None,
         "eval_mean_return": eval_mean,
-        "wall_time_s": round(wall_time, 2),
+        "wall_time_s": round(time.time() - start, 2),
         "output_dir": out_dir,
     }
 

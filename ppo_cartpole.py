@@ -1,14 +1,15 @@
 """PPO-clip (and PPO-penalty) on CartPole-v1, in one file.
 
-Proximal Policy Optimization, Schulman et al. 2017, https://arxiv.org/abs/1707.06347, with
-generalized advantage estimation (Schulman et al. 2015, https://arxiv.org/abs/1506.02438).
+Proximal Policy Optimization, Schulman et al. 2017 (https://arxiv.org/abs/1707.06347), with
+generalized advantage estimation, Schulman et al. 2015 (https://arxiv.org/abs/1506.02438).
 
-    python ppo_cartpole.py                      # PPO-clip, solves CartPole-v1
-    python ppo_cartpole.py --loss-type kl_penalty
+    python ppo_cartpole.py                          # PPO-clip; solves CartPole-v1
+    python ppo_cartpole.py --loss-type kl_penalty   # PPO with the adaptive KL penalty
     python ppo_cartpole.py --help
 """
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.tensorboard import SummaryWriter
 
 
 def flag(default, help):
@@ -36,7 +38,27 @@ class Args:
     cuda: bool = flag(True, "use CUDA when it is available")
     output_dir: str = flag("", "logs and checkpoints go here; default runs/<run-name>")
     env_id: str = flag("CartPole-v1", "a Gymnasium environment with a Discrete action space")
-    total_timesteps: int = flag(100_000, "environment steps to train for")
+    total_timesteps: int = flag(100_000, "environment steps to train for, over all envs")
+    learning_rate: float = flag(2.5e-3, "Adam step size at the start (see --anneal-lr)")
+    anneal_lr: bool = flag(True, "decay the learning rate linearly to 0 over training")
+    num_envs: int = flag(8, "parallel environments")
+    num_steps: int = flag(32, "steps per environment per rollout")
+    gamma: float = flag(0.98, "discount factor γ")
+    gae_lambda: float = flag(0.8, "GAE λ: 0 is one-step TD, 1 is Monte Carlo")
+    num_minibatches: int = flag(1, "minibatches per epoch; must divide num_envs * num_steps")
+    update_epochs: int = flag(20, "passes over each rollout")
+    norm_adv: bool = flag(True, "normalise the advantages within each minibatch")
+    loss_type: str = flag("clip", "policy objective: clip (L^CLIP) or kl_penalty")
+    clip_coef: float = flag(0.2, "ε of the clipped surrogate")
+    clip_vloss: bool = flag(False, "clip the value loss with the same ε, as in PPO2")
+    ent_coef: float = flag(0.0, "c2: weight of the entropy bonus")
+    vf_coef: float = flag(0.5, "c1: weight of the value loss")
+    max_grad_norm: float = flag(0.5, "clip the global gradient norm to this")
+    target_kl: float = flag(0.0, "stop the epochs early once approx KL exceeds this; 0 = off")
+    kl_beta: float = flag(1.0, "kl_penalty: initial β")
+    kl_target: float = flag(0.01, "kl_penalty: d_targ that the adaptive β aims at")
+    hidden_size: int = flag(64, "width of the two hidden layers of actor and critic")
+    eval_episodes: int = flag(0, "after training, evaluate the greedy policy on N episodes")
 
 
 def parse_args(argv=None) -> Args:
@@ -55,6 +77,425 @@ def parse_args(argv=None) -> Args:
     return Args(**vars(parser.parse_args(argv)))
 
 
+def check_args(args):
+    """Reject settings that would fail later with an obscure error, saying what to fix."""
+    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    for name in ("update_epochs", "hidden_size", "learning_rate", "max_grad_norm"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    if (args.num_envs * args.num_steps) % args.num_minibatches:
+        raise ValueError(
+            f"the batch of num_envs*num_steps={args.num_envs * args.num_steps} does not split "
+            f"into --num-minibatches {args.num_minibatches} equal parts"
+        )
+    if args.loss_type not in ("clip", "kl_penalty"):
+        raise ValueError(f"--loss-type must be clip or kl_penalty, not {args.loss_type!r}")
+    if not 0 <= args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
+        raise ValueError("--gamma and --gae-lambda must lie in [0, 1]")
+
+
+# ---------------------------------------------------------------------------------------
+# The math. Everything below is a pure function of tensors, so tests can check it alone.
+# ---------------------------------------------------------------------------------------
+
+
+def gae(rewards, values, terminated, dones, gamma, lam):
+    """Generalized advantage estimation over a [T, N] rollout.
+
+    δ_t = r_t + γ V(s_{t+1}) (1 − terminated_t) − V(s_t)
+    Â_t = δ_t + γ λ (1 − done_t) Â_{t+1}
+
+    `values` has T + 1 rows: values[T] is V of the observation after the last step. With
+    Gymnasium's next-step autoreset, the row after an episode's last step holds that
+    episode's final observation, so at a truncation δ_t bootstraps with V(final obs) while
+    the recursion still stops (done = terminated or truncated). Returns Â, shape [T, N].
+    """
+    advantages = torch.zeros_like(rewards)
+    next_adv = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        # δ_t = r_t + γ V(s_{t+1}) (1 − terminated_t) − V(s_t): only a real terminal state
+        # has value 0; a time-limit cut keeps the bootstrap.
+        delta = rewards[t] + gamma * values[t + 1] * (1 - terminated[t]) - values[t]
+        # Â_t = δ_t + γλ (1 − done_t) Â_{t+1}: advantages never leak across episodes.
+        next_adv = delta + gamma * lam * (1 - dones[t]) * next_adv
+        advantages[t] = next_adv
+    return advantages
+
+
+def clipped_surrogate_loss(logp, logp_old, adv, clip_coef):
+    """−L^CLIP, the loss to minimise, and the fraction of samples whose ratio was clipped.
+
+    r_t(θ) = π_θ(a_t|s_t) / π_θold(a_t|s_t) = exp(log π_θ − log π_θold)
+    L^CLIP(θ) = E_t[min(r_t Â_t, clip(r_t, 1 − ε, 1 + ε) Â_t)]
+    """
+    # r_t(θ) = π_θ(a_t|s_t) / π_θold(a_t|s_t), computed in log space for stability.
+    ratio = (logp - logp_old).exp()
+    # L^CLIP = E[min(r Â, clip(r, 1−ε, 1+ε) Â)]: the min makes this a pessimistic bound, so
+    # moving r beyond 1±ε in the direction Â favours earns nothing (zero gradient there).
+    surrogate = torch.min(ratio * adv, ratio.clamp(1 - clip_coef, 1 + clip_coef) * adv)
+    clipfrac = ((ratio - 1).abs() > clip_coef).float().mean()
+    return -surrogate.mean(), clipfrac
+
+
+def kl_penalty_loss(logp, logp_old, adv, beta):
+    """−L^KLPEN, PPO's adaptive-penalty objective (PPO paper, section 4), as a loss.
+
+    L^KLPEN(θ) = E_t[r_t Â_t − β KL[π_θold(·|s_t), π_θ(·|s_t)]]
+    The KL is the k3 estimate on the sampled actions (see approx_kl), whose gradient is an
+    unbiased estimate of ∇KL(π_old ‖ π_θ) too: E_old[(r − 1) ∇log π_θ] = ∇KL.
+    """
+    ratio = (logp - logp_old).exp()
+    return -(ratio * adv).mean() + beta * approx_kl(logp, logp_old)
+
+
+def approx_kl(logp, logp_old):
+    """k3 estimator of KL(π_old ‖ π_θ) from actions sampled under π_old (Schulman, 2020).
+
+    With log r = log π_θ − log π_old:  k3 = (r − 1) − log r.
+    Unbiased (E_old[r] = 1), never negative (log r ≤ r − 1), and low-variance.
+    """
+    log_ratio = logp - logp_old
+    return ((log_ratio.exp() - 1) - log_ratio).mean()
+
+
+def adapt_kl_beta(beta, kl, kl_target):
+    """The adaptive penalty coefficient of the PPO paper, applied after each update.
+
+    β ← β / 2 if d < d_targ / 1.5;   β ← 2 β if d > 1.5 d_targ;   else unchanged.
+    """
+    if kl < kl_target / 1.5:
+        return beta / 2
+    if kl > kl_target * 1.5:
+        return beta * 2
+    return beta
+
+
+def value_loss(values, values_old, returns, clip_coef):
+    """L^VF, the critic's regression loss, optionally clipped (clip_coef > 0), halved.
+
+    L^VF = ½ (V_φ(s_t) − V_t^targ)²
+    clipped: ½ max((V − V^targ)², (V_old + clip(V − V_old, −ε, ε) − V^targ)²)
+    Clipping (from OpenAI's PPO2 code, not the paper) keeps the critic near its rollout-time
+    values; Engstrom et al. 2020 found it does not help, so it is off by default.
+    """
+    loss = (values - returns) ** 2
+    if clip_coef > 0:
+        clipped = values_old + (values - values_old).clamp(-clip_coef, clip_coef)
+        loss = torch.max(loss, (clipped - returns) ** 2)
+    return 0.5 * loss.mean()
+
+
+def categorical_entropy(logits):
+    """S[π_θ](s) = −Σ_a π(a|s) log π(a|s), averaged over the batch."""
+    logp = F.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1).mean()
+
+
+def explained_variance(pred, target):
+    """1 − Var[target − pred] / Var[target]: 1 is a perfect critic, ≤ 0 is no better than a
+    constant. NaN when the targets do not vary."""
+    var = target.var()
+    return float("nan") if var == 0 else float(1 - (target - pred).var() / var)
+
+
+# ---------------------------------------------------------------------------------------
+# The agent
+# ---------------------------------------------------------------------------------------
+
+
+def layer_init(layer, std=2**0.5, bias=0.0):
+    """Orthogonal weights with gain `std` and constant bias (PPO implementation detail #2 of
+    Huang et al. 2022: the gains √2 for hidden layers, 0.01 for the policy head so that the
+    first policy is near uniform, and 1 for the value head)."""
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+class Agent(nn.Module):
+    """Separate actor and critic MLPs (tanh). Sharing a trunk would couple the two losses."""
+
+    def __init__(self, obs_dim, n_actions, hidden=64):
+        super().__init__()
+
+        def mlp(out, std):
+            return nn.Sequential(
+                layer_init(nn.Linear(obs_dim, hidden)),
+                nn.Tanh(),
+                layer_init(nn.Linear(hidden, hidden)),
+                nn.Tanh(),
+                layer_init(nn.Linear(hidden, out), std),
+            )
+
+        self.actor = mlp(n_actions, 0.01)
+        self.critic = mlp(1, 1.0)
+
+    def value(self, obs):
+        return self.critic(obs).squeeze(-1)
+
+    def act(self, obs):
+        """Sample a ~ π_θ(·|s); return a, log π_θ(a|s) and V(s)."""
+        logits = self.actor(obs)
+        action = torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
+        logp = F.log_softmax(logits, -1).gather(-1, action[:, None]).squeeze(-1)
+        return action, logp, self.value(obs)
+
+    def evaluate(self, obs, action):
+        """log π_θ(a|s), the logits and V(s) for given actions, with gradients."""
+        logits = self.actor(obs)
+        logp = F.log_softmax(logits, -1).gather(-1, action[:, None]).squeeze(-1)
+        return logp, logits, self.value(obs)
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------
+
+
+def make_envs(env_id, num_envs, seed):
+    """A Gymnasium >= 1.0 vector env with next-step autoreset: the numpy-vectorised version
+    when the environment has one (CartPole does), else one copy per env in this process."""
+    try:
+        spec = gym.spec(env_id)
+        mode = "vector_entry_point" if spec.vector_entry_point else "sync"
+        envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode)
+    except gym.error.Error as e:
+        raise ValueError(f"cannot make --env-id {env_id!r}: {e}") from None
+    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
+        raise ValueError(f"--env-id {env_id} has {envs.single_action_space}; need Discrete")
+    if envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.NEXT_STEP:
+        raise ValueError(f"--env-id {env_id} does not autoreset in the next step")
+    envs.action_space.seed(seed)
+    return envs
+
+
+def evaluate(agent, env_id, episodes, seed, device):
+    """Mean return of the greedy policy, one episode in each of `episodes` parallel envs
+    (taking the first `episodes` finishers of fewer envs would favour short episodes)."""
+    envs = make_envs(env_id, episodes, seed)
+    obs, _ = envs.reset(seed=seed)
+    returns, alive = np.zeros(episodes), np.ones(episodes, bool)
+    while alive.any():
+        with torch.no_grad():
+            action = agent.actor(torch.as_tensor(obs, device=device)).argmax(-1)
+        obs, reward, term, trunc, _ = envs.step(action.cpu().numpy())
+        returns += reward * alive
+        alive &= ~(term | trunc)
+    envs.close()
+    return float(returns.mean())
+
+
+def rollout(agent, envs, obs, prev_done, num_steps, device):
+    """Collect num_steps steps in each env under the current policy π_θold.
+
+    Returns (batch, obs, prev_done). The batch holds [T, N] tensors; "obs" and "value" have
+    T + 1 rows, the last being the observation after the final step and V of it. prev_done
+    says which envs ended an episode in their last step and so will reset in their next.
+    """
+    T, N = num_steps, envs.num_envs
+    obs_buf = np.zeros((T + 1, *obs.shape), np.float32)
+    reward, terminated, done, valid = (np.zeros((T, N), np.float32) for _ in range(4))
+    action = torch.zeros((T, N), dtype=torch.long, device=device)
+    logp = torch.zeros((T, N), device=device)
+    value = torch.zeros((T + 1, N), device=device)
+    for t in range(T):
+        obs_buf[t] = obs
+        # Gymnasium >= 1.0 autoresets in the *next* step: the step after an episode's end
+        # ignores the action, returns reward 0 and the new episode's first observation. It
+        # is not a transition of the MDP, so it is marked invalid and gets no loss.
+        valid[t] = ~prev_done
+        with torch.no_grad():
+            action[t], logp[t], value[t] = agent.act(torch.as_tensor(obs, device=device))
+        obs, reward[t], terminated[t], truncated, _ = envs.step(action[t].cpu().numpy())
+        prev_done = terminated[t].astype(bool) | truncated
+        done[t] = prev_done
+    # After a truncation the next row holds the final observation, so V of it is the
+    # bootstrap value that gae() needs (truncation is not termination).
+    obs_buf[T] = obs
+    with torch.no_grad():
+        value[T] = agent.value(torch.as_tensor(obs, device=device))
+    arrays = dict(obs=obs_buf, reward=reward, terminated=terminated, done=done, valid=valid > 0)
+    batch = {k: torch.as_tensor(v, device=device) for k, v in arrays.items()}
+    batch.update(action=action, logp=logp, value=value)
+    return batch, obs, prev_done
+
+
+def train(args):
+    check_args(args)
+    start = time.time()
+    run_name = f"{args.env_id}__ppo_cartpole__{args.seed}__{int(start)}"
+    out = args.output_dir or os.path.join("runs", run_name)
+    os.makedirs(out, exist_ok=True)
+    writer = SummaryWriter(out)
+    writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(1)  # tiny networks: threads cost more than they give
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+
+    envs = make_envs(args.env_id, args.num_envs, args.seed)
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    agent = Agent(obs_dim, envs.single_action_space.n, args.hidden_size).to(device)
+    # eps=1e-5 rather than 1e-8, as in OpenAI baselines' PPO.
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
+
+    num_iterations = max(1, args.total_timesteps // (args.num_steps * args.num_envs))
+    obs, _ = envs.reset(seed=args.seed)
+    prev_done = np.zeros(args.num_envs, bool)
+    ep_return = np.zeros(args.num_envs)
+    recent = deque(maxlen=20)
+    episodes = []  # (global_step, return) of every finished training episode
+    solved_at_step = solved_at_s = None
+    global_step, beta, clip_coef = 0, args.kl_beta, args.clip_coef
+    last_good = copy.deepcopy(agent.state_dict())
+    t0 = time.time()
+    print(f"training {args.env_id} for {args.total_timesteps} steps; logs in {out}")
+
+    try:
+        for iteration in range(1, num_iterations + 1):
+            frac = 1.0 - (iteration - 1) / num_iterations
+            lr = frac * args.learning_rate if args.anneal_lr else args.learning_rate
+            optimizer.param_groups[0]["lr"] = lr
+
+            b, obs, prev_done = rollout(agent, envs, obs, prev_done, args.num_steps, device)
+            for reward, done in zip(
+                b["reward"].cpu().numpy(), b["done"].cpu().numpy().astype(bool), strict=True
+            ):
+                global_step += args.num_envs
+                ep_return += reward
+                for ret in ep_return[done]:
+                    episodes.append((global_step, ret))
+                    recent.append(ret)
+                    print(f"global_step={global_step} episodic_return={ret:.0f}")
+                    writer.add_scalar("charts/episodic_return", ret, global_step)
+                    if solved_at_step is None and len(recent) == 20 and np.mean(recent) >= 475:
+                        solved_at_step, solved_at_s = global_step, time.time() - t0
+                        print(f"solved at step {global_step} after {solved_at_s:.1f}s")
+                ep_return[done] = 0
+
+            adv = gae(
+                b["reward"], b["value"], b["terminated"], b["done"], args.gamma, args.gae_lambda
+            )
+            # V^targ = Â + V(s): the λ-return, the critic's regression target.
+            ret = adv + b["value"][:-1]
+
+            # Train only on real transitions (drop the reset steps).
+            keep = b["valid"].flatten()
+            b_obs, b_act = b["obs"][:-1].flatten(0, 1)[keep], b["action"].flatten()[keep]
+            b_logp, b_adv = b["logp"].flatten()[keep], adv.flatten()[keep]
+            b_ret, b_val = ret.flatten()[keep], b["value"][:-1].flatten()[keep]
+
+            # ---- Update: several epochs of shuffled minibatches ------------------------
+            stats = []
+            for _epoch in range(args.update_epochs):
+                perm = torch.randperm(len(b_obs), device=device)
+                for mb in torch.tensor_split(perm, args.num_minibatches):
+                    logp, logits, v = agent.evaluate(b_obs[mb], b_act[mb])
+                    mb_adv = b_adv[mb]
+                    if args.norm_adv and len(mb) > 1:
+                        mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                    if args.loss_type == "clip":
+                        pg_loss, clipfrac = clipped_surrogate_loss(
+                            logp, b_logp[mb], mb_adv, clip_coef
+                        )
+                    else:
+                        pg_loss = kl_penalty_loss(logp, b_logp[mb], mb_adv, beta)
+                        clipfrac = ((logp - b_logp[mb]).exp() - 1).abs().gt(clip_coef).float()
+                        clipfrac = clipfrac.mean()
+                    v_loss = value_loss(
+                        v, b_val[mb], b_ret[mb], clip_coef if args.clip_vloss else 0.0
+                    )
+                    entropy = categorical_entropy(logits)
+                    # L = L^CLIP − c1 L^VF + c2 S is maximised; we minimise its negative.
+                    loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    with torch.no_grad():
+                        kl = approx_kl(logp, b_logp[mb])
+                    stats.append(torch.stack([pg_loss, v_loss, entropy, kl, clipfrac]))
+                if args.target_kl > 0 and kl > args.target_kl:
+                    break  # early stop: the policy has moved far enough from π_θold
+
+            pg_l, v_l, ent, kl_mean, clipfrac = torch.stack(stats).mean(0).tolist()
+            # One check per iteration, not a device sync per minibatch: a NaN anywhere in
+            # the losses ends up in these means and in the parameters.
+            params = torch.cat([p.detach().flatten() for p in agent.parameters()])
+            if not (np.isfinite([pg_l, v_l, ent]).all() and torch.isfinite(params).all()):
+                raise FloatingPointError(
+                    f"non-finite loss at iteration {iteration}; the checkpoint keeps the "
+                    "parameters of the iteration before; try a lower --learning-rate"
+                )
+            last_good = copy.deepcopy(agent.state_dict())
+            if args.loss_type == "kl_penalty":
+                with torch.no_grad():
+                    d = approx_kl(agent.evaluate(b_obs, b_act)[0], b_logp).item()
+                beta = adapt_kl_beta(beta, d, args.kl_target)
+                writer.add_scalar("losses/kl_beta", beta, global_step)
+                writer.add_scalar("losses/kl_after_update", d, global_step)
+            sps = int(global_step / (time.time() - t0))
+            for name, value in [
+                ("losses/policy_loss", pg_l),
+                ("losses/value_loss", v_l),
+                ("losses/entropy", ent),
+                ("losses/approx_kl", kl_mean),
+                ("losses/clipfrac", clipfrac),
+                ("losses/explained_variance", explained_variance(b_val, b_ret)),
+                ("charts/learning_rate", lr),
+                ("charts/SPS", sps),
+                ("charts/progress", global_step / args.total_timesteps),
+            ]:
+                writer.add_scalar(name, value, global_step)
+            if iteration % max(1, num_iterations // 10) == 0:
+                mean = np.mean(recent) if recent else float("nan")
+                print(
+                    f"[{100 * iteration // num_iterations:3d}%] step {global_step} "
+                    f"mean_return(last 20)={mean:.1f} approx_kl={kl_mean:.4f} SPS={sps}"
+                )
+    finally:
+        # Runs on success, on a non-finite loss and on Ctrl-C alike.
+        save_atomic(
+            {"agent": last_good, "args": dataclasses.asdict(args)},
+            os.path.join(out, "agent.pt"),
+        )
+        np.savetxt(
+            os.path.join(out, "episodes.csv.tmp"),
+            np.array(episodes).reshape(-1, 2),
+            fmt="%g",
+            delimiter=",",
+            header="global_step,episodic_return",
+            comments="",
+        )
+        os.replace(os.path.join(out, "episodes.csv.tmp"), os.path.join(out, "episodes.csv"))
+        envs.close()
+        writer.close()
+
+    eval_return = None
+    if args.eval_episodes > 0:
+        eval_return = evaluate(agent, args.env_id, args.eval_episodes, args.seed + 10_000, device)
+        print(
+            f"eval: mean return of the greedy policy over {args.eval_episodes} episodes "
+            f"= {eval_return:.1f}"
+        )
+    return {
+        "algo": "ppo_" + args.loss_type,
+        "env_id": args.env_id,
+        "seed": args.seed,
+        "global_step": global_step,
+        "solved_at_step": solved_at_step,
+        "solved_at_s": None if solved_at_s is None else round(solved_at_s, 2),
+        "final_mean_return": float(np.mean(recent)) if recent else None,
+        "eval_mean_return": eval_return,
+        "wall_time_s": round(time.time() - start, 2),
+        "output_dir": out,
+    }
+
+
 def save_atomic(obj, path):
     """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
     torch.save(obj, path + ".tmp")
@@ -71,10 +512,6 @@ def main(argv=None):
         print("error: interrupted; checkpoints written so far are kept", file=sys.stderr)
         sys.exit(130)
     print(json.dumps(summary), flush=True)
-
-
-def train(args):
-    raise NotImplementedError
 
 
 if __name__ == "__main__":

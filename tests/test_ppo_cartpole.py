@@ -1,0 +1,325 @@
+"""ppo_cartpole.py checked against independent computations: hand-derived values and
+gradients, naive loops, closed forms, and a replayed environment."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import ppo_cartpole as ppo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def naive_gae(rewards, values, terminated, dones, gamma, lam):
+    """Â_t = Σ_l (γλ)^l δ_{t+l}, summed explicitly up to the end of t's episode (or of the
+    rollout), with δ_t = r_t + γ V(s_{t+1}) (1 − terminated_t) − V(s_t)."""
+    T, N = rewards.shape
+    adv = np.zeros((T, N))
+    for n in range(N):
+        delta = [
+            rewards[t, n] + gamma * values[t + 1, n] * (1 - terminated[t, n]) - values[t, n]
+            for t in range(T)
+        ]
+        for t in range(T):
+            total, k = 0.0, t
+            while True:
+                total += (gamma * lam) ** (k - t) * delta[k]
+                if dones[k, n] or k == T - 1:
+                    break
+                k += 1
+            adv[t, n] = total
+    return adv
+
+
+def as_tensors(*arrays):
+    return [torch.as_tensor(np.asarray(a), dtype=torch.float64) for a in arrays]
+
+
+# ---------------------------------------------------------------- GAE
+
+
+def test_gae_lambda_one_is_monte_carlo_return_minus_value():
+    gamma = 0.9
+    r = np.array([[1.0], [2.0], [3.0], [4.0]])
+    v = np.array([[0.5], [0.1], [-0.3], [0.7], [9.0]])  # v[4]: after the terminal step
+    term = np.array([[0], [0], [0], [1]])
+    adv = ppo.gae(*as_tensors(r, v, term, term), gamma, 1.0).numpy()
+    mc = [1 + 0.9 * 2 + 0.81 * 3 + 0.729 * 4, 2 + 0.9 * 3 + 0.81 * 4, 3 + 0.9 * 4, 4]
+    np.testing.assert_allclose(adv[:, 0], np.array(mc) - v[:4, 0], rtol=1e-12)
+
+
+def test_gae_lambda_zero_is_td_error():
+    rng = np.random.default_rng(0)
+    r, v = rng.normal(size=(6, 3)), rng.normal(size=(7, 3))
+    term = rng.random((6, 3)) < 0.3
+    trunc = rng.random((6, 3)) < 0.2
+    adv = ppo.gae(*as_tensors(r, v, term, term | trunc), 0.95, 0.0).numpy()
+    np.testing.assert_allclose(adv, r + 0.95 * v[1:] * (1 - term) - v[:-1], rtol=1e-12)
+
+
+def test_gae_resets_at_episode_end_and_bootstraps_at_truncation():
+    gamma, lam = 0.9, 0.8
+    r = np.array([[1.0], [1.0], [0.0], [1.0]])
+    v = np.array([[0.2], [0.3], [5.0], [0.4], [0.6]])
+    # Step 1 is truncated: v[2] = 5 is V(final observation), and row 2 is the reset step.
+    trunc = np.array([[0], [1], [0], [0]])
+    zero = np.zeros_like(trunc)
+    adv = ppo.gae(*as_tensors(r, v, zero, trunc), gamma, lam).numpy()[:, 0]
+    d1 = 1.0 + gamma * 5.0 - 0.3  # bootstraps with V(final obs), not 0
+    d0 = 1.0 + gamma * 0.3 - 0.2
+    assert adv[1] == pytest.approx(d1)
+    assert adv[0] == pytest.approx(d0 + gamma * lam * d1)
+    # Nothing of the next episode leaks back across the boundary.
+    d3 = 1.0 + gamma * 0.6 - 0.4
+    assert adv[3] == pytest.approx(d3)
+    # The same step terminated instead: no bootstrap.
+    adv_t = ppo.gae(*as_tensors(r, v, trunc, trunc), gamma, lam).numpy()[:, 0]
+    assert adv_t[1] == pytest.approx(1.0 - 0.3)
+
+
+def test_gae_matches_naive_loop_on_random_data():
+    rng = np.random.default_rng(1)
+    T, N = 40, 5
+    r, v = rng.normal(size=(T, N)), rng.normal(size=(T + 1, N))
+    term = rng.random((T, N)) < 0.1
+    trunc = (rng.random((T, N)) < 0.1) & ~term
+    done = term | trunc
+    adv = ppo.gae(*as_tensors(r, v, term, done), 0.97, 0.9).numpy()
+    np.testing.assert_allclose(adv, naive_gae(r, v, term, done, 0.97, 0.9), rtol=1e-10)
+
+
+# ---------------------------------------------------------------- autoreset and truncation
+
+
+def test_rollout_masks_reset_steps_and_keeps_final_observation():
+    """Replays the same seeded environment step by step, independently of rollout(), to
+    check that (1) the step after every episode end is marked invalid (it is the autoreset
+    step, not a transition), (2) every real transition is valid, (3) at a truncation the next
+    buffer row is the true final observation, and value[t+1] = V(final obs) is what GAE uses."""
+    torch.manual_seed(0)
+    max_steps = 7  # truncates often; a random policy also terminates sometimes
+    envs = gym.make_vec("CartPole-v1", 4, "vector_entry_point", max_episode_steps=max_steps)
+    agent = ppo.Agent(4, 2)
+    obs, _ = envs.reset(seed=3)
+    b, _, _ = ppo.rollout(agent, envs, obs, np.zeros(4, bool), 30, torch.device("cpu"))
+
+    replay = gym.make_vec("CartPole-v1", 4, "vector_entry_point", max_episode_steps=max_steps)
+    o, _ = replay.reset(seed=3)
+    prev_done = np.zeros(4, bool)
+    saw_trunc = saw_reset = False
+    for t in range(30):
+        np.testing.assert_array_equal(b["obs"][t].numpy(), o)
+        np.testing.assert_array_equal(b["valid"][t].numpy(), ~prev_done)
+        o, rew, term, trunc, _ = replay.step(b["action"][t].numpy())
+        np.testing.assert_array_equal(rew[prev_done], 0.0)  # reset steps pay nothing
+        np.testing.assert_array_equal(b["terminated"][t].numpy(), term)
+        for n in np.flatnonzero(trunc & ~term):
+            saw_trunc = True
+            np.testing.assert_array_equal(b["obs"][t + 1, n].numpy(), o[n])
+            with torch.no_grad():
+                expected = agent.value(torch.as_tensor(o[n]))
+            assert b["value"][t + 1, n].item() == pytest.approx(expected.item(), abs=1e-6)
+        saw_reset |= prev_done.any()
+        prev_done = term | trunc
+    assert saw_trunc and saw_reset
+
+
+def test_training_batch_excludes_reset_steps(monkeypatch, tmp_path):
+    """Whatever the agent is trained on, no row is a reset step: count the rows that reach
+    Agent.evaluate against the valid rows counted in an independent replay."""
+    sizes, valid_counts = [], []
+    real_evaluate, real_rollout = ppo.Agent.evaluate, ppo.rollout
+
+    def counting_rollout(*a, **k):
+        b, obs, prev_done = real_rollout(*a, **k)
+        valid_counts.append(int(b["valid"].sum()))
+        assert (b["reward"][~b["valid"]] == 0).all()
+        return b, obs, prev_done
+
+    def recording_evaluate(self, obs, action):
+        sizes.append(len(obs))
+        return real_evaluate(self, obs, action)
+
+    monkeypatch.setattr(ppo, "rollout", counting_rollout)
+    monkeypatch.setattr(ppo.Agent, "evaluate", recording_evaluate)
+    args = ppo.Args(total_timesteps=2048, update_epochs=1, cuda=False, output_dir=str(tmp_path))
+    ppo.train(args)
+    assert sizes == valid_counts and min(valid_counts) < 256  # some steps were resets
+
+
+# ---------------------------------------------------------------- losses
+
+
+def test_clipped_surrogate_value_and_gradient_match_hand_derivation():
+    eps = 0.2
+    ratios = np.array([0.5, 0.9, 1.0, 1.1, 1.5, 0.5, 0.9, 1.0, 1.1, 1.5])
+    adv = np.array([1.0, 1.0, 1.0, 1.0, 1.0, -2.0, -2.0, -2.0, -2.0, -2.0])
+    logp_old = np.log(np.full(10, 0.4))
+    logp = torch.tensor(logp_old + np.log(ratios), requires_grad=True)
+    loss, clipfrac = ppo.clipped_surrogate_loss(
+        logp, torch.tensor(logp_old), torch.tensor(adv), eps
+    )
+    loss.backward()
+    n = len(ratios)
+    expected, expected_grad = 0.0, np.zeros(n)
+    for i, (r, a) in enumerate(zip(ratios, adv, strict=True)):
+        clipped = min(max(r, 1 - eps), 1 + eps)
+        expected -= min(r * a, clipped * a) / n
+        # d(−r A / n)/d log π = −r A / n, unless the clipped branch is the smaller one, which
+        # happens when r moved past 1 ± ε in the direction A favours: then no gradient.
+        pushed_past = (a > 0 and r > 1 + eps) or (a < 0 and r < 1 - eps)
+        expected_grad[i] = 0.0 if pushed_past else -r * a / n
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_allclose(logp.grad.numpy(), expected_grad, rtol=1e-12, atol=1e-15)
+    assert logp.grad[4].item() == 0.0 and logp.grad[5].item() == 0.0  # exactly zero
+    assert clipfrac.item() == pytest.approx(4 / 10)
+
+
+def test_value_loss_clipping_by_hand():
+    eps, v_old, target = 0.2, torch.tensor([0.0]), torch.tensor([1.0])
+    for v, loss, grad in [
+        (2.0, 0.5 * 1.0, 1.0),  # overshoot: unclipped term is larger, gradient flows
+        (-1.0, 0.5 * 4.0, -2.0),  # moved away from the target: still penalised fully
+        (0.5, 0.5 * 0.64, 0.0),  # moved toward target beyond ε: clipped, no gradient
+        (0.1, 0.5 * 0.81, -0.9),  # inside the clip range: plain regression
+    ]:
+        vt = torch.tensor([v], requires_grad=True)
+        out = ppo.value_loss(vt, v_old, target, eps)
+        out.backward()
+        assert out.item() == pytest.approx(loss) and vt.grad.item() == pytest.approx(grad)
+    vt = torch.tensor([0.5], requires_grad=True)
+    assert ppo.value_loss(vt, v_old, target, 0.0).item() == pytest.approx(0.125)
+
+
+def test_entropy_closed_forms_and_sign_of_bonus():
+    assert ppo.categorical_entropy(torch.zeros(3, 4)).item() == pytest.approx(np.log(4))
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    p = np.exp([2.0, -1.0, 0.5]) / np.exp([2.0, -1.0, 0.5]).sum()
+    assert ppo.categorical_entropy(logits).item() == pytest.approx(-(p * np.log(p)).sum())
+    # The total loss carries −c2·S: one gradient step on it must raise the entropy.
+    logits.requires_grad_(True)
+    (-0.1 * ppo.categorical_entropy(logits)).backward()
+    with torch.no_grad():
+        assert ppo.categorical_entropy(logits - logits.grad) > ppo.categorical_entropy(logits)
+
+
+def test_k3_kl_is_unbiased_and_non_negative():
+    torch.manual_seed(0)
+    p_old = torch.tensor([0.5, 0.3, 0.2])
+    p_new = torch.tensor([0.3, 0.3, 0.4])
+    exact = (p_old * (p_old / p_new).log()).sum().item()
+    a = torch.multinomial(p_old, 200_000, replacement=True)
+    log_r = p_new.log()[a] - p_old.log()[a]
+    k3 = (log_r.exp() - 1) - log_r
+    assert (k3 >= 0).all()
+    est = ppo.approx_kl(p_new.log()[a], p_old.log()[a]).item()
+    assert est == pytest.approx(exact, abs=4 * k3.std().item() / np.sqrt(len(a)))
+
+
+def test_kl_penalty_gradient_is_ratio_advantage_plus_beta_kl_gradient():
+    """∂/∂log π_i of −mean(r Â) + β·mean(k3) is (−r_i Â_i + β (r_i − 1)) / n."""
+    logp_old = torch.log(torch.tensor([0.5, 0.2, 0.7], dtype=torch.float64))
+    r = torch.tensor([1.3, 0.8, 1.0], dtype=torch.float64)
+    adv = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+    logp = (logp_old + r.log()).requires_grad_(True)
+    ppo.kl_penalty_loss(logp, logp_old, adv, beta=3.0).backward()
+    np.testing.assert_allclose(logp.grad.numpy(), ((-r * adv + 3.0 * (r - 1)) / 3).numpy(), 1e-12)
+
+
+def test_adaptive_beta_rule():
+    assert ppo.adapt_kl_beta(1.0, 0.02, 0.01) == 2.0  # d > 1.5 d_targ: double
+    assert ppo.adapt_kl_beta(1.0, 0.005, 0.01) == 0.5  # d < d_targ / 1.5: halve
+    assert ppo.adapt_kl_beta(1.0, 0.012, 0.01) == 1.0  # in between: keep
+    assert ppo.adapt_kl_beta(1.0, 0.0149, 0.01) == 1.0
+    assert ppo.adapt_kl_beta(1.0, 0.0067, 0.01) == 1.0
+
+
+def test_orthogonal_init():
+    agent = ppo.Agent(4, 2, hidden=64)
+    w = agent.actor[0].weight.detach()  # 64x4: orthonormal columns, gain √2
+    np.testing.assert_allclose((w.T @ w).numpy(), 2 * np.eye(4), atol=1e-5)
+    head = agent.actor[4].weight.detach()
+    np.testing.assert_allclose((head @ head.T).numpy(), 1e-4 * np.eye(2), atol=1e-9)
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def run_main(capsys, *flags):
+    """The script's command line, in this process: (exit status, stdout, stderr)."""
+    try:
+        ppo.main(["--no-cuda", *flags])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+        print(e.code, file=sys.stderr)  # what the interpreter would print for sys.exit(str)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_determinism(tmp_path):
+    out = []
+    for name in ("a", "b"):
+        args = ppo.Args(total_timesteps=1024, cuda=False, output_dir=str(tmp_path / name))
+        ppo.train(args)
+        out.append(torch.load(tmp_path / name / "agent.pt")["agent"])
+    for key in out[0]:
+        assert torch.equal(out[0][key], out[1][key]), key
+    assert (tmp_path / "a/episodes.csv").read_text() == (tmp_path / "b/episodes.csv").read_text()
+
+
+def test_penalty_variant_runs_end_to_end(tmp_path):
+    args = ppo.Args(
+        total_timesteps=2048, loss_type="kl_penalty", cuda=False, output_dir=str(tmp_path)
+    )
+    summary = ppo.train(args)
+    assert summary["algo"] == "ppo_kl_penalty" and summary["global_step"] == 2048
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--num-envs", "0"], "--num-envs must be positive"),
+        (["--num-minibatches", "3"], "does not split"),
+        (["--env-id", "Pendulum-v1"], "need Discrete"),
+        (["--env-id", "NoSuchEnv-v0"], "cannot make --env-id"),
+        (["--loss-type", "foo"], "--loss-type must be"),
+        (["--seed", "x"], "invalid int value"),
+    ],
+)
+def test_bad_input_one_line_error(flags, message, tmp_path, capsys):
+    code, _, err = run_main(capsys, *flags, "--output-dir", str(tmp_path))
+    assert code != 0
+    assert err.strip().count("\n") == 0 and message in err
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, capsys):
+    code, _, err = run_main(
+        capsys, "--learning-rate", "inf", "--output-dir", str(tmp_path / "out"),
+        "--total-timesteps", "2048",
+    )  # fmt: skip
+    assert code == 1 and "non-finite loss at iteration 1" in err
+    state = torch.load(tmp_path / "out" / "agent.pt")["agent"]
+    assert (tmp_path / "out" / "episodes.csv").exists()
+    assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_learns_to_solve_cartpole(tmp_path):
+    """Short-run learning from a fixed seed, through the command line in a fresh process:
+    the solved rule within 50k steps, and the JSON summary as the last stdout line."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "ppo_cartpole.py"), "--no-cuda", "--seed", "1",
+         "--total-timesteps", "50000", "--eval-episodes", "5", "--output-dir", "out"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["solved_at_step"] is not None and summary["solved_at_step"] <= 50_000
+    assert summary["eval_mean_return"] >= 475
+    assert (tmp_path / "out" / "agent.pt").exists()

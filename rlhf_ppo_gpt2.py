@@ -1,0 +1,1002 @@
+"""Full three-stage RLHF on GPT-2 in one file: supervised fine-tuning (SFT), a reward model
+(RM) trained on pairwise preferences, and PPO against the RM with a per-token KL penalty to
+the SFT model.
+
+The recipe of Ziegler et al. 2019 (https://arxiv.org/abs/1909.08593), Stiennon et al. 2020
+(https://arxiv.org/abs/2009.01325) and Ouyang et al. 2022 (https://arxiv.org/abs/2203.02155),
+with the details catalogued by Huang et al., "The N Implementation Details of RLHF with PPO"
+(2023) and "The N+ Implementation Details of RLHF with PPO: A Case Study on TL;DR" (2024).
+PPO is Schulman et al. 2017 (https://arxiv.org/abs/1707.06347), GAE Schulman et al. 2015
+(https://arxiv.org/abs/1506.02438). The built-in task asks the policy to write positive movie
+reviews; the VADER sentiment of a review is the gold score that the simulated annotators and
+the evaluation use, and the review grammar tells whether the policy has degenerated.
+
+    python rlhf_ppo_gpt2.py --model-name tiny                  # built-in task, CPU, minutes
+    python rlhf_ppo_gpt2.py --reward-model-path runs/rm/model  # RM from reward_model.py
+    python rlhf_ppo_gpt2.py --help
+"""
+
+import argparse
+import copy
+import dataclasses
+import functools
+import json
+import math
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch.utils.tensorboard import SummaryWriter
+from transformers import (
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPT2Model,
+    PreTrainedTokenizerFast,
+)
+
+
+def flag(default, help):
+    """A dataclass field that is also a command-line flag with help text."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Args:
+    seed: int = flag(1, "seed of random, numpy and torch")
+    cuda: bool = flag(True, "use CUDA when it is available")
+    output_dir: str = flag("", "logs and checkpoints go here; default runs/<run-name>")
+    model_name: str = flag("gpt2", "'gpt2' (pretrained, hub or local dir) or 'tiny' (offline)")
+    sft_data: str = flag("", "JSONL of {prompt, response} for SFT; '' = built-in demonstrations")
+    preference_data: str = flag("", "JSONL of {prompt, chosen, rejected}; '' = annotators label")
+    reward_model_path: str = flag("", "RM saved by reward_model.py; '' = train one inline")
+    annotator_temperature: float = flag(
+        0.1, "τ of the simulated annotators, P(y1 preferred) = σ((g1 - g2)/τ); 0 = noiseless"
+    )
+    threads: int = flag(0, "torch CPU threads; 0 = 1 for --model-name tiny, else torch's default")
+    # Stage 1: SFT
+    sft_demos: int = flag(2048, "built-in demonstrations to fine-tune on")
+    sft_epochs: int = flag(3, "passes over the demonstrations")
+    sft_batch_size: int = flag(32, "demonstrations per SFT step")
+    sft_lr: float = flag(1e-3, "Adam step size of SFT")
+    # Stage 2: RM
+    rm_pairs: int = flag(1024, "preference pairs sampled from the SFT policy for the inline RM")
+    rm_epochs: int = flag(2, "passes over the preference pairs")
+    rm_batch_size: int = flag(32, "pairs per RM step")
+    rm_lr: float = flag(5e-4, "Adam step size of the RM")
+    # Stage 3: PPO
+    ppo_iterations: int = flag(40, "rollout-then-update iterations")
+    rollout_batch_size: int = flag(64, "prompts (one response each) per iteration")
+    minibatch_size: int = flag(16, "responses per gradient step")
+    ppo_epochs: int = flag(4, "passes over each rollout batch")
+    learning_rate: float = flag(1e-4, "Adam step size of the policy and the value model")
+    adam_eps: float = flag(1e-5, "Adam epsilon (PyTorch adds it outside the sqrt, TF inside)")
+    temperature: float = flag(1.0, "sampling temperature; log-probs are recomputed with it too")
+    max_new_tokens: int = flag(16, "longest response; a response without EOS is cut here")
+    clip_coef: float = flag(0.2, "PPO ratio clip epsilon")
+    value_clip: float = flag(0.2, "clip of the value change per update (0 = no value clipping)")
+    vf_coef: float = flag(0.1, "weight of the value loss")
+    max_grad_norm: float = flag(1.0, "gradient-norm clip, applied to each model separately")
+    gamma: float = flag(1.0, "discount over response tokens")
+    gae_lambda: float = flag(0.95, "GAE lambda over response tokens")
+    init_kl_coef: float = flag(0.05, "initial KL penalty coefficient beta")
+    kl_target: float = flag(3.0, "target KL(pi||pi_ref) in nats per response; 0 = fixed beta")
+    kl_horizon: int = flag(2000, "horizon (in responses) of the adaptive KL controller")
+    no_eos_penalty: float = flag(1.0, "subtracted from the RM score of a response with no EOS")
+    eval_samples: int = flag(256, "responses sampled to evaluate the SFT and the final policy")
+    sample_every: int = flag(10, "print a few sample responses every N iterations (0 = never)")
+
+
+def parse_args(argv=None) -> Args:
+    """Build the command line from the fields of Args: --flag-name, --x/--no-x for booleans."""
+    parser = argparse.ArgumentParser(description=sys.modules[__name__].__doc__.split("\n")[0])
+    for f in dataclasses.fields(Args):
+        kind = type(f.default)
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=None if kind is bool else kind,
+            action=argparse.BooleanOptionalAction if kind is bool else None,
+            default=f.default,
+            help=f.metadata["help"] + " (default: %(default)s)",
+        )
+    parser.error = lambda message: sys.exit(f"error: {message} (see --help)")
+    return Args(**vars(parser.parse_args(argv)))
+
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
+    torch.save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+# ---- shared with rlhf_ppo_gpt2.py (tests/test_shared_code.py checks the copies are identical) ----
+# The built-in task: synthetic movie reviews. A prompt opens a review ("The plot"); a response
+# continues it from this grammar (every response starts with a space, GPT-2 style, and ends
+# with a period; tokenisation appends EOS):
+#     response := " " VERB CLAUSE [" " CONJUNCTION CLAUSE] "."
+#     CLAUSE   := [" not"] [" " ADVERB] " " ADJECTIVE
+# Adjectives are positive, neutral or negative at two strengths; adverbs are VADER's
+# intensifiers and dampeners; "not" flips polarity and "but" shifts weight to the second
+# clause, so the gold score is not a bag of words. The word lists are balanced so that the
+# demonstrations average a gold score near 0: an SFT policy starts neutral.
+PROMPTS = (
+    "The movie", "This film", "The plot", "The acting", "The ending", "The soundtrack",
+    "The dialogue", "The cast", "The story", "The screenplay", "The sequel", "The first hour",
+    "Overall, the film", "Honestly, the movie", "The director's new film", "The final scene",
+)  # fmt: skip
+VERBS = ("is", "was", "felt", "seemed")
+ADVERBS = ("very", "really", "extremely", "so", "quite", "somewhat", "slightly", "kind of")
+POSITIVE = (
+    "great", "superb", "brilliant", "wonderful", "excellent", "amazing",  # strong
+    "good", "nice", "fun", "enjoyable", "clever", "fine",  # mild
+)  # fmt: skip
+NEUTRAL = ("long", "short", "slow", "quiet", "loud", "simple", "familiar", "predictable")
+NEGATIVE = (
+    "bad", "horrible", "stupid", "awful", "terrible", "disappointing",  # strong
+    "boring", "dull", "weak", "annoying", "painful", "strange",  # mild
+)  # fmt: skip
+CONJUNCTIONS = ("and", "but")
+_ADJECTIVES = POSITIVE + NEUTRAL + NEGATIVE
+_CLAUSE = rf"(?: not)?(?: (?:{'|'.join(ADVERBS)}))? (?:{'|'.join(_ADJECTIVES)})"
+WELL_FORMED = re.compile(rf" (?:{'|'.join(VERBS)}){_CLAUSE}(?: (?:and|but){_CLAUSE})?\.")
+EOS_TOKEN = "<|endoftext|>"  # GPT-2's end of text; also the padding token (masks say which)
+
+
+def sample_responses(rng, n):
+    """n responses from the grammar above, a pure function of the numpy Generator `rng`.
+
+    Each clause: "not" with p = 0.2, an adverb with p = 0.5, a uniform adjective; a second
+    clause with p = 0.5.
+    """
+    verb = rng.integers(len(VERBS), size=n)
+    neg = rng.random((n, 2)) < 0.2
+    has_adv = rng.random((n, 2)) < 0.5
+    adv = rng.integers(len(ADVERBS), size=(n, 2))
+    adj = rng.integers(len(_ADJECTIVES), size=(n, 2))
+    two = rng.random(n) < 0.5
+    conj = rng.integers(len(CONJUNCTIONS), size=n)
+
+    def clause(i, k):
+        return (
+            (" not" if neg[i, k] else "")
+            + (" " + ADVERBS[adv[i, k]] if has_adv[i, k] else "")
+            + " "
+            + _ADJECTIVES[adj[i, k]]
+        )
+
+    return [
+        " " + VERBS[verb[i]] + clause(i, 0)
+        + (" " + CONJUNCTIONS[conj[i]] + clause(i, 1) if two[i] else "")
+        + "."
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def builtin_demonstrations(rng, n):
+    """n demonstrations {"prompt", "response"}: a uniform prompt and a grammar response."""
+    prompts = rng.integers(len(PROMPTS), size=n)
+    return [
+        {"prompt": PROMPTS[p], "response": r}
+        for p, r in zip(prompts, sample_responses(rng, n), strict=True)
+    ]
+
+
+def is_well_formed(response):
+    """True iff the grammar can produce `response` exactly (no EOS, leading space included)."""
+    return WELL_FORMED.fullmatch(response) is not None
+
+
+@functools.cache
+def vader():
+    """The VADER analyzer (Hutto & Gilbert 2014), built once, on first use; its lexicon ships
+    inside the vaderSentiment package, so nothing is downloaded."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()
+
+
+def gold_scores(responses):
+    """Gold score g(y) = VADER compound sentiment of the response alone, in [-1, 1]."""
+    return np.array([vader().polarity_scores(r)["compound"] for r in responses])
+
+
+def annotator_prefers_first(rng, gold_first, gold_second, temperature):
+    """Simulated annotators, a Bradley-Terry model of the gold scores:
+
+    P(y1 ≻ y2) = σ((g1 - g2) / τ);   τ = 0: the noiseless gold order (ties: a coin flip).
+    """
+    diff = np.asarray(gold_first) - np.asarray(gold_second)
+    u = rng.random(len(diff))
+    if temperature == 0:
+        return np.where(diff == 0, u < 0.5, diff > 0)
+    # P(y1 ≻ y2) = σ((g1 - g2) / τ)
+    return u < 1 / (1 + np.exp(-diff / temperature))
+
+
+def builtin_preferences(rng, n, temperature):
+    """n pairs {"prompt", "chosen", "rejected"}: two demonstrations for one prompt, ordered by
+    a simulated annotator of temperature τ."""
+    demos = builtin_demonstrations(rng, n)
+    second = sample_responses(rng, n)
+    first = [d["response"] for d in demos]
+    pick = annotator_prefers_first(rng, gold_scores(first), gold_scores(second), temperature)
+    return [
+        {"prompt": d["prompt"], "chosen": a if p else b, "rejected": b if p else a}
+        for d, a, b, p in zip(demos, first, second, pick, strict=True)
+    ]
+
+
+def read_jsonl(path, keys):
+    """Rows of a JSONL file, each a dict with string values for `keys`; a malformed line or a
+    missing key raises ValueError naming the file and line, and so does an empty file."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+            missing = [
+                k for k in keys if not isinstance(row, dict) or not isinstance(row.get(k), str)
+            ]
+            if missing:
+                raise ValueError(f"{path}:{line_no}: needs string fields {', '.join(missing)}")
+            rows.append({k: row[k] for k in keys})
+    if not rows:
+        raise ValueError(f"{path}: no examples; expected one JSON object per line with {keys}")
+    return rows
+
+
+def train_tiny_tokenizer():
+    """A byte-level BPE (GPT-2's scheme) trained on the built-in task's words, so that each
+    word is one token; deterministic, and any other text still encodes, byte by byte."""
+    corpus = list(PROMPTS) + [" " + w for w in VERBS + ADVERBS + _ADJECTIVES + CONJUNCTIONS]
+    corpus += [" not", "."]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1024,
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token=EOS_TOKEN,
+        pad_token=EOS_TOKEN,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def load_gpt2(model_cls, model_name):
+    """(model, tokenizer): `model_cls` (GPT2Model or GPT2LMHeadModel) with dropout off.
+
+    'tiny': a small random GPT-2 (initialised from torch's global RNG) and a locally trained
+    tokenizer. Otherwise a hub name or a local directory, e.g. 'gpt2': the pretrained weights
+    from a local directory, the local cache, or the hub.
+    """
+    no_dropout = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0)
+    if model_name == "tiny":
+        tokenizer = train_tiny_tokenizer()
+        config = GPT2Config(
+            vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=2, n_head=2,
+            bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+            **no_dropout,
+        )  # fmt: skip
+        return model_cls(config).eval(), tokenizer
+    try:
+        # The cache or a local directory first: without a network the hub call only fails
+        # after a minute of retries.
+        try:
+            model = model_cls.from_pretrained(model_name, local_files_only=True, **no_dropout)
+            tokenizer = AutoTokenizer.from_pretrained(model_name, local_files_only=True)
+        except OSError:
+            model = model_cls.from_pretrained(model_name, **no_dropout)
+            tokenizer = AutoTokenizer.from_pretrained(model_name)
+    except OSError as e:
+        raise OSError(
+            f"cannot load '{model_name}' from a local directory, the Hugging Face cache or the "
+            f"hub ({str(e).splitlines()[0]}); use --model-name tiny (no download), or pass a "
+            "directory that holds a saved GPT-2 (config.json, weights, tokenizer files)"
+        ) from None
+    tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has no pad token; masks mark padding
+    tokenizer.clean_up_tokenization_spaces = False
+    return model.eval(), tokenizer
+
+
+def encode(tokenizer, prompts, responses, max_length, padding_side="right"):
+    """Token ids of prompt + response + EOS, padded to a batch, with the attention mask and the
+    mask of response tokens (EOS included). A sequence longer than `max_length` loses the
+    start of its prompt."""
+    p_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+    seqs, n_resp = [], []
+    for p, r in zip(p_ids, r_ids, strict=True):
+        seq = (p + r + [tokenizer.eos_token_id])[-max_length:]
+        seqs.append(seq)
+        n_resp.append(min(len(r) + 1, len(seq)))
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    resp = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, (seq, k) in enumerate(zip(seqs, n_resp, strict=True)):
+        start = width - len(seq) if padding_side == "left" else 0
+        ids[i, start : start + len(seq)] = torch.tensor(seq)
+        mask[i, start : start + len(seq)] = 1
+        resp[i, start + len(seq) - k : start + len(seq)] = 1
+    return ids, mask, resp
+
+
+def bradley_terry_loss(r_chosen, r_rejected):
+    """Bradley-Terry negative log-likelihood of the human choices (Christiano et al. 2017):
+
+    L = -mean log σ(r(x, y_c) - r(x, y_r))
+    """
+    # L = -mean log σ(r_c - r_r); logsigmoid is stable where log(sigmoid(.)) underflows
+    return -F.logsigmoid(r_chosen - r_rejected).mean()
+
+
+def replace_dir(tmp, path):
+    """Move the finished directory `tmp` to `path`. A directory cannot be renamed over a full
+    one, so the old one steps aside first; a crash leaves it, whole, at path + '.old'."""
+    if os.path.exists(path):
+        shutil.rmtree(path + ".old", ignore_errors=True)
+        os.replace(path, path + ".old")
+    os.replace(tmp, path)
+    shutil.rmtree(path + ".old", ignore_errors=True)
+
+
+class RewardModel(nn.Module):
+    """r(x, y): a GPT-2 backbone and a linear head read at the last real (non-padding) token."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.config.n_embd, 1)
+        nn.init.normal_(self.head.weight, std=1 / (backbone.config.n_embd + 1) ** 0.5)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, input_ids, attention_mask):
+        # Positions count real tokens only, so left padding does not shift them (transformers
+        # does not derive position ids from the mask).
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state
+        # The last index where mask == 1: right, left or no padding alike.
+        last = (
+            attention_mask * torch.arange(attention_mask.shape[1], device=hidden.device)
+        ).argmax(-1)
+        return self.head(hidden[torch.arange(len(last)), last]).squeeze(-1)
+
+    @torch.no_grad()
+    def normalize_(self, reference_rewards):
+        """Fold r ← (r - μ)/σ into the head, with μ, σ the mean and (sample) std of the rewards
+        of reference responses: they then score mean 0, std 1 (Ziegler et al. 2019)."""
+        mean, std = reference_rewards.mean(), reference_rewards.std()
+        # r' = (w·h + b - μ)/σ = (w/σ)·h + (b - μ)/σ
+        self.head.weight.div_(std)
+        self.head.bias.sub_(mean).div_(std)
+        return mean.item(), std.item()
+
+    def save(self, path, tokenizer):
+        """backbone.save_pretrained + the tokenizer + the head, written atomically."""
+        tmp = path.rstrip("/") + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.backbone.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save(self.head.state_dict(), os.path.join(tmp, "reward_head.pt"))
+        replace_dir(tmp, path.rstrip("/"))
+
+    @classmethod
+    def load(cls, path):
+        """(reward model, tokenizer) saved by `save`, on the CPU, dropout off."""
+        if not os.path.isfile(os.path.join(path, "reward_head.pt")):
+            raise OSError(f"{path}: no reward model here (reward_head.pt is missing)")
+        backbone = GPT2Model.from_pretrained(path, local_files_only=True)
+        model = cls(backbone)
+        model.head.load_state_dict(
+            torch.load(os.path.join(path, "reward_head.pt"), map_location="cpu")
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        return model.eval(), tokenizer
+
+
+@torch.no_grad()
+def score(model, tokenizer, prompts, responses, batch_size=256):
+    """Rewards r(x, y) of many (prompt, response) pairs, in batches, as a CPU tensor."""
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        ids, mask, _ = encode(
+            tokenizer, prompts[i : i + batch_size], responses[i : i + batch_size],
+            model.backbone.config.n_positions,
+        )  # fmt: skip
+        out.append(model(ids.to(device), mask.to(device)).float().cpu())
+    return torch.cat(out)
+
+
+# ---- end of shared block ----
+
+
+def positions_from_mask(mask):
+    """p_t = (sum_{s<=t} m_s) - 1: the index of each real token among the real tokens.
+
+    With left-padded prompts the first real token must sit at position 0, as it did in
+    pre-training; arange() positions would shift every token by the pad count (Huang et al.
+    2023). Pads get 0; they are masked out of attention anyway."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def token_logprobs(logits, tokens, temperature):
+    """log pi(a_t | s_t) = log_softmax(z_t / T)[a_t], with the T that sampling used.
+
+    logits[:, t] must be the logits that predicted tokens[:, t]. Sampling at T but scoring at
+    T = 1 would make the PPO ratio differ from 1 before any update."""
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def token_entropy(logits, temperature):
+    """H_t = -sum_a p_a log p_a with p = softmax(z_t / T), per token."""
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def masked_mean(x, mask):
+    """sum(x * m) / sum(m)."""
+    return (x * mask).sum() / mask.sum()
+
+
+def masked_whiten(x, mask, eps=1e-8):
+    """(x - mu) / sqrt(var + eps), with mu and (unbiased) var over the unmasked entries only;
+    masked entries come out 0, so padding never leaks into the statistics or the loss."""
+    mu = masked_mean(x, mask)
+    var = masked_mean((x - mu) ** 2, mask) * mask.sum() / (mask.sum() - 1)
+    return (x - mu) * torch.rsqrt(var + eps) * mask
+
+
+def sft_loss(logits, labels, loss_mask):
+    """L_SFT = -(1/|R|) sum_{t in R} log p(x_t | x_<t), over the response tokens R of the batch.
+
+    logits[:, t] predicts labels[:, t + 1]. R holds the response tokens and the appended EOS
+    (so the model learns to stop); prompt tokens and padding have loss_mask 0, so whatever
+    sits in their labels does not matter."""
+    mask = loss_mask[:, 1:].float()
+    targets = torch.where(mask.bool(), labels[:, 1:], 0)
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets.unsqueeze(-1))
+    # L = -sum_{t in R} log p(x_t | x_<t) / |R|
+    return -(logp.squeeze(-1) * mask).sum() / mask.sum()
+
+
+def kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, beta):
+    """r_t = -beta (log pi(a_t|s_t) - log pi_ref(a_t|s_t)) + [t = last real token] r_phi(x, y).
+
+    The RM judges the whole response, so its score lands once, on the last real token; the
+    KL penalty (Ziegler et al. 2019, eq. 2) is paid on every response token; padding after
+    EOS gets 0. mask must be a prefix of ones (the response, EOS included)."""
+    # r_t = -beta * (log pi - log pi_ref), every response token
+    rewards = -beta * (logprobs - ref_logprobs) * mask
+    last = mask.sum(1).long() - 1
+    # r_T += r_phi(x, y), last real token only
+    rewards[torch.arange(len(rewards)), last] += scores
+    return rewards
+
+
+def token_gae(rewards, values, mask, gamma, lam):
+    """A_t = delta_t + gamma lam A_{t+1},  delta_t = r_t + gamma V_{t+1} - V_t,  R_t = A_t + V_t.
+
+    Over response tokens, with V and A zero past the last real token, so an episode ends at
+    EOS (or at the length cut) with no bootstrap and padding gets no advantage."""
+    values = values * mask
+    adv = torch.zeros_like(rewards)
+    next_adv = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else 0.0
+        # delta_t = r_t + gamma V_{t+1} - V_t
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        # A_t = delta_t + gamma lam A_{t+1}
+        next_adv = delta + gamma * lam * next_adv
+        adv[:, t] = next_adv
+    adv = adv * mask
+    return adv, (adv + values) * mask
+
+
+def token_policy_loss(logprobs, old_logprobs, advantages, mask, clip_coef):
+    """L_CLIP = -E_t[min(rho_t A_t, clip(rho_t, 1-eps, 1+eps) A_t)],  rho_t = pi/pi_old.
+
+    Also returns the clip fraction and the k3 estimate of KL(pi_old || pi):
+    (rho - 1) - log rho, which is unbiased and never negative (Schulman, 2020)."""
+    log_ratio = logprobs - old_logprobs
+    ratio = log_ratio.exp()
+    # -min(rho A, clip(rho) A) = max(-rho A, -clip(rho) A)
+    losses = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef))
+    with torch.no_grad():
+        clipfrac = masked_mean(((ratio - 1).abs() > clip_coef).float(), mask)
+        approx_kl = masked_mean(ratio - 1 - log_ratio, mask)
+    return masked_mean(losses, mask), clipfrac, approx_kl
+
+
+def token_value_loss(values, old_values, returns, mask, clip_coef):
+    """L_V = 1/2 E_t[max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)].
+
+    The value function may not move further than c from its rollout-time value in one
+    update, as the policy's ratio may not leave [1-eps, 1+eps]; c = 0 turns the clip off."""
+    if clip_coef <= 0:
+        return 0.5 * masked_mean((values - returns) ** 2, mask)
+    clipped = old_values + (values - old_values).clamp(-clip_coef, clip_coef)
+    # 1/2 max((V - R)^2, (V_clip - R)^2)
+    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+def adaptive_kl_coef(beta, kl, kl_target, n_steps, horizon):
+    """Ziegler et al. 2019, section 2.2: e = clip(KL / KL_target - 1, -0.2, 0.2),
+    beta <- beta (1 + e n_steps / horizon). kl_target = 0 keeps beta fixed.
+
+    The error is clipped, so one noisy batch moves beta by at most 20% of n_steps/horizon."""
+    if kl_target <= 0:
+        return beta
+    # e = clip(KL / KL_target - 1, -0.2, 0.2)
+    e = min(max(kl / kl_target - 1.0, -0.2), 0.2)
+    # beta <- beta (1 + e n / H)
+    return beta * (1.0 + e * n_steps / horizon)
+
+
+def response_mask_after_eos(responses, eos_id):
+    """m_t = 1 up to and including the first EOS, 0 after it (where generate() pads).
+
+    GPT-2 pads with EOS itself, so padding is found by position, not by token id."""
+    is_eos = responses == eos_id
+    # eos seen strictly before t  <=>  t is padding
+    return ((is_eos.long().cumsum(1) - is_eos.long()) == 0).long()
+
+
+def sequence_logits(model, queries, query_mask, responses, response_mask):
+    """Logits that predict each response token: the forward pass over prompt + response,
+    shifted by one (logits at position t predict token t + 1)."""
+    ids = torch.cat([queries, responses], 1)
+    mask = torch.cat([query_mask, response_mask], 1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask))
+    return out.logits[:, queries.shape[1] - 1 : -1]
+
+
+@torch.no_grad()
+def generate_responses(policy, tokenizer, prompts, max_new_tokens, temperature, scores=False):
+    """Sample one response per prompt at temperature T. No top-k, no top-p: plain ancestral
+    sampling, so the recomputed log pi_T(a_t) describe the distribution actually sampled.
+
+    Returns the left-padded prompts and their mask, the responses (padding after the first
+    EOS) and their mask, and with scores=True generate()'s own log pi_T(a_t)."""
+    device = next(policy.parameters()).device
+    enc = tokenizer(
+        list(prompts), return_tensors="pt", padding=True, padding_side="left",
+        add_special_tokens=False,
+    )  # fmt: skip
+    queries, query_mask = enc.input_ids.to(device), enc.attention_mask.to(device)
+    # generate() derives position ids from the attention mask, as positions_from_mask does
+    out = policy.generate(
+        input_ids=queries,
+        attention_mask=query_mask,
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        return_dict_in_generate=True,
+        output_scores=scores,
+    )
+    responses = out.sequences[:, queries.shape[1] :]
+    mask = response_mask_after_eos(responses, tokenizer.eos_token_id)
+    responses = responses.masked_fill(mask == 0, tokenizer.pad_token_id)
+    gen_logprobs = None
+    if scores:
+        # out.scores[t] holds the processed logits z_t / T, so log_softmax gives log pi_T
+        logp = F.log_softmax(torch.stack(out.scores, 1).float(), dim=-1)
+        gen_logprobs = logp.gather(-1, responses.unsqueeze(-1)).squeeze(-1) * mask
+    return queries, query_mask, responses, mask, gen_logprobs
+
+
+def decode_responses(tokenizer, responses, mask):
+    """Response texts without EOS and padding, and whether each one ended with EOS."""
+    texts, ended = [], []
+    for ids, n in zip(responses.tolist(), mask.sum(1).tolist(), strict=True):
+        ids = ids[:n]
+        ended.append(bool(ids) and ids[-1] == tokenizer.eos_token_id)
+        texts.append(tokenizer.decode(ids[:-1] if ended[-1] else ids))
+    return texts, ended
+
+
+def sample_texts(policy, tokenizer, prompts, args):
+    """Response texts sampled from the policy at --temperature, one per prompt, batched."""
+    texts = []
+    for i in range(0, len(prompts), args.rollout_batch_size):
+        batch = prompts[i : i + args.rollout_batch_size]
+        _, _, r, m, _ = generate_responses(
+            policy, tokenizer, batch, args.max_new_tokens, args.temperature
+        )
+        texts += decode_responses(tokenizer, r, m)[0]
+    return texts
+
+
+class ValueModel(nn.Module):
+    """V(s_t) at every token: a GPT-2 trunk and a scalar head, a network of its own that
+    starts as a copy of the reward model.
+
+    Separate rather than a second head on the policy (as in Ouyang et al. 2022 and Huang et
+    al. 2024): the value loss cannot then drag the policy's features, and a copy of the RM
+    predicts the final score from the first iteration instead of from noise. The price is
+    a second forward/backward pass per minibatch."""
+
+    def __init__(self, reward_model):
+        super().__init__()
+        self.backbone = copy.deepcopy(reward_model.backbone)
+        self.head = copy.deepcopy(reward_model.head)
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions_from_mask(attention_mask),
+        ).last_hidden_state
+        return self.head(hidden).squeeze(-1).float()
+
+
+def response_values(value_model, queries, query_mask, responses, response_mask):
+    """V(s_t) for each response token t, read where the policy's logits for token t are."""
+    ids = torch.cat([queries, responses], 1)
+    mask = torch.cat([query_mask, response_mask], 1)
+    return value_model(ids, mask)[:, queries.shape[1] - 1 : -1]
+
+
+def progress(stage, done, total, start, **metrics):
+    """One readable progress line: stage, step, percent, elapsed seconds, metrics."""
+    shown = "  ".join(f"{k} {v:.3g}" for k, v in metrics.items())
+    width = len(str(total))
+    print(
+        f"[{stage}] {done:>{width}}/{total} {100 * done // total:3d}%  "
+        f"{time.time() - start:6.1f}s  {shown}",
+        flush=True,
+    )
+
+
+def save_pretrained_atomic(model, tokenizer, path):
+    """save_pretrained into path.tmp, then rename it to path: never a half-written model."""
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    replace_dir(tmp, path)
+
+
+@torch.no_grad()
+def collect_rollout(policy, reference, reward_model, rm_tokenizer, tokenizer, prompts, args):
+    """Sample one response per prompt and score it: the tensors PPO needs, and the metrics.
+
+    The RM reads the response re-encoded from its text (the form it was trained on, EOS
+    appended), so an RM from reward_model.py scores PPO samples as it scored its data. The
+    KL of a response is sum_t (log pi(a_t) - log pi_ref(a_t)): the k1 estimate of
+    KL(pi || pi_ref) in nats per response, the quantity the KL penalty and target use."""
+    q, qm, r, m, _ = generate_responses(
+        policy, tokenizer, prompts, args.max_new_tokens, args.temperature
+    )
+    logits = sequence_logits(policy, q, qm, r, m)
+    logp = token_logprobs(logits, r, args.temperature) * m
+    ref_logp = token_logprobs(sequence_logits(reference, q, qm, r, m), r, args.temperature) * m
+    texts, ended = decode_responses(tokenizer, r, m)
+    scores = score(reward_model, rm_tokenizer, list(prompts), texts).to(r.device)
+    roll = {"q": q, "qm": qm, "r": r, "m": m, "logp": logp, "ref_logp": ref_logp}
+    roll |= {"scores": scores, "ended": torch.tensor(ended, device=r.device), "texts": texts}
+    well_formed = [e and is_well_formed(t) for t, e in zip(texts, ended, strict=True)]
+    stats = {
+        "gold": float(gold_scores(texts).mean()),
+        "rm_score": scores.mean().item(),
+        "kl": (logp - ref_logp).sum(1).mean().item(),
+        "entropy": masked_mean(token_entropy(logits, args.temperature), m).item(),
+        "well_formed": float(np.mean(well_formed)),
+        "length": m.sum(1).float().mean().item(),
+    }
+    return roll, stats
+
+
+def evaluate_lm_policy(policy, reference, reward_model, rm_tokenizer, tokenizer, prompts, args):
+    """Mean rollout metrics over --eval-samples responses (the same prompts at every call)."""
+    rng = random.Random(args.seed + 1)
+    chosen = [rng.choice(prompts) for _ in range(args.eval_samples)]
+    n, parts, weights = args.rollout_batch_size, [], []
+    for i in range(0, len(chosen), n):
+        models = (policy, reference, reward_model, rm_tokenizer, tokenizer)
+        parts.append(collect_rollout(*models, chosen[i : i + n], args)[1])
+        weights.append(len(chosen[i : i + n]))
+    keys = ["gold", "rm_score", "kl", "well_formed", "length"]
+    return {k: float(np.average([p[k] for p in parts], weights=weights)) for k in keys}
+
+
+def stage_sft(args, policy, tokenizer, demos, writer):
+    """Stage 1: cross-entropy on the response tokens (and EOS) of the demonstrations."""
+    device = next(policy.parameters()).device
+    optimizer = torch.optim.Adam(policy.parameters(), lr=args.sft_lr, eps=args.adam_eps)
+    total = args.sft_epochs * math.ceil(len(demos) / args.sft_batch_size)
+    step, start = 0, time.time()
+    for _ in range(args.sft_epochs):
+        for idx in torch.randperm(len(demos)).split(args.sft_batch_size):
+            rows = [demos[j] for j in idx.tolist()]
+            ids, mask, resp = encode(
+                tokenizer, [x["prompt"] for x in rows], [x["response"] for x in rows],
+                policy.config.n_positions,
+            )  # fmt: skip
+            ids, mask, resp = ids.to(device), mask.to(device), resp.to(device)
+            out = policy(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask))
+            loss = sft_loss(out.logits, ids, resp)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite SFT loss at step {step}; lower --sft-lr")
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
+            optimizer.step()
+            step += 1
+            writer.add_scalar("sft/loss", loss.item(), step)
+            if step % max(1, total // 5) == 0 or step == total:
+                progress("sft", step, total, start, loss=loss.item())
+
+
+def stage_reward_model(args, policy, tokenizer, prompts, writer, rng):
+    """Stage 2: a Bradley-Terry RM whose trunk starts as a copy of the SFT model, trained on
+    pairs of SFT samples for one prompt ordered by the simulated annotators, or on
+    --preference-data."""
+    device = next(policy.parameters()).device
+    if args.preference_data:
+        pairs = read_jsonl(args.preference_data, ["prompt", "chosen", "rejected"])
+    else:
+        batch = [prompts[i] for i in rng.integers(len(prompts), size=args.rm_pairs)]
+        a, b = (
+            sample_texts(policy, tokenizer, batch, args),
+            sample_texts(policy, tokenizer, batch, args),
+        )
+        first = annotator_prefers_first(
+            rng, gold_scores(a), gold_scores(b), args.annotator_temperature
+        )
+        pairs = [
+            {"prompt": p, "chosen": x if f else y, "rejected": y if f else x}
+            for p, x, y, f in zip(batch, a, b, first, strict=True)
+        ]
+    reward_model = RewardModel(copy.deepcopy(policy.transformer)).to(device).eval()
+    optimizer = torch.optim.Adam(reward_model.parameters(), lr=args.rm_lr, eps=args.adam_eps)
+    total = args.rm_epochs * math.ceil(len(pairs) / args.rm_batch_size)
+    step, start = 0, time.time()
+    for _ in range(args.rm_epochs):
+        for idx in torch.randperm(len(pairs)).split(args.rm_batch_size):
+            rows = [pairs[j] for j in idx.tolist()]
+            # chosen and rejected in one forward pass: rows [0, n) and [n, 2n)
+            ids, mask, _ = encode(
+                tokenizer, [x["prompt"] for x in rows] * 2,
+                [x["chosen"] for x in rows] + [x["rejected"] for x in rows],
+                policy.config.n_positions,
+            )  # fmt: skip
+            r_chosen, r_rejected = reward_model(ids.to(device), mask.to(device)).chunk(2)
+            loss = bradley_terry_loss(r_chosen, r_rejected)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite RM loss at step {step}; lower --rm-lr")
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(reward_model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            step += 1
+            acc = (r_chosen > r_rejected).float().mean().item()
+            writer.add_scalar("rm/loss", loss.item(), step)
+            writer.add_scalar("rm/accuracy", acc, step)
+            if step % max(1, total // 5) == 0 or step == total:
+                progress("rm", step, total, start, loss=loss.item(), acc=acc)
+    return reward_model
+
+
+def ppo_update(args, policy, value_model, optimizer, batch):
+    """--ppo-epochs passes of shuffled minibatches over one rollout batch. Returns the mean
+    losses and statistics, and the largest |rho - 1| of the very first minibatch, which must
+    be ~0: otherwise the forward pass does not reproduce the rollout (dropout on, temperature
+    or position ids differ; Huang et al. 2023)."""
+    q, qm, r, m = batch["q"], batch["qm"], batch["r"], batch["m"]
+    stats, first_ratio_dev = [], None
+    for _ in range(args.ppo_epochs):
+        for mb in torch.randperm(len(r)).split(args.minibatch_size):
+            logits = sequence_logits(policy, q[mb], qm[mb], r[mb], m[mb])
+            logp = token_logprobs(logits, r[mb], args.temperature)
+            if first_ratio_dev is None:
+                first_ratio_dev = (
+                    (((logp - batch["logp"][mb]).exp() - 1) * m[mb]).abs().max().item()
+                )
+            pg_loss, clipfrac, approx_kl = token_policy_loss(
+                logp, batch["logp"][mb], batch["adv"][mb], m[mb], args.clip_coef
+            )
+            values = response_values(value_model, q[mb], qm[mb], r[mb], m[mb])
+            v_loss = token_value_loss(
+                values, batch["values"][mb], batch["returns"][mb], m[mb], args.value_clip
+            )
+            loss = pg_loss + args.vf_coef * v_loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError("non-finite PPO loss; lower --learning-rate")
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
+            nn.utils.clip_grad_norm_(value_model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            stats.append([pg_loss.item(), v_loss.item(), clipfrac.item(), approx_kl.item()])
+    pg, vl, cf, ak = np.mean(stats, 0).tolist()
+    return {"pg_loss": pg, "value_loss": vl, "clipfrac": cf, "approx_kl": ak,
+            "ratio_dev_first_mb": first_ratio_dev}  # fmt: skip
+
+
+def check_rlhf_args(args):
+    """ValueError, saying what to fix, for flags that would fail later or do nothing."""
+    for name in ["sft_batch_size", "rm_batch_size", "rollout_batch_size", "minibatch_size"]:
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.minibatch_size > args.rollout_batch_size:
+        raise ValueError("--minibatch-size must be <= --rollout-batch-size")
+    if args.temperature <= 0 or args.max_new_tokens < 1 or args.eval_samples < 2:
+        raise ValueError("need --temperature > 0, --max-new-tokens >= 1, --eval-samples >= 2")
+    if args.kl_target < 0 or args.kl_horizon < 1 or args.init_kl_coef < 0:
+        raise ValueError("need --kl-target >= 0, --kl-horizon >= 1, --init-kl-coef >= 0")
+    if (
+        args.sft_data == ""
+        and args.sft_demos < 1
+        or args.preference_data == ""
+        and args.rm_pairs < 2
+    ):
+        raise ValueError("need --sft-demos >= 1 and --rm-pairs >= 2 for the built-in task")
+
+
+def train(args):
+    check_rlhf_args(args)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    # A tiny GPT-2's matmuls are too small to split across threads; on a busy 2-core machine
+    # one thread was 16x faster than two (measured here).
+    torch.set_num_threads(
+        args.threads or (1 if args.model_name == "tiny" else torch.get_num_threads())
+    )
+    task = os.path.basename(args.sft_data) if args.sft_data else "movie-reviews"
+    run_name = f"{task}__rlhf_ppo_gpt2__{args.seed}__{int(time.time())}"
+    out_dir = args.output_dir or os.path.join("runs", run_name)
+    os.makedirs(out_dir, exist_ok=True)
+    writer = SummaryWriter(out_dir)
+    writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
+    rng = np.random.default_rng(args.seed)
+    t_start = time.time()
+
+    # Stage 1: SFT. Every model stays in eval mode for the whole run: GPT-2's only train-mode
+    # behaviour is dropout (also zeroed in the config), which would make rho != 1 at the start.
+    if args.sft_data:
+        demos = read_jsonl(args.sft_data, ["prompt", "response"])
+    else:
+        demos = builtin_demonstrations(rng, args.sft_demos)
+    policy, tokenizer = load_gpt2(GPT2LMHeadModel, args.model_name)
+    policy = policy.to(device).eval()
+    prompts = sorted({d["prompt"] for d in demos})
+    print(f"[sft] {len(demos)} demonstrations, {len(prompts)} prompts, {args.model_name}, {device}")
+    stage_sft(args, policy, tokenizer, demos, writer)
+    save_pretrained_atomic(policy, tokenizer, os.path.join(out_dir, "sft"))
+    t_sft = time.time()
+
+    # Stage 2: RM, normalised so that its scores of SFT samples have mean 0 and std 1: the
+    # KL coefficient and the value clip are then on a known scale (Ziegler et al. 2019).
+    if args.reward_model_path:
+        reward_model, rm_tokenizer = RewardModel.load(args.reward_model_path)
+        if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(
+                f"{args.reward_model_path}: the RM has another tokenizer than --model-name "
+                f"{args.model_name}; train it with reward_model.py --model-name {args.model_name}"
+            )
+    else:
+        reward_model, rm_tokenizer = (
+            stage_reward_model(args, policy, tokenizer, prompts, writer, rng),
+            tokenizer,
+        )
+    reward_model = reward_model.to(device).eval().requires_grad_(False)
+    reference_prompts = [prompts[i] for i in rng.integers(len(prompts), size=args.eval_samples)]
+    sft_texts = sample_texts(policy, tokenizer, reference_prompts, args)
+    mean, std = reward_model.normalize_(
+        score(reward_model, rm_tokenizer, reference_prompts, sft_texts)
+    )
+    print(f"[rm] normalised on {len(sft_texts)} SFT samples (mean {mean:.3f}, std {std:.3f})")
+    reward_model.save(os.path.join(out_dir, "reward_model"), rm_tokenizer)
+    t_rm = time.time()
+
+    # Stage 3: PPO. pi_ref is a frozen copy of the SFT policy; V is a copy of the RM.
+    reference = copy.deepcopy(policy).requires_grad_(False)
+    value_model = ValueModel(reward_model).requires_grad_(True)
+    optimizer = torch.optim.Adam(
+        [*policy.parameters(), *value_model.parameters()], lr=args.learning_rate, eps=args.adam_eps
+    )
+    models = (policy, reference, reward_model, rm_tokenizer, tokenizer)
+    sft_eval = evaluate_lm_policy(*models, prompts, args)
+    print("[ppo] SFT policy:   " + "  ".join(f"{k} {v:.3f}" for k, v in sft_eval.items()))
+    beta, start = args.init_kl_coef, time.time()
+    shown = ["gold", "rm_score", "kl", "beta", "well_formed", "entropy", "clipfrac",
+             "approx_kl", "value_loss", "length"]  # fmt: skip
+    with open(os.path.join(out_dir, "ppo_metrics.csv"), "w") as csv:
+        for it in range(1, args.ppo_iterations + 1):
+            batch_prompts = [
+                prompts[i] for i in rng.integers(len(prompts), size=args.rollout_batch_size)
+            ]
+            roll, stats = collect_rollout(*models, batch_prompts, args)
+            q, qm, r, m = roll["q"], roll["qm"], roll["r"], roll["m"]
+            with torch.no_grad():
+                values = response_values(value_model, q, qm, r, m) * m
+                # a response cut at --max-new-tokens never ended: a fixed penalty on its score
+                scores = roll["scores"] - args.no_eos_penalty * (~roll["ended"]).float()
+                rewards = kl_shaped_rewards(scores, roll["logp"], roll["ref_logp"], m, beta)
+                adv, returns = token_gae(rewards, values, m, args.gamma, args.gae_lambda)
+                # whitened over all response tokens of the batch, after the returns are made
+                adv = masked_whiten(adv, m)
+            roll |= {"values": values, "adv": adv, "returns": returns}
+            try:
+                stats |= ppo_update(args, policy, value_model, optimizer, roll)
+            except FloatingPointError as e:
+                raise FloatingPointError(
+                    f"{e} (PPO iteration {it}); SFT and RM are saved in {out_dir}"
+                ) from None
+            stats["beta"] = beta
+            beta = adaptive_kl_coef(beta, stats["kl"], args.kl_target, len(r), args.kl_horizon)
+            for k, v in stats.items():
+                writer.add_scalar(f"ppo/{k}", v, it)
+            if it == 1:
+                csv.write("iteration," + ",".join(stats) + "\n")
+            csv.write(f"{it}," + ",".join(f"{v:.6g}" for v in stats.values()) + "\n")
+            csv.flush()
+            progress("ppo", it, args.ppo_iterations, start, **{k: stats[k] for k in shown})
+            if args.sample_every and (it % args.sample_every == 0 or it == 1):
+                for p, t, s in list(
+                    zip(batch_prompts, roll["texts"], roll["scores"].tolist(), strict=True)
+                )[:3]:
+                    print(f"    {p + t!r}  gold {gold_scores([t])[0]:+.2f}  rm {s:+.2f}")
+    save_pretrained_atomic(policy, tokenizer, os.path.join(out_dir, "policy"))
+    t_ppo = time.time()
+    final_eval = evaluate_lm_policy(*models, prompts, args)
+    print("[ppo] final policy: " + "  ".join(f"{k} {v:.3f}" for k, v in final_eval.items()))
+    writer.close()
+    summary = {"algo": "rlhf_ppo", "task": task, "model_name": args.model_name, "seed": args.seed}
+    summary |= {f"sft_{k}": v for k, v in sft_eval.items()}
+    summary |= {f"final_{k}": v for k, v in final_eval.items()}
+    summary |= {
+        "kl_target": args.kl_target,
+        "final_beta": beta,
+        "sft_time_s": round(t_sft - t_start, 2),
+        "rm_time_s": round(t_rm - t_sft, 2),
+        "ppo_time_s": round(t_ppo - t_rm, 2),
+        "wall_time_s": round(time.time() - t_start, 2),
+        "output_dir": out_dir,
+    }
+    return summary
+
+
+def main(argv=None):
+    """Run train(), print its summary as the last stdout line; bad input exits with one line."""
+    try:
+        summary = train(parse_args(argv))
+    except (ValueError, OSError, FloatingPointError) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        print("error: interrupted; checkpoints written so far are kept", file=sys.stderr)
+        sys.exit(130)
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -43,7 +43,9 @@ class Args:
     value_learning_rate: float = flag(1e-2, "Adam learning rate of V(s) (--baseline value)")
     gamma: float = flag(0.99, "discount factor of the reward-to-go")
     num_envs: int = flag(8, "parallel environments = complete episodes per update")
-    baseline: str = flag("value", "none | mean (batch mean of G_t) | value (learned V(s))")
+    baseline: str = flag(
+        "value", "none | mean (batch mean of G_t; with normalisation, same as none) | value (V(s))"
+    )
     normalize_advantages: bool = flag(True, "scale the advantages of each batch to mean 0, std 1")
     bootstrap_truncated: bool = flag(
         True, "with --baseline value, G_t of a time-limit-truncated episode adds γ^k V(s_final)"
@@ -79,9 +81,10 @@ def save_atomic(obj, path):
 # The policy gradient theorem (Sutton et al. 2000), in its Monte Carlo form (Williams 1992):
 #     ∇θ J(θ) = E_τ~πθ [ Σ_t ∇θ log πθ(a_t|s_t) · G_t ],   G_t = Σ_k γ^k r_{t+k+1}.
 # Reward-to-go: an action cannot influence rewards that came before it (causality). For
-# k < t, E[∇ log π(a_t|s_t) · r_{k+1}] = E[r_{k+1} · E_{a_t~π}[∇ log π(a_t|s_t)]] = 0, since
-# Σ_a π ∇ log π = ∇ Σ_a π = ∇1 = 0; so the whole-episode return can be replaced by G_t,
-# which drops those zero-mean terms and with them their variance.
+# k < t, r_{k+1} is fixed once the history up to s_t is, and a_t ~ π(·|s_t) is drawn after
+# it, so E[∇ log π(a_t|s_t) · r_{k+1}] = E[r_{k+1} · E_{a_t~π}[∇ log π(a_t|s_t)]] = 0, as
+# Σ_a π ∇ log π = ∇ Σ_a π = ∇1 = 0. The whole-episode return can thus be replaced by G_t:
+# that drops terms of mean zero, and with them their variance.
 # Baseline: for any b(s_t) that does not depend on a_t, E[∇ log π(a_t|s_t) · b(s_t)] = 0 by
 # the same identity, so G_t − b(s_t) is an unbiased weight; b ≈ V(s_t) = E[G_t|s_t] makes it
 # small, which lowers the variance.
@@ -113,16 +116,19 @@ def advantage_estimate(returns, values, baseline, normalize):
     then optionally Â ← (Â − mean Â) / (std Â + 1e-8).
 
     V must come from parameters fitted before this batch, so that b_t does not depend on a_t.
-    The batch mean contains G_t itself: its bias is O(1/batch size), negligible here.
+    The batch mean contains G_t itself: its bias is O(1/batch size), negligible here; and
+    normalisation subtracts the mean anyway, so with it "mean" and "none" coincide.
     Normalisation is a per-batch change of step size that keeps the sign of every weight
     relative to the batch mean (Schulman et al.'s implementations; Andrychowicz et al. 2021).
     """
+    # Â_t = G_t − b_t
     if baseline == "none":
         adv = returns
     elif baseline == "mean":
         adv = returns - returns.mean()
     else:
         adv = returns - values.detach()
+    # Â ← (Â − mean Â) / (std Â + 1e-8)
     if normalize and adv.numel() > 1:
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
     return adv
@@ -257,7 +263,7 @@ def train(args):
     episodes_csv.write("global_step,episodic_return\n")
     print(f"reinforce on {args.env_id}: {device}, output in {out_dir}", flush=True)
 
-    global_step, iteration = 0, 0
+    global_step, iteration, simulated = 0, 0, 0
     recent = deque(maxlen=20)
     solved_at_step = solved_at_s = None
     t0 = time.time()
@@ -279,6 +285,7 @@ def train(args):
                 solved_at_step, solved_at_s = step_at_end, round(time.time() - t0, 2)
                 print(f"solved at step {solved_at_step} ({solved_at_s} s)", flush=True)
         global_step += int(live_per_step.sum())
+        simulated += alive.numel()  # including the idle steps of envs already done
         episodes_csv.flush()
 
         # CartPole stops at 500 steps by truncation, not failure. Pure Monte Carlo counts the
@@ -357,7 +364,7 @@ def train(args):
         eval_batch = collect_episodes(
             eval_envs, policy, device, greedy=True, seed=args.seed + 10_000
         )
-        eval_mean = float(eval_batch["rewards"].sum(0).mean())
+        eval_mean = float(eval_batch["rewards"].sum(0).double().mean())
         eval_envs.close()
         writer.add_scalar("charts/eval_mean_return", eval_mean, global_step)
     writer.close()
@@ -371,6 +378,7 @@ def train(args):
         "final_mean_return": float(np.mean(recent)) if recent else None,
         "eval_mean_return": eval_mean,
         "wall_time_s": round(time.time() - start, 2),
+        "env_steps_simulated": simulated,
         "output_dir": out_dir,
     }
 

@@ -1,0 +1,1 @@
+"""Canonical test vectors for the math of every script (see golden/README.md)."""

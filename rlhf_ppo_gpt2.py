@@ -64,12 +64,12 @@ class Args:
     )
     threads: int = flag(0, "torch CPU threads; 0 = 1 for --model-name tiny, else torch's default")
     # Stage 1: SFT
-    sft_demos: int = flag(2048, "built-in demonstrations to fine-tune on")
+    sft_demos: int = flag(4096, "built-in demonstrations to fine-tune on")
     sft_epochs: int = flag(3, "passes over the demonstrations")
     sft_batch_size: int = flag(32, "demonstrations per SFT step")
-    sft_lr: float = flag(1e-3, "Adam step size of SFT")
+    sft_lr: float = flag(2e-3, "Adam step size of SFT")
     # Stage 2: RM
-    rm_pairs: int = flag(1024, "preference pairs sampled from the SFT policy for the inline RM")
+    rm_pairs: int = flag(4096, "preference pairs sampled from the SFT policy for the inline RM")
     rm_epochs: int = flag(2, "passes over the preference pairs")
     rm_batch_size: int = flag(32, "pairs per RM step")
     rm_lr: float = flag(5e-4, "Adam step size of the RM")

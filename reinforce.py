@@ -145,7 +145,7 @@ def reinforce_loss(logprob, advantages):
 
 
 def value_regression_loss(values, returns):
-    """Regression of the baseline on the Monte Carlo targets: L_V = ½ mean_t (V(s_t) − G_t)²."""
+    """Regression of the baseline on the returns: L_V = ½ mean_t (V(s_t) − G_t)²."""
     # L_V = ½ mean (V(s_t) − G_t)²
     return 0.5 * (values - returns).pow(2).mean()
 
@@ -162,14 +162,14 @@ def reinforce_mlp(in_dim, out_dim, hidden, last_std):
 
 
 def make_reinforce_envs(env_id, num_envs):
-    """Vector env with Gymnasium's next-step autoreset; the numpy-vectorised implementation
-    where the environment has one (CartPole does), else one copy per env in this process."""
+    """A Gymnasium vector env: the numpy-vectorised implementation where the environment has
+    one (CartPole does), else one copy per env in this process."""
     try:
         spec = gym.spec(env_id)
+        mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
+        envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode)
     except gym.error.Error as e:
-        raise ValueError(f"unknown --env-id {env_id!r} ({e})") from None
-    mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
-    envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode)
+        raise ValueError(f"cannot make --env-id {env_id!r}: {e}") from None
     if not isinstance(envs.single_action_space, gym.spaces.Discrete):
         envs.close()
         raise ValueError(

@@ -137,6 +137,17 @@ def test_reinforce_gradient_is_unbiased():
     assert not within(biased, g_true)[0]
 
 
+def test_no_gradient_flows_into_the_baseline():
+    logp = torch.randn(5, requires_grad=True)
+    values = torch.randn(5, requires_grad=True)
+    adv = reinforce.advantage_estimate(torch.randn(5), values, "value", normalize=True)
+    g_logp, g_values = torch.autograd.grad(
+        reinforce.reinforce_loss(logp, adv), (logp, values), allow_unused=True
+    )
+    assert g_values is None
+    torch.testing.assert_close(g_logp, -adv / 5)
+
+
 def test_baselines_keep_the_mean_and_lower_the_variance():
     g_true, _ = exact_grad()
     plain = grad_estimates("none")  # same seed: the same sampled episodes for every variant
@@ -215,7 +226,7 @@ def test_short_run_learns(tmp_path):
         (["--gamma", "1.5"], "--gamma"),
         (["--baseline", "median"], "--baseline must be none, mean or value"),
         (["--env-id", "Pendulum-v1"], "Discrete"),
-        (["--env-id", "NoSuchEnv-v0"], "unknown --env-id"),
+        (["--env-id", "NoSuchEnv-v0"], "cannot make --env-id"),
     ],
 )
 def test_bad_input_is_one_line_error(tmp_path, argv, needle):

@@ -350,7 +350,7 @@ def train(args):
     recent = deque(maxlen=20)
     episodes = []  # (global_step, return) of every finished training episode
     solved_at_step = solved_at_s = None
-    global_step, beta, clip_coef = 0, args.kl_beta, args.clip_coef
+    global_step, beta = 0, args.kl_beta
     last_good = copy.deepcopy(agent.state_dict())
     t0 = time.time()
     print(f"training {args.env_id} for {args.total_timesteps} steps; logs in {out}")
@@ -400,15 +400,13 @@ def train(args):
                         mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
                     if args.loss_type == "clip":
                         pg_loss, clipfrac = clipped_surrogate_loss(
-                            logp, b_logp[mb], mb_adv, clip_coef
+                            logp, b_logp[mb], mb_adv, args.clip_coef
                         )
-                    else:
+                    else:  # nothing is clipped in this objective
                         pg_loss = kl_penalty_loss(logp, b_logp[mb], mb_adv, beta)
-                        clipfrac = ((logp - b_logp[mb]).exp() - 1).abs().gt(clip_coef).float()
-                        clipfrac = clipfrac.mean()
-                    v_loss = value_loss(
-                        v, b_val[mb], b_ret[mb], clip_coef if args.clip_vloss else 0.0
-                    )
+                        clipfrac = torch.zeros((), device=device)
+                    v_clip = args.clip_coef if args.clip_vloss else 0.0
+                    v_loss = value_loss(v, b_val[mb], b_ret[mb], v_clip)
                     entropy = categorical_entropy(logits)
                     # L = L^CLIP − c1 L^VF + c2 S is maximised; we minimise its negative.
                     loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy

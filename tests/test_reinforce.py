@@ -11,11 +11,18 @@ import sys
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 import reinforce  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-torch.set_num_threads(1)  # what train() uses; tiny tensors are faster on one thread
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """What train() uses: tiny tensors are much faster on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------- reward-to-go

@@ -38,7 +38,9 @@ class Args:
     cuda: bool = flag(True, "use CUDA when it is available")
     output_dir: str = flag("", "logs and checkpoints go here; default runs/<run-name>")
     env_id: str = flag("CartPole-v1", "a Gymnasium environment with a Discrete action space")
-    total_timesteps: int = flag(300_000, "environment steps to train for")
+    total_timesteps: int = flag(
+        300_000, "environment steps to train for (the last batch may overrun)"
+    )
     learning_rate: float = flag(1e-2, "Adam learning rate of the policy")
     value_learning_rate: float = flag(1e-2, "Adam learning rate of V(s) (--baseline value)")
     gamma: float = flag(0.99, "discount factor of the reward-to-go")

@@ -23,7 +23,20 @@ def write(name, equation, conventions, tolerance, cases, implemented_by):
         "implemented_by": implemented_by,
         "cases": cases,
     }
-    (HERE / f"{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (HERE / f"{name}.json").write_text(to_json(doc) + "\n")
+
+
+def to_json(x, indent=""):
+    """JSON with one line per innermost list, so a [T][N] array reads as a table. Floats are
+    written with repr, which round-trips float64 exactly."""
+    if isinstance(x, dict):
+        inner = indent + "  "
+        items = [f"{inner}{json.dumps(k)}: {to_json(v, inner)}" for k, v in x.items()]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    if isinstance(x, list) and any(isinstance(v, (list, dict)) for v in x):
+        inner = indent + "  "
+        return "[\n" + ",\n".join(inner + to_json(v, inner) for v in x) + "\n" + indent + "]"
+    return json.dumps(x, ensure_ascii=False)
 
 
 def r(x, digits=6):
@@ -75,7 +88,7 @@ def gae_vectors(rng):
         "at every episode end and at the end of the rollout.",
         {"rtol": 1e-6, "atol": 1e-9},
         cases,
-        ["ppo_cartpole.gae"],
+        ["ppo_cartpole.gae", "trpo.gae"],
     )
 
 
@@ -132,10 +145,11 @@ def ppo_vectors(rng):
         "ppo_value_loss",
         "unclipped: ½ mean (V − V^targ)²;  clipped (ε > 0): "
         "½ mean max((V − V^targ)², (V_old + clip(V − V_old, −ε, ε) − V^targ)²)",
-        "clip_coef = 0 means no clipping. grad_values is ∂loss/∂V.",
+        "clip_coef = 0 means no clipping. grad_values is ∂loss/∂V. reinforce's baseline "
+        "regression loss is the clip_coef = 0 case (it takes no values_old).",
         {"rtol": 1e-6, "atol": 1e-9},
         cases,
-        ["ppo_cartpole.value_loss"],
+        ["ppo_cartpole.value_loss", "reinforce.value_regression_loss"],
     )
 
     logits = r(rng.normal(size=(5, 3)) * 2)
@@ -185,11 +199,562 @@ def ppo_beta_vectors():
     )
 
 
+def ppo_kl_penalty_vectors(rng):
+    n, beta = 10, 0.7
+    lp_old = r(np.log(rng.uniform(0.05, 0.95, n)))
+    lp = r(np.array(lp_old) + rng.normal(scale=0.3, size=n))
+    adv = r(rng.normal(size=n))
+    x, a = np.array(lp) - np.array(lp_old), np.array(adv)
+    rt = np.exp(x)
+    loss = -np.mean(rt * a) + beta * np.mean(rt - 1 - x)
+    # ∂/∂log π_t of −r_t Â_t + β((r_t − 1) − log r_t), each over n
+    grad = (-rt * a + beta * (rt - 1)) / n
+    write(
+        "ppo_kl_penalty",
+        "r_t = exp(log π_θ − log π_θold);  loss = −mean_t r_t Â_t + β mean_t ((r_t − 1) − log r_t)",
+        "PPO's adaptive-KL-penalty objective (PPO paper, section 4) as a loss, with the KL "
+        "estimated by k3 on the sampled actions. grad_logp is ∂loss/∂log π_θ(a_t|s_t).",
+        {"rtol": 1e-6, "atol": 1e-9},
+        [{"inputs": dict(logp=lp, logp_old=lp_old, adv=adv, beta=beta),
+          "outputs": dict(loss=loss, grad_logp=grad.tolist())}],
+        ["ppo_cartpole.kl_penalty_loss"],
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- shared numpy helpers
+
+
+def log_softmax(z):
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def softmax(z):
+    return np.exp(log_softmax(z))
+
+
+# ---------------------------------------------------------------- REINFORCE
+
+
+def naive_reward_to_go(rewards, ends, bootstrap, gamma):
+    """G_t = Σ_{k=t}^{e} γ^{k−t} r_k + γ^{e−t+1} bootstrap_e, e = the first end at or after t;
+    no bootstrap when the rollout stops before any end."""
+    T, N = np.shape(rewards)
+    returns = np.zeros((T, N))
+    for n in range(N):
+        for t in range(T):
+            for k in range(t, T):
+                returns[t, n] += gamma ** (k - t) * rewards[k][n]
+                if ends[k][n]:
+                    returns[t, n] += gamma ** (k - t + 1) * bootstrap[k][n]
+                    break
+    return returns
+
+
+def reinforce_vectors(rng):
+    cases = []
+    for T, N, gamma in [(6, 1, 0.9), (10, 3, 0.99), (5, 2, 1.0)]:
+        rewards = r(rng.normal(size=(T, N)))
+        ends = (rng.random((T, N)) < 0.25).astype(int)
+        ends[-1, 0] = 1  # one env's last step ends an episode, the others stop mid-episode
+        # Bootstrap values sit on every row; only those on episode ends may count.
+        bootstrap = r(rng.normal(size=(T, N)) * (rng.random((T, N)) < 0.6))
+        inputs = dict(rewards=rewards, ends=ends.tolist(), bootstrap=bootstrap, gamma=gamma)
+        G = naive_reward_to_go(rewards, ends, bootstrap, gamma)
+        cases.append({"inputs": inputs, "outputs": {"returns": G.tolist()}})
+    write(
+        "reinforce_reward_to_go",
+        "G_t = r_t + γ G_{t+1} inside an episode;  G_t = r_t + γ bootstrap_t where ends_t = 1",
+        "Time-major [T][N]. rewards[t] is the reward that followed the action at t. ends_t = 1 "
+        "marks the last step of an episode; bootstrap_t is read only there (0 for a "
+        "termination, V(final observation) for a time-limit truncation; any other entries are "
+        "ignored). A rollout that stops without an end gets no bootstrap: G = Σ_{k≥t} γ^{k−t} "
+        "r_k to the last row.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["reinforce.reward_to_go"],
+    )
+
+    returns, values = r(rng.normal(size=8) * 3 + 5), r(rng.normal(size=8) * 3 + 5)
+    cases = []
+    for baseline in ("none", "mean", "value"):
+        for normalize in (False, True):
+            G, V = np.array(returns), np.array(values)
+            adv = {"none": G, "mean": G - G.mean(), "value": G - V}[baseline]
+            if normalize:
+                adv = (adv - adv.mean()) / (adv.std(ddof=1) + 1e-8)
+            inputs = dict(returns=returns, values=values, baseline=baseline, normalize=normalize)
+            cases.append({"inputs": inputs, "outputs": {"advantages": adv.tolist()}})
+    write(
+        "reinforce_advantage",
+        "Â_t = G_t − b_t,  b_t = 0 (none), mean_batch G (mean) or V(s_t) (value);  "
+        "normalised: Â ← (Â − mean Â) / (std Â + 1e-8)",
+        "std is the sample standard deviation (Bessel's correction, n − 1), as torch.std.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["reinforce.advantage_estimate"],
+    )
+
+    cases = []
+    for B, d, A in [(6, 4, 2), (5, 3, 3)]:
+        obs, W = r(rng.normal(size=(B, d))), r(rng.normal(size=(d, A)) * 0.5)
+        actions, adv = rng.integers(0, A, B), r(rng.normal(size=B))
+        p = softmax(np.array(obs) @ np.array(W))
+        logp = np.log(p[np.arange(B), actions])
+        a = np.array(adv)
+        # ∇_W log π(a|s) = s ⊗ (e_a − π(·|s)) for logits s·W
+        onehot = np.eye(A)[actions]
+        grad = -np.mean(
+            [np.outer(s, e - q) * ai for s, e, q, ai in zip(obs, onehot, p, a, strict=True)], 0
+        )
+        inputs = dict(obs=obs, W=W, actions=actions.tolist(), adv=adv)
+        outputs = dict(loss=-np.mean(logp * a), grad_W=grad.tolist())
+        cases.append({"inputs": inputs, "outputs": outputs})
+    write(
+        "reinforce_policy_gradient",
+        "loss = −mean_i log π_W(a_i|s_i) Â_i with π_W(·|s) = softmax(s·W);  "
+        "∇_W loss = −mean_i s_i ⊗ (e_{a_i} − π_W(·|s_i)) Â_i",
+        "A linear softmax policy: logits = obs @ W, obs [B][d], W [d][A]. Â is a constant (no "
+        "gradient flows through the advantages or a baseline). grad_W is [d][A].",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["reinforce.reinforce_loss"],
+    )
+
+
+# ---------------------------------------------------------------- TRPO
+
+
+def krylov_iterate(A, b, k):
+    """The k-th conjugate-gradient iterate, by its defining property rather than by the CG
+    recursion: x_k minimises the A-norm of the error over span{b, Ab, …, A^{k−1} b}."""
+    K = np.stack([np.linalg.matrix_power(A, j) @ b for j in range(k)], 1)
+    Q, _ = np.linalg.qr(K)
+    return Q @ np.linalg.solve(Q.T @ A @ Q, Q.T @ b)
+
+
+def fisher(obs, W, damping):
+    """F + damping·I for logits = obs @ W, in the coordinates of W.ravel() (row-major):
+    F = mean_s Jᵀ (diag p − p pᵀ) J = mean_s (s sᵀ) ⊗ (diag p − p pᵀ)."""
+    obs, p = np.asarray(obs), softmax(np.asarray(obs) @ np.asarray(W))
+    per_state = [
+        np.kron(np.outer(s, s), np.diag(q) - np.outer(q, q)) for s, q in zip(obs, p, strict=True)
+    ]
+    F = np.mean(per_state, 0)
+    return F + damping * np.eye(len(F))
+
+
+def mean_kl(obs, W_old, W):
+    """mean_s KL(π_old(·|s) ‖ π_W(·|s)) of the linear softmax policy."""
+    lp, lq = log_softmax(np.asarray(obs) @ W_old), log_softmax(np.asarray(obs) @ W)
+    return float(np.mean((np.exp(lp) * (lp - lq)).sum(-1)))
+
+
+def trpo_vectors(rng):
+    n = 6
+    M = rng.normal(size=(n, n))
+    A = r(M @ M.T / n + np.eye(n))
+    b = r(rng.normal(size=n))
+    cases = []
+    for iters, tol in [(1, 0.0), (2, 0.0), (3, 0.0), (n, 0.0), (25, 1e-10)]:
+        Aa, ba = np.array(A), np.array(b)
+        x = np.linalg.solve(Aa, ba) if iters >= n else krylov_iterate(Aa, ba, iters)
+        inputs = dict(A=A, b=b, iters=iters, tol=tol)
+        cases.append({"inputs": inputs, "outputs": {"x": x.tolist()}})
+    write(
+        "conjugate_gradient",
+        "CG for A x = b from x_0 = 0:  x_k = argmin_{x ∈ span{b, Ab, …, A^{k−1}b}} "
+        "(x − x*)ᵀ A (x − x*),  x* = A⁻¹ b",
+        "A is symmetric positive definite and is used only through v ↦ A v. iters is the "
+        "number of CG iterations (x_k for k = iters); the iteration stops early once "
+        "|b − A x_k| ≤ tol·|b|. With iters ≥ n the answer is A⁻¹ b (numpy.linalg.solve); with "
+        "fewer, the Krylov minimiser, computed here by projection, not by the CG recursion.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["trpo.conjugate_gradient"],
+    )
+
+    cases = []
+    for B, d, nA, damping in [(5, 3, 2, 0.0), (5, 3, 2, 0.1), (6, 2, 3, 0.01)]:
+        obs, W = r(rng.normal(size=(B, d))), r(rng.normal(size=(d, nA)) * 0.7)
+        v = r(rng.normal(size=d * nA))
+        F = fisher(obs, W, damping)
+        check_fisher_is_kl_hessian(np.array(obs), np.array(W))
+        inputs = dict(obs=obs, W=W, damping=damping, v=v)
+        cases.append({"inputs": inputs, "outputs": {"Fv": (F @ np.array(v)).tolist()}})
+    write(
+        "fisher_vector_product",
+        "F = ∇²_θ mean_s KL(π_θold(·|s) ‖ π_θ(·|s)) at θ = θold = mean_s Jᵀ(diag p − p pᵀ)J, "
+        "J = ∂logits/∂θ;  output (F + damping·I) v",
+        "A linear softmax policy: logits = obs @ W, obs [B][d], W [d][A]; θ = W flattened "
+        "row-major (index j·A + a), so v and Fv have d·A entries. For this policy "
+        "F = mean_s (s sᵀ) ⊗ (diag p − p pᵀ). Damping is included in the product, as TRPO "
+        "solves (F + damping·I) s = g. With damping 0 this F is singular (adding a constant "
+        "to all logits changes nothing).",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["trpo.fisher_vector_product"],
+    )
+
+    # Three situations, each drawn until it occurs: the full step is accepted; the full step
+    # breaks the trust region and a halved one is accepted; no candidate is accepted.
+    cases = []
+    for max_kl, ls_steps, want in [(0.01, 10, (1, 1)), (1.0, 10, (2, 1)), (1.0, 1, (1, 0))]:
+        while True:
+            obs, W = r(rng.normal(size=(8, 3))), r(rng.normal(size=(3, 2)) * 0.5)
+            actions, adv = rng.integers(0, 2, 8), r(rng.normal(size=8))
+            inputs = dict(obs=obs, W=W, actions=actions.tolist(), adv=adv, max_kl=max_kl,
+                          damping=0.1, ls_steps=ls_steps)  # fmt: skip
+            out = trpo_reference(**inputs)
+            if out is not None and (out["line_search_steps"], out["accepted"]) == want:
+                break
+        cases.append({"inputs": inputs, "outputs": out})
+    write(
+        "trpo_step",
+        "g = ∇_θ L(θold), L(θ) = mean_i π_θ(a_i|s_i)/π_θold(a_i|s_i) Â_i;  "
+        "s = (F + damping·I)⁻¹ g;  "
+        "β = sqrt(2δ / sᵀ(F + damping·I)s);  θ_k = θold + 0.5^k β s, k = 0, 1, …, ls_steps − 1: "
+        "accept the first with mean_s KL(π_θold ‖ π_θk) ≤ δ and L(θ_k) − L(θold) > 0",
+        "A linear softmax policy, logits = obs @ W, θ = W flattened row-major (see "
+        "fisher_vector_product). max_kl is δ. s is the exact solution (CG run to convergence). "
+        "line_search_steps counts the candidates tried; if none is accepted, accepted is 0, "
+        "W_new = W and kl/improvement are those of the last candidate tried. "
+        "expected_improvement is gᵀ(θ_k − θold) of that candidate. s is the natural-gradient "
+        "direction, full_step is β s.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["trpo.trpo_step"],
+    )
+
+    logits_p, logits_q = r(rng.normal(size=(6, 3)) * 2), r(rng.normal(size=(6, 3)) * 2)
+    lp, lq = log_softmax(logits_p), log_softmax(logits_q)
+    write(
+        "categorical_kl",
+        "KL(p ‖ q) = Σ_a p(a) (log p(a) − log q(a)),  p = softmax(logits_p), q = softmax(logits_q)",
+        "Per state (one value per row of [B][A] logits), not averaged.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        [{"inputs": dict(logits_p=logits_p, logits_q=logits_q),
+          "outputs": {"kl": (np.exp(lp) * (lp - lq)).sum(-1).tolist()}}],
+        ["trpo.categorical_kl"],
+    )  # fmt: skip
+
+    logits = r(rng.normal(size=(7, 3)))
+    actions = rng.integers(0, 3, 7)
+    logp_old = r(log_softmax(np.array(logits))[np.arange(7), actions] + rng.normal(0, 0.2, 7))
+    adv = r(rng.normal(size=7))
+    ratio = np.exp(log_softmax(np.array(logits))[np.arange(7), actions] - np.array(logp_old))
+    write(
+        "trpo_surrogate",
+        "L(θ) = mean_i π_θ(a_i|s_i) / π_θold(a_i|s_i) Â_i,  π_θ = softmax(logits)",
+        "logits [B][A] of π_θ, the taken actions, log π_θold(a_i|s_i) and the advantages.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        [{"inputs": dict(logits=logits, actions=actions.tolist(), logp_old=logp_old, adv=adv),
+          "outputs": {"surrogate": float(np.mean(ratio * np.array(adv)))}}],
+        ["trpo.surrogate_advantage"],
+    )  # fmt: skip
+
+
+def check_fisher_is_kl_hessian(obs, W, h=1e-5):
+    """Self-check of the closed form: its columns are central differences of ∇ mean KL."""
+
+    def grad_kl(theta):
+        # ∇_W mean_s KL(p_old ‖ softmax(s·W)) = mean_s s ⊗ (softmax(s·W) − p_old)
+        q = softmax(obs @ theta.reshape(W.shape))
+        return np.mean(
+            [np.outer(s, a - b) for s, a, b in zip(obs, q, softmax(obs @ W), strict=True)], 0
+        )
+
+    theta, F = W.ravel(), fisher(obs, W, 0.0)
+    for i in range(len(theta)):
+        e = np.eye(len(theta))[i] * h
+        column = (grad_kl(theta + e) - grad_kl(theta - e)).ravel() / (2 * h)
+        assert np.allclose(column, F[:, i], atol=1e-8), "closed-form Fisher is wrong"
+
+
+def trpo_reference(obs, W, actions, adv, max_kl, damping, ls_steps):
+    obs, W0, adv = np.array(obs), np.array(W), np.array(adv)
+    idx = np.arange(len(obs))
+    logp_old = log_softmax(obs @ W0)[idx, actions]
+
+    def surrogate(Wk):
+        return float(np.mean(np.exp(log_softmax(obs @ Wk)[idx, actions] - logp_old) * adv))
+
+    # ∇_W L at W_old = mean_i Â_i s_i ⊗ (e_{a_i} − π_old(·|s_i)), since the ratio is 1 there
+    p0 = softmax(obs @ W0)
+    onehot = np.eye(W0.shape[1])[actions]
+    terms = zip(adv, obs, onehot, p0, strict=True)
+    g = np.mean([ai * np.outer(s, e - q) for ai, s, e, q in terms], 0).ravel()
+    Fd = fisher(obs, W0, damping)
+    s = np.linalg.solve(Fd, g)
+    beta = np.sqrt(2 * max_kl / (s @ Fd @ s))
+    out = dict(grad_norm=float(np.linalg.norm(g)), s=s.tolist(), beta=float(beta))
+    out["full_step"] = (beta * s).tolist()
+    for k in range(ls_steps):
+        step = 0.5**k * beta * s
+        Wk = W0 + step.reshape(W0.shape)
+        kl, improvement = mean_kl(obs, W0, Wk), surrogate(Wk) - surrogate(W0)
+        accepted = kl <= max_kl and improvement > 0
+        if abs(kl - max_kl) < 1e-3 * max_kl or abs(improvement) < 1e-6:
+            return None  # on a knife edge that rounding could flip: not a good test vector
+        out.update(line_search_steps=k + 1, accepted=int(accepted), kl=kl)
+        out.update(improvement=improvement, expected_improvement=float(g @ step))
+        out["W_new"] = (Wk if accepted else W0).tolist()
+        if accepted:
+            break
+    return out
+
+
+# ---------------------------------------------------------------- reward model
+
+
+def bradley_terry_vectors(rng):
+    rc = r(np.concatenate([rng.normal(size=6), [40.0, -40.0]]))
+    rr = r(np.concatenate([rng.normal(size=6), [-5.0, 5.0]]))
+    d = np.array(rc) - np.array(rr)
+    n = len(d)
+    # −log σ(d) = log(1 + e^{−d}) = logaddexp(0, −d); ∂/∂r_c = −σ(−d)/n, ∂/∂r_r = σ(−d)/n
+    sigma_neg = np.exp(-np.logaddexp(0, d))
+    write(
+        "bradley_terry_loss",
+        "P(y_c ≻ y_r) = σ(r_c − r_r);  loss = −mean_i log σ(r_c,i − r_r,i)",
+        "r_chosen and r_rejected are the scalar rewards of the preferred and the other response "
+        "of each pair. The last two pairs have margins ±45: a naive log(sigmoid(·)) gives -inf "
+        "there in float32 and loses precision in float64; use a stable log-sigmoid.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        [{"inputs": dict(r_chosen=rc, r_rejected=rr),
+          "outputs": dict(loss=float(np.mean(np.logaddexp(0, -d))),
+                          grad_chosen=(-sigma_neg / n).tolist(),
+                          grad_rejected=(sigma_neg / n).tolist())}],
+        ["reward_model.bradley_terry_loss", "rlhf_ppo_gpt2.bradley_terry_loss"],
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- RLHF (token level)
+
+
+def prefix_mask(lengths, L):
+    return (np.arange(L)[None, :] < np.array(lengths)[:, None]).astype(int)
+
+
+def rlhf_vectors(rng):
+    B, L, lengths = 3, 6, [6, 3, 1]
+    mask = prefix_mask(lengths, L)
+    cases = []
+    for beta in (0.05, 0.0):
+        logprobs = r(-rng.exponential(size=(B, L)))
+        ref = r(-rng.exponential(size=(B, L)))
+        scores = r(rng.normal(size=B))
+        rewards = np.zeros((B, L))
+        for b in range(B):
+            for t in range(lengths[b]):
+                rewards[b, t] = -beta * (logprobs[b][t] - ref[b][t])
+            rewards[b, lengths[b] - 1] += scores[b]
+        inputs = dict(scores=scores, logprobs=logprobs, ref_logprobs=ref, mask=mask.tolist(),
+                      beta=beta)  # fmt: skip
+        cases.append({"inputs": inputs, "outputs": {"rewards": rewards.tolist()}})
+    write(
+        "rlhf_kl_shaped_rewards",
+        "r_t = −β (log π(y_t|x, y_<t) − log π_ref(y_t|x, y_<t)) "
+        "+ [t = last response token] r_φ(x, y)",
+        "[B][L] over response tokens. mask is 1 on the response (EOS included) and 0 on the "
+        "padding after it: a prefix of ones in each row. The score lands once, on the last "
+        "token with mask 1; the KL penalty on every response token; padding gets 0 whatever "
+        "its log-probs hold (Ziegler et al. 2019; Huang et al. 2023).",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["rlhf_ppo_gpt2.kl_shaped_rewards"],
+    )
+
+    B, L, lengths = 3, 7, [7, 4, 1]
+    mask = prefix_mask(lengths, L)
+    cases = []
+    for gamma, lam in [(1.0, 0.95), (0.9, 0.8)]:
+        rewards = r(rng.normal(size=(B, L)) * mask)  # kl_shaped_rewards gives 0 on padding
+        values = r(rng.normal(size=(B, L)))  # padding holds garbage values on purpose
+        adv, ret = np.zeros((B, L)), np.zeros((B, L))
+        for b in range(B):
+            n = lengths[b]
+            V = list(values[b][:n]) + [0.0]  # the episode ends at the last real token
+            delta = [rewards[b][t] + gamma * V[t + 1] - V[t] for t in range(n)]
+            for t in range(n):
+                adv[b, t] = sum((gamma * lam) ** (k - t) * delta[k] for k in range(t, n))
+                ret[b, t] = adv[b, t] + V[t]
+        inputs = dict(rewards=rewards, values=values, mask=mask.tolist(), gamma=gamma, lam=lam)
+        cases.append({"inputs": inputs, "outputs": {"advantages": adv.tolist(),
+                                                    "returns": ret.tolist()}})  # fmt: skip
+    write(
+        "rlhf_token_gae",
+        "δ_t = r_t + γ V_{t+1} − V_t (V_{T+1} = 0 after the last response token T);  "
+        "Â_t = Σ_{k=t}^{T} (γλ)^{k−t} δ_k;  R_t = Â_t + V_t",
+        "[B][L] over response tokens; mask is a prefix of ones (response incl. EOS). Each row "
+        "is one episode that ends at its last masked token with no bootstrap (also when the "
+        "response was cut at the length limit). Advantages and returns are 0 on padding, and "
+        "the values there are ignored. rewards are 0 on padding, as kl_shaped_rewards makes "
+        "them (see golden/README.md on that precondition).",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["rlhf_ppo_gpt2.token_gae"],
+    )
+
+    B, L, lengths, eps = 3, 5, [5, 3, 2], 0.2
+    mask = prefix_mask(lengths, L)
+    m = mask.astype(bool)
+    old = r(-rng.exponential(size=(B, L)))
+    ratio = np.array([[0.5, 0.9, 1.1, 1.3, 0.75], [1.0, 1.25, 0.7, 2.0, 3.0],
+                      [0.85, 1.05, 0.1, 9.0, 1.0]])  # fmt: skip
+    logprobs = r(np.array(old) + np.log(ratio))
+    adv = r(rng.normal(size=(B, L)))
+    rt = np.exp(np.array(logprobs) - np.array(old))
+    a, M = np.array(adv), m.sum()
+    surrogate = np.minimum(rt * a, np.clip(rt, 1 - eps, 1 + eps) * a)
+    active = np.where(a >= 0, rt <= 1 + eps, rt >= 1 - eps)
+    log_r = np.log(rt)
+    policy = dict(
+        loss=float(-surrogate[m].mean()),
+        grad_logprobs=np.where(m & active, -rt * a / M, 0.0).tolist(),
+        clipfrac=float((np.abs(rt - 1) > eps)[m].mean()),
+        approx_kl=float((rt - 1 - log_r)[m].mean()),
+    )
+    v_old, ret = r(rng.normal(size=(B, L))), r(rng.normal(size=(B, L)))
+    v = r(np.array(v_old) + rng.uniform(-0.5, 0.5, size=(B, L)))
+    value_cases = []
+    for clip in (0.2, 0.0):
+        va, vo, tg = np.array(v), np.array(v_old), np.array(ret)
+        unclipped = (va - tg) ** 2
+        vc = vo + np.clip(va - vo, -clip, clip)
+        if clip > 0:
+            both = np.maximum(unclipped, (vc - tg) ** 2)
+            g = np.where(unclipped >= (vc - tg) ** 2, va - tg,
+                         np.where(np.abs(va - vo) < clip, vc - tg, 0.0))  # fmt: skip
+        else:
+            both, g = unclipped, va - tg
+        value_cases.append(dict(clip_coef=clip, loss=0.5 * float(both[m].mean()),
+                                grad_values=np.where(m, g / M, 0.0).tolist()))  # fmt: skip
+    write(
+        "rlhf_token_ppo_losses",
+        "ρ_t = exp(log π − log π_old);  policy loss = −masked_mean min(ρ_t Â_t, clip(ρ_t, 1−ε, "
+        "1+ε) Â_t);  clipfrac = masked_mean [|ρ_t − 1| > ε];  approx_kl = masked_mean((ρ_t − 1) − "
+        "log ρ_t);  value loss = ½ masked_mean max((V − R)², "
+        "(V_old + clip(V − V_old, −c, c) − R)²)",
+        "[B][L] over response tokens; masked_mean(x) = Σ x·m / Σ m over all tokens of the batch "
+        "(every token weighs the same, not every sequence). Padding (m = 0) holds garbage and "
+        "gets zero gradient. c = 0 turns the value clip off. grad_* are ∂loss/∂input.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        [{"inputs": dict(logprobs=logprobs, old_logprobs=old, advantages=adv, mask=mask.tolist(),
+                         clip_coef=eps, values=v, old_values=v_old, returns=ret),
+          "outputs": dict(policy=policy, value=value_cases)}],
+        ["rlhf_ppo_gpt2.token_policy_loss", "rlhf_ppo_gpt2.token_value_loss"],
+    )  # fmt: skip
+
+    cases = []
+    for kl_target, horizon, n_steps in [(6.0, 10000, 512), (0.5, 100, 64), (0.0, 10000, 512)]:
+        kls = [0.0, 3.0, 5.5, 6.0, 6.6, 7.2, 12.0, 30.0, 0.1, 4.0]
+        kls = [k * kl_target / 6 for k in kls] if kl_target else kls
+        beta, betas = 0.05, []
+        for kl in kls:
+            if kl_target > 0:
+                e = np.clip(kl / kl_target - 1, -0.2, 0.2)
+                beta = beta * (1 + e * n_steps / horizon)
+            betas.append(float(beta))
+        inputs = dict(beta0=0.05, kl_target=kl_target, horizon=horizon, n_steps=n_steps, kls=kls)
+        cases.append({"inputs": inputs, "outputs": {"betas": betas}})
+    write(
+        "rlhf_adaptive_kl_controller",
+        "e = clip(KL / KL_target − 1, −0.2, 0.2);  β ← β (1 + e · n_steps / horizon)",
+        "Ziegler et al. 2019, section 2.2. Starting from beta0, betas[i] is β after the update "
+        "whose measured KL is kls[i]; n_steps is the number of samples (episodes) in that "
+        "update. kl_target = 0 keeps β fixed.",
+        {"rtol": 1e-12, "atol": 0},
+        cases,
+        ["rlhf_ppo_gpt2.adaptive_kl_coef"],
+    )
+
+    cases = []
+    for temperature in (1.0, 0.7):
+        logits = r(rng.normal(size=(2, 3, 5)) * 2)
+        tokens = rng.integers(0, 5, (2, 3))
+        lp = log_softmax(np.array(logits) / temperature)
+        logprobs = np.take_along_axis(lp, tokens[..., None], -1)[..., 0]
+        entropy = -(np.exp(lp) * lp).sum(-1)
+        inputs = dict(logits=logits, tokens=tokens.tolist(), temperature=temperature)
+        outputs = dict(logprobs=logprobs.tolist(), entropy=entropy.tolist())
+        cases.append({"inputs": inputs, "outputs": outputs})
+    write(
+        "rlhf_token_logprobs",
+        "log π(y_t) = log_softmax(z_t / T)[y_t];  H_t = −Σ_a p_a log p_a,  p = softmax(z_t / T)",
+        "logits [B][L][V] are the logits that predicted tokens [B][L]; T is the sampling "
+        "temperature, which scoring must use too, or the PPO ratio is not 1 before any update.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["rlhf_ppo_gpt2.token_logprobs", "rlhf_ppo_gpt2.token_entropy"],
+    )
+
+    x = r(rng.normal(size=(3, 5)) * 2 + 1)
+    mask = prefix_mask([5, 2, 3], 5)
+    vals = np.array(x)[mask.astype(bool)]
+    white = (np.array(x) - vals.mean()) / np.sqrt(vals.var(ddof=1) + 1e-8) * mask
+    write(
+        "rlhf_masked_whiten",
+        "x̂ = (x − μ) / sqrt(σ² + 1e-8) · m,  μ, σ² = mean and sample variance (n − 1) of the "
+        "entries with m = 1",
+        "[B][L]; statistics over all masked-in entries of the batch; masked entries come out 0.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        [{"inputs": dict(x=x, mask=mask.tolist()), "outputs": {"whitened": white.tolist()}}],
+        ["rlhf_ppo_gpt2.masked_whiten"],
+    )
+
+    logits = r(rng.normal(size=(2, 5, 4)))
+    labels = rng.integers(0, 4, (2, 5))
+    loss_mask = np.array([[0, 0, 1, 1, 1], [0, 1, 1, 0, 0]])
+    labels = np.where(loss_mask == 1, labels, -100)
+    lp = log_softmax(np.array(logits))
+    terms = [lp[b, t - 1, labels[b, t]] for b in range(2) for t in range(1, 5) if loss_mask[b, t]]
+    write(
+        "rlhf_sft_loss",
+        "L_SFT = −(1/|R|) Σ_{(b,t) ∈ R} log softmax(z_{b,t−1})[x_{b,t}],  R = {(b,t): m_{b,t} = 1}",
+        "logits [B][L][V], labels and loss_mask [B][L]: the logits at position t − 1 predict "
+        "the label at t (next-token prediction), averaged over all masked-in tokens of the "
+        "batch. Labels outside the mask are ignored (here −100, Hugging Face's ignore index).",
+        {"rtol": 1e-6, "atol": 1e-9},
+        [{"inputs": dict(logits=logits, labels=labels.tolist(), loss_mask=loss_mask.tolist()),
+          "outputs": {"loss": -float(np.mean(terms))}}],
+        ["rlhf_ppo_gpt2.sft_loss"],
+    )  # fmt: skip
+
+    attention = [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]]
+    positions = [[max(sum(row[: t + 1]) - 1, 0) for t in range(5)] for row in attention]
+    eos = 9
+    responses = [[3, 4, 9, 9, 9], [5, 9, 2, 9, 1], [1, 2, 3, 4, 5], [9, 9, 9, 9, 9]]
+    rmask = []
+    for row in responses:
+        first = row.index(eos) if eos in row else len(row) - 1
+        rmask.append([int(t <= first) for t in range(len(row))])
+    write(
+        "rlhf_masks",
+        "position_t = (Σ_{s≤t} m_s) − 1 (0 on padding);  response mask m_t = 1 up to and "
+        "including the first EOS, 0 after it",
+        "Left-padded prompts: the first real token gets position 0, as in pre-training. "
+        "Responses: generation pads with EOS itself, so padding is found by position, not id; "
+        "a response without EOS (cut at the length limit) is all ones.",
+        {"rtol": 0, "atol": 0},
+        [{"inputs": dict(attention_mask=attention, responses=responses, eos_id=eos),
+          "outputs": dict(positions=positions, response_mask=rmask)}],
+        ["rlhf_ppo_gpt2.positions_from_mask", "rlhf_ppo_gpt2.response_mask_after_eos"],
+    )  # fmt: skip
+
+
 def main():
     rng = np.random.default_rng(2026)
     gae_vectors(rng)
     ppo_vectors(rng)
     ppo_beta_vectors()
+    # New generators draw from their own streams, so adding one never changes the others.
+    ppo_kl_penalty_vectors(np.random.default_rng(1))
+    reinforce_vectors(np.random.default_rng(2))
+    trpo_vectors(np.random.default_rng(3))
+    bradley_terry_vectors(np.random.default_rng(4))
+    rlhf_vectors(np.random.default_rng(5))
     print(f"wrote {len(list(HERE.glob('*.json')))} vector files to {HERE}")
 
 

@@ -1,9 +1,13 @@
 """Every script's math against the golden vectors in golden/*.json.
 
 The vectors were computed by golden/regenerate.py with independent float64 reference code
-(naive loops, closed forms), not by the scripts. If this test fails, either a script's math
-changed by accident, or on purpose, and then the reference and the vectors change with it
-(`python -m golden.regenerate`) in the same commit."""
+(naive loops, closed forms, analytic gradients), not by the scripts. If this test fails,
+either a script's math changed by accident, or on purpose, and then the reference and the
+vectors change with it (`python -m golden.regenerate`) in the same commit.
+
+Each test declares, with @checks, which vector file it reads and which script functions it
+calls; test_every_vector_file_is_documented_and_checked holds that list against every
+file's `implemented_by`, so no vector and no implementation goes unchecked."""
 
 import json
 from pathlib import Path
@@ -11,10 +15,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 import ppo_cartpole
+import reinforce
+import reward_model
+import rlhf_ppo_gpt2
+import trpo
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+SCRIPTS = {m.__name__: m for m in (ppo_cartpole, reinforce, trpo, reward_model, rlhf_ppo_gpt2)}
+CHECKED = {}  # vector name -> the script functions its tests call
+
+
+def checks(name, *functions):
+    """Mark a test as the check of vector file `name` against `functions` ("module.func")."""
+    CHECKED.setdefault(name, set()).update(functions)
+    return lambda test: test
+
+
+def impl(qualified):
+    """The script function "module.func", looked up when the test runs, so that a renamed or
+    missing function fails its own tests, with its name, instead of the whole file."""
+    module, function = qualified.split(".")
+    fn = getattr(SCRIPTS[module], function, None)
+    assert callable(fn), f"{qualified} does not exist: the vectors name it in implemented_by"
+    return fn
 
 
 def load(name):
@@ -26,6 +53,8 @@ def t(x):
 
 
 def close(actual, expected, tol):
+    if isinstance(actual, torch.Tensor):
+        actual = actual.detach().numpy()
     np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, **tol)
 
 
@@ -34,24 +63,52 @@ def cases(name):
     return [(doc["tolerance"], c["inputs"], c["outputs"]) for c in doc["cases"]]
 
 
+class Linear(nn.Module):
+    """The golden vectors' tiny policy: logits = obs @ W, W [d][A] its only parameter, so
+    parameters_to_vector gives W flattened row-major, as the vectors define θ."""
+
+    def __init__(self, W):
+        super().__init__()
+        self.W = nn.Parameter(t(W))
+
+    def forward(self, obs):
+        return obs @ self.W
+
+
 def test_every_vector_file_is_documented_and_checked():
-    checked = {"gae", "ppo_clipped_surrogate", "ppo_value_loss", "categorical_entropy",
-               "k3_kl", "ppo_adaptive_beta"}  # fmt: skip
+    names = set()
     for path in GOLDEN.glob("*.json"):
         doc = json.loads(path.read_text())
         assert {"equation", "conventions", "tolerance", "cases", "implemented_by"} <= doc.keys()
-        assert doc["name"] in checked, f"{path.name} is not checked by this file"
+        assert doc["name"] == path.stem and doc["cases"], path.name
+        assert doc["name"] in CHECKED, f"{path.name} is not checked by this file"
+        assert set(doc["implemented_by"]) == CHECKED[doc["name"]], (
+            f"{path.name}: implemented_by {doc['implemented_by']} but this file checks "
+            f"{sorted(CHECKED[doc['name']])}"
+        )
+        for qualified in doc["implemented_by"]:
+            impl(qualified)
+        names.add(doc["name"])
+    assert names == CHECKED.keys(), f"no vector file for {sorted(CHECKED.keys() - names)}"
 
 
+# ---------------------------------------------------------------- GAE and PPO
+
+
+GAE_IMPLEMENTATIONS = ["ppo_cartpole.gae", "trpo.gae"]  # two copies, proven to agree here
+
+
+@checks("gae", *GAE_IMPLEMENTATIONS)
+@pytest.mark.parametrize("fn", GAE_IMPLEMENTATIONS)
 @pytest.mark.parametrize("tol,inp,out", cases("gae"))
-def test_gae(tol, inp, out):
+def test_gae(tol, inp, out, fn):
     term, trunc = t(inp["terminated"]), t(inp["truncated"])
     done = torch.maximum(term, trunc)
-    adv = ppo_cartpole.gae(t(inp["rewards"]), t(inp["values"]), term, done, inp["gamma"],
-                           inp["lam"])  # fmt: skip
+    adv = impl(fn)(t(inp["rewards"]), t(inp["values"]), term, done, inp["gamma"], inp["lam"])
     close(adv, out["advantages"], tol)
 
 
+@checks("ppo_clipped_surrogate", "ppo_cartpole.clipped_surrogate_loss")
 @pytest.mark.parametrize("tol,inp,out", cases("ppo_clipped_surrogate"))
 def test_ppo_clipped_surrogate(tol, inp, out):
     logp = t(inp["logp"]).requires_grad_(True)
@@ -64,6 +121,17 @@ def test_ppo_clipped_surrogate(tol, inp, out):
     close(clipfrac.item(), out["clipfrac"], tol)
 
 
+@checks("ppo_kl_penalty", "ppo_cartpole.kl_penalty_loss")
+@pytest.mark.parametrize("tol,inp,out", cases("ppo_kl_penalty"))
+def test_ppo_kl_penalty(tol, inp, out):
+    logp = t(inp["logp"]).requires_grad_(True)
+    loss = ppo_cartpole.kl_penalty_loss(logp, t(inp["logp_old"]), t(inp["adv"]), inp["beta"])
+    loss.backward()
+    close(loss.item(), out["loss"], tol)
+    close(logp.grad, out["grad_logp"], tol)
+
+
+@checks("ppo_value_loss", "ppo_cartpole.value_loss", "reinforce.value_regression_loss")
 @pytest.mark.parametrize("tol,inp,out", cases("ppo_value_loss"))
 def test_ppo_value_loss(tol, inp, out):
     v = t(inp["values"]).requires_grad_(True)
@@ -71,18 +139,27 @@ def test_ppo_value_loss(tol, inp, out):
     loss.backward()
     close(loss.item(), out["loss"], tol)
     close(v.grad, out["grad_values"], tol)
+    if inp["clip_coef"] == 0:  # REINFORCE's baseline regression is the unclipped loss
+        v.grad = None
+        loss = reinforce.value_regression_loss(v, t(inp["returns"]))
+        loss.backward()
+        close(loss.item(), out["loss"], tol)
+        close(v.grad, out["grad_values"], tol)
 
 
+@checks("categorical_entropy", "ppo_cartpole.categorical_entropy")
 @pytest.mark.parametrize("tol,inp,out", cases("categorical_entropy"))
 def test_categorical_entropy(tol, inp, out):
     close(ppo_cartpole.categorical_entropy(t(inp["logits"])).item(), out["entropy"], tol)
 
 
+@checks("k3_kl", "ppo_cartpole.approx_kl")
 @pytest.mark.parametrize("tol,inp,out", cases("k3_kl"))
 def test_k3_kl(tol, inp, out):
     close(ppo_cartpole.approx_kl(t(inp["logp"]), t(inp["logp_old"])).item(), out["kl"], tol)
 
 
+@checks("ppo_adaptive_beta", "ppo_cartpole.adapt_kl_beta")
 @pytest.mark.parametrize("tol,inp,out", cases("ppo_adaptive_beta"))
 def test_ppo_adaptive_beta(tol, inp, out):
     beta, betas = inp["beta0"], []
@@ -90,3 +167,199 @@ def test_ppo_adaptive_beta(tol, inp, out):
         beta = ppo_cartpole.adapt_kl_beta(beta, kl, inp["kl_target"])
         betas.append(beta)
     assert betas == out["betas"]
+
+
+# ---------------------------------------------------------------- REINFORCE
+
+
+@checks("reinforce_reward_to_go", "reinforce.reward_to_go")
+@pytest.mark.parametrize("tol,inp,out", cases("reinforce_reward_to_go"))
+def test_reinforce_reward_to_go(tol, inp, out):
+    ends = torch.tensor(inp["ends"], dtype=torch.bool)
+    G = reinforce.reward_to_go(t(inp["rewards"]), ends, t(inp["bootstrap"]), inp["gamma"])
+    close(G, out["returns"], tol)
+
+
+@checks("reinforce_advantage", "reinforce.advantage_estimate")
+@pytest.mark.parametrize("tol,inp,out", cases("reinforce_advantage"))
+def test_reinforce_advantage(tol, inp, out):
+    adv = reinforce.advantage_estimate(
+        t(inp["returns"]), t(inp["values"]), inp["baseline"], inp["normalize"]
+    )
+    close(adv, out["advantages"], tol)
+
+
+@checks("reinforce_policy_gradient", "reinforce.reinforce_loss")
+@pytest.mark.parametrize("tol,inp,out", cases("reinforce_policy_gradient"))
+def test_reinforce_policy_gradient(tol, inp, out):
+    policy = Linear(inp["W"])
+    logp = F.log_softmax(policy(t(inp["obs"])), -1)
+    logp = logp.gather(-1, torch.tensor(inp["actions"])[:, None]).squeeze(-1)
+    loss = reinforce.reinforce_loss(logp, t(inp["adv"]))
+    loss.backward()
+    close(loss.item(), out["loss"], tol)
+    close(policy.W.grad, out["grad_W"], tol)
+
+
+# ---------------------------------------------------------------- TRPO
+
+
+@checks("conjugate_gradient", "trpo.conjugate_gradient")
+@pytest.mark.parametrize("tol,inp,out", cases("conjugate_gradient"))
+def test_conjugate_gradient(tol, inp, out):
+    A = t(inp["A"])
+    x = trpo.conjugate_gradient(lambda v: A @ v, t(inp["b"]), inp["iters"], inp["tol"])
+    close(x, out["x"], tol)
+
+
+@checks("fisher_vector_product", "trpo.fisher_vector_product")
+@pytest.mark.parametrize("tol,inp,out", cases("fisher_vector_product"))
+def test_fisher_vector_product(tol, inp, out):
+    fvp = trpo.fisher_vector_product(Linear(inp["W"]), t(inp["obs"]), inp["damping"])
+    close(fvp(t(inp["v"])), out["Fv"], tol)
+
+
+@checks("trpo_step", "trpo.trpo_step")
+@pytest.mark.parametrize("tol,inp,out", cases("trpo_step"))
+def test_trpo_step(tol, inp, out):
+    policy = Linear(inp["W"])
+    n = policy.W.numel()
+    stats = trpo.trpo_step(
+        policy, t(inp["obs"]), torch.tensor(inp["actions"]), t(inp["adv"]), inp["max_kl"],
+        cg_iters=4 * n, cg_damping=inp["damping"], cg_tol=1e-12, ls_steps=inp["ls_steps"],
+    )  # fmt: skip
+    assert stats["line_search_steps"] == out["line_search_steps"]
+    assert stats["accepted"] == out["accepted"]
+    for key in ("kl", "improvement", "expected_improvement", "grad_norm"):
+        close(stats[key], out[key], tol)
+    close(policy.W, out["W_new"], tol)
+    if out["accepted"]:
+        # The step scaling: the accepted step is 0.5^k β s, so it gives back the full step β s.
+        full = (policy.W.detach() - t(inp["W"])).flatten() / 0.5 ** (out["line_search_steps"] - 1)
+        close(full, out["full_step"], tol)
+        close(full.norm() / np.linalg.norm(out["s"]), out["beta"], tol)
+
+
+@checks("categorical_kl", "trpo.categorical_kl")
+@pytest.mark.parametrize("tol,inp,out", cases("categorical_kl"))
+def test_categorical_kl(tol, inp, out):
+    close(trpo.categorical_kl(t(inp["logits_p"]), t(inp["logits_q"])), out["kl"], tol)
+
+
+@checks("trpo_surrogate", "trpo.surrogate_advantage")
+@pytest.mark.parametrize("tol,inp,out", cases("trpo_surrogate"))
+def test_trpo_surrogate(tol, inp, out):
+    L = trpo.surrogate_advantage(
+        t(inp["logits"]), torch.tensor(inp["actions"]), t(inp["logp_old"]), t(inp["adv"])
+    )
+    close(L.item(), out["surrogate"], tol)
+
+
+# ---------------------------------------------------------------- reward model and RLHF
+
+
+BT_IMPLEMENTATIONS = ["reward_model.bradley_terry_loss", "rlhf_ppo_gpt2.bradley_terry_loss"]
+
+
+@checks("bradley_terry_loss", *BT_IMPLEMENTATIONS)
+@pytest.mark.parametrize("fn", BT_IMPLEMENTATIONS)
+@pytest.mark.parametrize("tol,inp,out", cases("bradley_terry_loss"))
+def test_bradley_terry_loss(tol, inp, out, fn):
+    rc, rr = t(inp["r_chosen"]).requires_grad_(True), t(inp["r_rejected"]).requires_grad_(True)
+    loss = impl(fn)(rc, rr)
+    loss.backward()
+    close(loss.item(), out["loss"], tol)
+    close(rc.grad, out["grad_chosen"], tol)
+    close(rr.grad, out["grad_rejected"], tol)
+
+
+@checks("rlhf_kl_shaped_rewards", "rlhf_ppo_gpt2.kl_shaped_rewards")
+@pytest.mark.parametrize("tol,inp,out", cases("rlhf_kl_shaped_rewards"))
+def test_rlhf_kl_shaped_rewards(tol, inp, out):
+    rewards = rlhf_ppo_gpt2.kl_shaped_rewards(
+        t(inp["scores"]), t(inp["logprobs"]), t(inp["ref_logprobs"]), t(inp["mask"]), inp["beta"]
+    )
+    close(rewards, out["rewards"], tol)
+
+
+@checks("rlhf_token_gae", "rlhf_ppo_gpt2.token_gae")
+@pytest.mark.parametrize("tol,inp,out", cases("rlhf_token_gae"))
+def test_rlhf_token_gae(tol, inp, out):
+    adv, ret = rlhf_ppo_gpt2.token_gae(
+        t(inp["rewards"]), t(inp["values"]), t(inp["mask"]), inp["gamma"], inp["lam"]
+    )
+    close(adv, out["advantages"], tol)
+    close(ret, out["returns"], tol)
+
+
+@checks(
+    "rlhf_token_ppo_losses", "rlhf_ppo_gpt2.token_policy_loss", "rlhf_ppo_gpt2.token_value_loss"
+)
+@pytest.mark.parametrize("tol,inp,out", cases("rlhf_token_ppo_losses"))
+def test_rlhf_token_ppo_losses(tol, inp, out):
+    mask = t(inp["mask"])
+    logprobs = t(inp["logprobs"]).requires_grad_(True)
+    loss, clipfrac, approx_kl = rlhf_ppo_gpt2.token_policy_loss(
+        logprobs, t(inp["old_logprobs"]), t(inp["advantages"]), mask, inp["clip_coef"]
+    )
+    loss.backward()
+    close(loss.item(), out["policy"]["loss"], tol)
+    close(logprobs.grad, out["policy"]["grad_logprobs"], tol)
+    close(clipfrac.item(), out["policy"]["clipfrac"], tol)
+    close(approx_kl.item(), out["policy"]["approx_kl"], tol)
+    for expected in out["value"]:
+        values = t(inp["values"]).requires_grad_(True)
+        loss = rlhf_ppo_gpt2.token_value_loss(
+            values, t(inp["old_values"]), t(inp["returns"]), mask, expected["clip_coef"]
+        )
+        loss.backward()
+        close(loss.item(), expected["loss"], tol)
+        close(values.grad, expected["grad_values"], tol)
+
+
+@checks("rlhf_adaptive_kl_controller", "rlhf_ppo_gpt2.adaptive_kl_coef")
+@pytest.mark.parametrize("tol,inp,out", cases("rlhf_adaptive_kl_controller"))
+def test_rlhf_adaptive_kl_controller(tol, inp, out):
+    beta, betas = inp["beta0"], []
+    for kl in inp["kls"]:
+        beta = rlhf_ppo_gpt2.adaptive_kl_coef(
+            beta, kl, inp["kl_target"], inp["n_steps"], inp["horizon"]
+        )
+        betas.append(beta)
+    close(betas, out["betas"], tol)
+
+
+@checks("rlhf_token_logprobs", "rlhf_ppo_gpt2.token_logprobs", "rlhf_ppo_gpt2.token_entropy")
+@pytest.mark.parametrize("tol,inp,out", cases("rlhf_token_logprobs"))
+def test_rlhf_token_logprobs(tol, inp, out):
+    # The script scores in float32 (logits.float()), as a bf16 model would be scored; the
+    # float64 vectors are then met to float32 precision.
+    tol = {"rtol": 1e-5, "atol": 1e-6}
+    logits, tokens = t(inp["logits"]), torch.tensor(inp["tokens"])
+    close(rlhf_ppo_gpt2.token_logprobs(logits, tokens, inp["temperature"]), out["logprobs"], tol)
+    close(rlhf_ppo_gpt2.token_entropy(logits, inp["temperature"]), out["entropy"], tol)
+
+
+@checks("rlhf_masked_whiten", "rlhf_ppo_gpt2.masked_whiten")
+@pytest.mark.parametrize("tol,inp,out", cases("rlhf_masked_whiten"))
+def test_rlhf_masked_whiten(tol, inp, out):
+    close(rlhf_ppo_gpt2.masked_whiten(t(inp["x"]), t(inp["mask"])), out["whitened"], tol)
+
+
+@checks("rlhf_sft_loss", "rlhf_ppo_gpt2.sft_loss")
+@pytest.mark.parametrize("tol,inp,out", cases("rlhf_sft_loss"))
+def test_rlhf_sft_loss(tol, inp, out):
+    tol = {"rtol": 1e-5, "atol": 1e-6}  # computed in float32 by the script, see above
+    loss = rlhf_ppo_gpt2.sft_loss(
+        t(inp["logits"]), torch.tensor(inp["labels"]), torch.tensor(inp["loss_mask"])
+    )
+    close(loss.item(), out["loss"], tol)
+
+
+@checks("rlhf_masks", "rlhf_ppo_gpt2.positions_from_mask", "rlhf_ppo_gpt2.response_mask_after_eos")
+@pytest.mark.parametrize("tol,inp,out", cases("rlhf_masks"))
+def test_rlhf_masks(tol, inp, out):
+    positions = rlhf_ppo_gpt2.positions_from_mask(torch.tensor(inp["attention_mask"]))
+    assert positions.tolist() == out["positions"]
+    mask = rlhf_ppo_gpt2.response_mask_after_eos(torch.tensor(inp["responses"]), inp["eos_id"])
+    assert mask.tolist() == out["response_mask"]

@@ -1,0 +1,99 @@
+"""Draw the reference bands: python -m golden.plot_curves
+
+For each script with curves in golden/curves/ (<script>_seed<S>.csv), plots the mean return
+of the last 20 finished training episodes against environment steps: the min–max band and
+the median across seeds, and each seed as a thin line, into docs/img/<script>_band.png.
+matplotlib is a benchmark-only dependency (benchmarks/requirements.txt).
+
+    python -m golden.plot_curves [--curves golden/curves] [--out docs/img]
+"""
+
+import argparse
+import json
+import re
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLVED = 475  # CartPole-v1's threshold, on the mean of the last 20 episodes
+
+
+def running_mean(path, window):
+    """(steps, m) with m_i the mean return of episodes max(0, i−window+1)..i, i.e. of the
+    last `window` episodes finished at step steps_i (fewer at the start)."""
+    data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+    if data.shape[0] == 0 or data.shape[1] != 2:
+        raise SystemExit(f"error: {path} has no episodes (global_step,episodic_return rows)")
+    steps, returns = data[:, 0], data[:, 1]
+    cumsum = np.concatenate([[0.0], np.cumsum(returns)])
+    i = np.arange(len(returns))
+    start = np.maximum(0, i - window + 1)
+    return steps, (cumsum[i + 1] - cumsum[start]) / (i + 1 - start)
+
+
+def band(paths, window=20, points=300):
+    """The curves of several seeds on one step grid (up to the shortest run), each held
+    constant between its episode ends, and their min, median and max. NaN before a seed's
+    first finished episode."""
+    curves = [running_mean(p, window) for p in paths]
+    grid = np.linspace(0, min(s[-1] for s, _ in curves), points)
+    on_grid = []
+    for steps, mean in curves:
+        k = np.searchsorted(steps, grid, side="right") - 1  # last episode ended by grid step
+        on_grid.append(np.where(k >= 0, mean[np.maximum(k, 0)], np.nan))
+    y = np.array(on_grid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns before any episode
+        return grid, y, np.nanmin(y, 0), np.nanmedian(y, 0), np.nanmax(y, 0)
+
+
+def plot(script, paths, out, window, extra=""):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid, y, lo, med, hi = band(paths, window)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    ax.fill_between(grid, lo, hi, alpha=0.25, label=f"min–max over {len(paths)} seeds")
+    for row in y:
+        ax.plot(grid, row, lw=0.5, alpha=0.5, color="C0")
+    ax.plot(grid, med, lw=2, color="C0", label="median")
+    ax.axhline(SOLVED, ls="--", lw=1, color="gray", label=f"solved ({SOLVED})")
+    ax.set(xlabel="environment steps", ylabel=f"mean return of the last {window} episodes",
+           title=f"{script}.py on CartPole-v1, " + (extra or "default configuration"),
+           ylim=(0, 510))  # fmt: skip
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path = out / f"{script}_band.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--curves", default=str(ROOT / "golden" / "curves"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "img"))
+    parser.add_argument("--window", type=int, default=20, help="episodes in the running mean")
+    args = parser.parse_args(argv)
+    runs = defaultdict(list)
+    for path in sorted(Path(args.curves).glob("*_seed*.csv")):
+        runs[re.fullmatch(r"(.+)_seed\d+\.csv", path.name).group(1)].append(path)
+    if not runs:
+        raise SystemExit(f"error: no <script>_seed<S>.csv in {args.curves}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Path(args.curves) / "manifest.json"  # written by make_curves: flags used
+    made = json.loads(manifest.read_text()) if manifest.exists() else {}
+    for script, paths in sorted(runs.items()):
+        extra = next((r["made"]["extra"] for r in made.values() if r["script"] == script), "")
+        path = plot(script, paths, out, args.window, extra)
+        print(f"{script}: {len(paths)} seeds -> {path}")
+
+
+if __name__ == "__main__":
+    main()

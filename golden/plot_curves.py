@@ -34,17 +34,21 @@ def running_mean(path, window):
     return steps, (cumsum[i + 1] - cumsum[start]) / (i + 1 - start)
 
 
+def on_grid(path, grid, window=20):
+    """The running mean of an episodes.csv at the given steps: at each step, the value after
+    the last episode that had ended by then (NaN before the first)."""
+    steps, mean = running_mean(path, window)
+    k = np.searchsorted(steps, grid, side="right") - 1
+    return np.where(k >= 0, mean[np.maximum(k, 0)], np.nan)
+
+
 def band(paths, window=20, points=300):
     """The curves of several seeds on one step grid (up to the shortest run), each held
     constant between its episode ends, and their min, median and max. NaN before a seed's
     first finished episode."""
-    curves = [running_mean(p, window) for p in paths]
-    grid = np.linspace(0, min(s[-1] for s, _ in curves), points)
-    on_grid = []
-    for steps, mean in curves:
-        k = np.searchsorted(steps, grid, side="right") - 1  # last episode ended by grid step
-        on_grid.append(np.where(k >= 0, mean[np.maximum(k, 0)], np.nan))
-    y = np.array(on_grid)
+    last_steps = [running_mean(p, window)[0][-1] for p in paths]
+    grid = np.linspace(0, min(last_steps), points)
+    y = np.array([on_grid(p, grid, window) for p in paths])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns before any episode
         return grid, y, np.nanmin(y, 0), np.nanmedian(y, 0), np.nanmax(y, 0)

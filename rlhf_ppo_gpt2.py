@@ -43,6 +43,7 @@ from transformers import (
     GPT2Model,
     PreTrainedTokenizerFast,
 )
+from transformers.utils import logging as hf_logging
 
 
 def flag(default, help):
@@ -84,13 +85,12 @@ class Args:
     max_new_tokens: int = flag(16, "longest response; a response without EOS is cut here")
     clip_coef: float = flag(0.2, "PPO ratio clip epsilon")
     value_clip: float = flag(0.2, "clip of the value change per update (0 = no value clipping)")
-    vf_coef: float = flag(0.1, "weight of the value loss")
     max_grad_norm: float = flag(1.0, "gradient-norm clip, applied to each model separately")
     gamma: float = flag(1.0, "discount over response tokens")
     gae_lambda: float = flag(0.95, "GAE lambda over response tokens")
-    init_kl_coef: float = flag(0.05, "initial KL penalty coefficient beta")
-    kl_target: float = flag(3.0, "target KL(pi||pi_ref) in nats per response; 0 = fixed beta")
-    kl_horizon: int = flag(2000, "horizon (in responses) of the adaptive KL controller")
+    init_kl_coef: float = flag(0.1, "initial KL penalty coefficient beta")
+    kl_target: float = flag(4.0, "target KL(pi||pi_ref) in nats per response; 0 = fixed beta")
+    kl_horizon: int = flag(500, "horizon (in responses) of the adaptive KL controller")
     no_eos_penalty: float = flag(1.0, "subtracted from the RM score of a response with no EOS")
     eval_samples: int = flag(256, "responses sampled to evaluate the SFT and the final policy")
     sample_every: int = flag(10, "print a few sample responses every N iterations (0 = never)")
@@ -826,7 +826,9 @@ def ppo_update(args, policy, value_model, optimizer, batch):
             v_loss = token_value_loss(
                 values, batch["values"][mb], batch["returns"][mb], m[mb], args.value_clip
             )
-            loss = pg_loss + args.vf_coef * v_loss
+            # No value-loss weight: the two networks share no parameters, and Adam's step
+            # does not depend on the scale of the gradient, so a weight would cancel out.
+            loss = pg_loss + v_loss
             if not torch.isfinite(loss):
                 raise FloatingPointError("non-finite PPO loss; lower --learning-rate")
             optimizer.zero_grad()
@@ -875,6 +877,7 @@ def train(args):
     run_name = f"{task}__rlhf_ppo_gpt2__{args.seed}__{int(time.time())}"
     out_dir = args.output_dir or os.path.join("runs", run_name)
     os.makedirs(out_dir, exist_ok=True)
+    hf_logging.disable_progress_bar()  # save_pretrained's tqdm bar would interleave with ours
     writer = SummaryWriter(out_dir)
     writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
     rng = np.random.default_rng(args.seed)

@@ -180,6 +180,22 @@ def ppo_vectors(rng):
     )  # fmt: skip
 
 
+def explained_variance_vectors(rng):
+    target = r(rng.normal(size=9) * 2)
+    pred = r(np.array(target) + rng.normal(size=9))
+    t, p = np.array(target), np.array(pred)
+    write(
+        "explained_variance",
+        "EV = 1 − Var[V^targ − V] / Var[V^targ]",
+        "A diagnostic of the critic: 1 is perfect, ≤ 0 is no better than a constant. The "
+        "ratio does not depend on the variance's n or n − 1 as long as both use the same.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        [{"inputs": dict(pred=pred, target=target),
+          "outputs": {"explained_variance": float(1 - np.var(t - p) / np.var(t))}}],
+        ["ppo_cartpole.explained_variance"],
+    )  # fmt: skip
+
+
 def ppo_beta_vectors():
     kls = [0.001, 0.004, 0.008, 0.012, 0.02, 0.05, 0.016, 0.006, 0.0067, 0.01]
     beta, betas = 1.0, []
@@ -529,6 +545,46 @@ def bradley_terry_vectors(rng):
         ["reward_model.bradley_terry_loss", "rlhf_ppo_gpt2.bradley_terry_loss"],
     )  # fmt: skip
 
+    n_embd = 4
+    hidden = r(rng.normal(size=(6, n_embd)))
+    w, bias = r(rng.normal(size=n_embd)), 0.3
+    reference = r(rng.normal(size=5) * 2 + 1)  # raw rewards of reference responses
+    mu, sd = float(np.mean(reference)), float(np.std(reference, ddof=1))
+    raw = np.array(hidden) @ np.array(w) + bias
+    write(
+        "reward_normalization",
+        "μ, σ = mean and sample std (n − 1) of the raw rewards of reference responses;  "
+        "r'(x, y) = (r(x, y) − μ) / σ",
+        "The reward model reads r = w·h + b from its last hidden state h; normalising folds "
+        "the affine map into the head (w ← w/σ, b ← (b − μ)/σ), so the reference responses "
+        "then score mean 0 and std 1 (Ziegler et al. 2019). hidden [B][n_embd] are hidden "
+        "states of other responses; normalized_rewards are the new head's outputs on them.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        [{"inputs": dict(reference_rewards=reference, head_weight=w, head_bias=bias,
+                         hidden=hidden),
+          "outputs": dict(mean=mu, std=sd, normalized_rewards=((raw - mu) / sd).tolist())}],
+        ["reward_model.RewardModel.normalize_", "rlhf_ppo_gpt2.RewardModel.normalize_"],
+    )  # fmt: skip
+
+    rc = [1.0, 0.5, -0.2, 2.0, 0.0, 0.7, -1.0, 0.3]
+    rr = [0.0, 0.9, -0.5, 2.5, 0.0, 0.1, -2.0, 0.4]
+    gc = [0.8, 0.1, 0.5, 0.5, 0.2, -0.3, 0.9, 0.0]
+    gr = [0.1, 0.4, 0.5, 0.9, 0.1, 0.6, -0.5, 0.0]
+    right = [int(c > d) for c, d in zip(rc, rr, strict=True)]
+    pairs = [(ok, g1 > g2) for ok, g1, g2 in zip(right, gc, gr, strict=True) if g1 != g2]
+    write(
+        "reward_model_pair_accuracies",
+        "label accuracy = mean_i [r_c,i > r_r,i];  gold accuracy = mean over pairs with "
+        "g_c ≠ g_r of [(r_c > r_r) = (g_c > g_r)]",
+        "A tie of the rewards (r_c = r_r) counts as wrong. Pairs whose gold scores tie carry "
+        "no order and are left out of the gold accuracy.",
+        {"rtol": 1e-12, "atol": 0},
+        [{"inputs": dict(r_chosen=rc, r_rejected=rr, gold_chosen=gc, gold_rejected=gr),
+          "outputs": dict(label_accuracy=float(np.mean(right)),
+                          gold_accuracy=float(np.mean([a == b for a, b in pairs])))}],
+        ["reward_model.pair_accuracies"],
+    )  # fmt: skip
+
 
 # ---------------------------------------------------------------- RLHF (token level)
 
@@ -751,6 +807,7 @@ def main():
     ppo_beta_vectors()
     # New generators draw from their own streams, so adding one never changes the others.
     ppo_kl_penalty_vectors(np.random.default_rng(1))
+    explained_variance_vectors(np.random.default_rng(6))
     reinforce_vectors(np.random.default_rng(2))
     trpo_vectors(np.random.default_rng(3))
     bradley_terry_vectors(np.random.default_rng(4))

@@ -11,6 +11,7 @@ file's `implemented_by`, so no vector and no implementation goes unchecked."""
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -38,8 +39,10 @@ def checks(name, *functions):
 def impl(qualified):
     """The script function "module.func", looked up when the test runs, so that a renamed or
     missing function fails its own tests, with its name, instead of the whole file."""
-    module, function = qualified.split(".")
-    fn = getattr(SCRIPTS[module], function, None)
+    module, *path = qualified.split(".")
+    fn = SCRIPTS[module]
+    for name in path:
+        fn = getattr(fn, name, None)
     assert callable(fn), f"{qualified} does not exist: the vectors name it in implemented_by"
     return fn
 
@@ -145,6 +148,13 @@ def test_ppo_value_loss(tol, inp, out):
         loss.backward()
         close(loss.item(), out["loss"], tol)
         close(v.grad, out["grad_values"], tol)
+
+
+@checks("explained_variance", "ppo_cartpole.explained_variance")
+@pytest.mark.parametrize("tol,inp,out", cases("explained_variance"))
+def test_explained_variance(tol, inp, out):
+    ev = ppo_cartpole.explained_variance(t(inp["pred"]), t(inp["target"]))
+    close(ev, out["explained_variance"], tol)
 
 
 @checks("categorical_entropy", "ppo_cartpole.categorical_entropy")
@@ -271,6 +281,33 @@ def test_bradley_terry_loss(tol, inp, out, fn):
     close(loss.item(), out["loss"], tol)
     close(rc.grad, out["grad_chosen"], tol)
     close(rr.grad, out["grad_rejected"], tol)
+
+
+RM_IMPLEMENTATIONS = ["reward_model.RewardModel", "rlhf_ppo_gpt2.RewardModel"]
+
+
+@checks("reward_normalization", *(f"{rm}.normalize_" for rm in RM_IMPLEMENTATIONS))
+@pytest.mark.parametrize("rm", RM_IMPLEMENTATIONS)
+@pytest.mark.parametrize("tol,inp,out", cases("reward_normalization"))
+def test_reward_normalization(tol, inp, out, rm):
+    # normalize_ touches only the linear head, so a stand-in backbone with a config will do.
+    backbone = SimpleNamespace(config=SimpleNamespace(n_embd=len(inp["head_weight"])))
+    model = impl(rm)(backbone).double()
+    model.head.weight.data[0] = t(inp["head_weight"])
+    model.head.bias.data[0] = inp["head_bias"]
+    mean, std = model.normalize_(t(inp["reference_rewards"]))
+    close([mean, std], [out["mean"], out["std"]], tol)
+    with torch.no_grad():
+        close(model.head(t(inp["hidden"])).squeeze(-1), out["normalized_rewards"], tol)
+
+
+@checks("reward_model_pair_accuracies", "reward_model.pair_accuracies")
+@pytest.mark.parametrize("tol,inp,out", cases("reward_model_pair_accuracies"))
+def test_reward_model_pair_accuracies(tol, inp, out):
+    label, gold = reward_model.pair_accuracies(
+        inp["r_chosen"], inp["r_rejected"], inp["gold_chosen"], inp["gold_rejected"]
+    )
+    close([label, gold], [out["label_accuracy"], out["gold_accuracy"]], tol)
 
 
 @checks("rlhf_kl_shaped_rewards", "rlhf_ppo_gpt2.kl_shaped_rewards")

@@ -41,7 +41,7 @@ def to_json(x, indent=""):
 
 def r(x, digits=6):
     """Inputs are rounded to a few digits so that they print exactly in JSON."""
-    return np.round(np.asarray(x, dtype=np.float64), digits).tolist()
+    return (np.round(np.asarray(x, dtype=np.float64), digits) + 0.0).tolist()  # no -0.0
 
 
 # ---------------------------------------------------------------- GAE

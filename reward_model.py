@@ -92,12 +92,15 @@ def save_atomic(obj, path):
 # The built-in task: synthetic movie reviews. A prompt opens a review ("The plot"); a response
 # continues it from this grammar (every response starts with a space, GPT-2 style, and ends
 # with a period; tokenisation appends EOS):
-#     response := " " VERB CLAUSE [" " CONJUNCTION CLAUSE] "."
-#     CLAUSE   := [" not"] [" " ADVERB] " " ADJECTIVE
-# Adjectives are positive, neutral or negative at two strengths; adverbs are VADER's
-# intensifiers and dampeners; "not" flips polarity and "but" shifts weight to the second
-# clause, so the gold score is not a bag of words. The word lists are balanced so that the
-# demonstrations average a gold score near 0: an SFT policy starts neutral.
+#     response := CLAUSE [" " CONJUNCTION " it" CLAUSE] "."
+#     CLAUSE   := " " VERB [" not"] [" " ADVERB] " " ADJECTIVE
+# e.g. "The plot" + " was not very clever but it felt fun." Adjectives are positive, neutral or
+# negative at two strengths; adverbs are VADER's intensifiers and dampeners; "not" flips
+# polarity and "but" shifts weight to the second clause, so the gold score is not a bag of
+# words. " it" and a verb keep the clauses apart: VADER lets a negation or an adverb act on
+# the next three words, which would otherwise reach across "but" ("not bad but awful" would
+# score as positive). The word lists are balanced so that the demonstrations average a gold score
+# near 0: an SFT policy starts neutral.
 PROMPTS = (
     "The movie", "This film", "The plot", "The acting", "The ending", "The soundtrack",
     "The dialogue", "The cast", "The story", "The screenplay", "The sequel", "The first hour",
@@ -116,18 +119,20 @@ NEGATIVE = (
 )  # fmt: skip
 CONJUNCTIONS = ("and", "but")
 _ADJECTIVES = POSITIVE + NEUTRAL + NEGATIVE
-_CLAUSE = rf"(?: not)?(?: (?:{'|'.join(ADVERBS)}))? (?:{'|'.join(_ADJECTIVES)})"
-WELL_FORMED = re.compile(rf" (?:{'|'.join(VERBS)}){_CLAUSE}(?: (?:and|but){_CLAUSE})?\.")
+_CLAUSE = (
+    rf" (?:{'|'.join(VERBS)})(?: not)?(?: (?:{'|'.join(ADVERBS)}))? (?:{'|'.join(_ADJECTIVES)})"
+)
+WELL_FORMED = re.compile(rf"{_CLAUSE}(?: (?:{'|'.join(CONJUNCTIONS)}) it{_CLAUSE})?\.")
 EOS_TOKEN = "<|endoftext|>"  # GPT-2's end of text; also the padding token (masks say which)
 
 
 def sample_responses(rng, n):
     """n responses from the grammar above, a pure function of the numpy Generator `rng`.
 
-    Each clause: "not" with p = 0.2, an adverb with p = 0.5, a uniform adjective; a second
-    clause with p = 0.5.
+    Each clause: a uniform verb, "not" with p = 0.2, an adverb with p = 0.5, a uniform
+    adjective; a second clause with p = 0.5.
     """
-    verb = rng.integers(len(VERBS), size=n)
+    verb = rng.integers(len(VERBS), size=(n, 2))
     neg = rng.random((n, 2)) < 0.2
     has_adv = rng.random((n, 2)) < 0.5
     adv = rng.integers(len(ADVERBS), size=(n, 2))
@@ -137,18 +142,18 @@ def sample_responses(rng, n):
 
     def clause(i, k):
         return (
-            (" not" if neg[i, k] else "")
+            " "
+            + VERBS[verb[i, k]]
+            + (" not" if neg[i, k] else "")
             + (" " + ADVERBS[adv[i, k]] if has_adv[i, k] else "")
             + " "
             + _ADJECTIVES[adj[i, k]]
         )
 
     return [
-        " " + VERBS[verb[i]] + clause(i, 0)
-        + (" " + CONJUNCTIONS[conj[i]] + clause(i, 1) if two[i] else "")
-        + "."
+        clause(i, 0) + (" " + CONJUNCTIONS[conj[i]] + " it" + clause(i, 1) if two[i] else "") + "."
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def builtin_demonstrations(rng, n):
@@ -421,6 +426,21 @@ def pair_accuracies(r_chosen, r_rejected, gold_chosen=None, gold_rejected=None):
     return right.mean(), (gold.mean() if len(gold) else None)
 
 
+def length_grouped_batches(rng, lengths, batch_size, pool=16):
+    """Index batches for one epoch: shuffle, sort by length within pools of `pool` batches,
+    then shuffle the batch order. A batch pads to the longest of similar lengths, which
+    saves about a third of the tokens on the built-in task; each pool is still a random
+    sample, so the batches stay close to i.i.d.
+    """
+    order = rng.permutation(len(lengths))
+    batches = []
+    for i in range(0, len(order), pool * batch_size):
+        chunk = order[i : i + pool * batch_size]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def check_rm_args(args):
     """Refuse flag values that cannot work, with a message that says what to fix."""
     if args.model_name == "":
@@ -542,6 +562,12 @@ def train(args):
     lr = args.learning_rate or (3e-3 if args.model_name == "tiny" else 1e-5)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
     steps_per_epoch = -(-len(pairs) // args.batch_size)
+    # Tokens in the longer sequence of each pair: what the pair's batch is padded to.
+    seq_len = [
+        np.array([len(ids) for ids in tokenizer([p["prompt"] + p[k] for p in pairs])["input_ids"]])
+        for k in ("chosen", "rejected")
+    ]
+    lengths = np.maximum(*seq_len)
     total_steps = args.epochs * steps_per_epoch
     # Linear decay to 0: the last, small steps average out the annotators' label noise.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / total_steps)
@@ -567,9 +593,8 @@ def train(args):
     t0 = time.time()
     for epoch in range(1, args.epochs + 1):
         model.train()  # dropout is off in the config; train() only marks the phase
-        order = rng.permutation(len(pairs))
-        for b in range(steps_per_epoch):
-            batch = [pairs[i] for i in order[b * args.batch_size : (b + 1) * args.batch_size]]
+        for indices in length_grouped_batches(rng, lengths, args.batch_size):
+            batch = [pairs[i] for i in indices]
             n = len(batch)
             # Chosen and rejected go through one forward pass: [chosen; rejected].
             ids, mask, _ = encode(

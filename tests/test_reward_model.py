@@ -185,20 +185,22 @@ def test_demonstrations_are_well_formed_varied_and_balanced():
         " was good good.",  # repetition: the classic degenerate policy
         " was good.<|endoftext|>",
         " was very very good.",
-        " was good and fun and nice.",
+        " was good and fun.",  # the second clause needs " it" and a verb
+        " was good but it was fun and it was nice.",
+        " was not bad but awful.",
         " was good. was good.",
         " was not not good.",
         " Was good.",
     ]:
         assert not rm.is_well_formed(bad), bad
-    for good in [" was good.", " seemed not kind of dull but really fun.", " is so great."]:
+    for good in [" was good.", " seemed not kind of dull but it was really fun.", " is so great."]:
         assert rm.is_well_formed(good)
 
 
 def test_gold_score_is_vader_compound():
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-    texts = [" was great.", " was not good.", " felt long.", " was good but boring."]
+    texts = [" was great.", " was not good.", " felt long.", " was good but it was boring."]
     vader = SentimentIntensityAnalyzer()
     assert rm.gold_scores(texts).tolist() == [vader.polarity_scores(t)["compound"] for t in texts]
     assert rm.gold_scores(texts)[2] == 0 and rm.gold_scores(texts)[1] < 0
@@ -405,7 +407,7 @@ def test_rlhf_copy_generates_the_same_task():
             ours = getattr(rm, fn)(np.random.default_rng(seed), *args)
             theirs = getattr(rl, fn)(np.random.default_rng(seed), *args)
             assert ours == theirs, fn
-    texts = [" was good.", " was good good.", " felt not so dull but fun.", "bad"]
+    texts = [" was good.", " was good good.", " felt not so dull but it was fun.", "bad"]
     assert [rm.is_well_formed(t) for t in texts] == [rl.is_well_formed(t) for t in texts]
     assert rm.gold_scores(texts).tolist() == rl.gold_scores(texts).tolist()
     assert rm.train_tiny_tokenizer().get_vocab() == rl.train_tiny_tokenizer().get_vocab()
@@ -429,3 +431,14 @@ def test_rlhf_copy_gives_the_same_rewards_for_the_same_weights(tiny, tmp_path):
     assert rl.score(loaded, tok3, prompts, responses).tolist() == pytest.approx(
         rm.score(model, tokenizer, prompts, responses).tolist(), abs=1e-6
     )
+
+
+def test_length_grouped_batches_cover_every_pair_once_and_pad_less():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 18, size=1000)
+    batches = rm.length_grouped_batches(rng, lengths, 32)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    assert len(batches) == math.ceil(1000 / 32) and max(map(len, batches)) == 32
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    random_batches = np.array_split(rng.permutation(1000), len(batches))
+    assert padded < 0.85 * sum(len(b) * lengths[b].max() for b in random_batches)

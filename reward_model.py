@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import logging
 import os
 import random
 import re
@@ -56,8 +57,8 @@ class Args:
     eval_fraction: float = flag(0.1, "fraction of the pairs held out for accuracy")
     num_reference: int = flag(2000, "built-in demonstrations used to normalise the rewards")
     epochs: int = flag(2, "passes over the training pairs")
-    batch_size: int = flag(64, "preference pairs per gradient step")
-    learning_rate: float = flag(1e-3, "Adam step size (use ~1e-5 for pretrained gpt2)")
+    batch_size: int = flag(32, "preference pairs per gradient step")
+    learning_rate: float = flag(0.0, "AdamW step size; 0 = 3e-3 for tiny, 1e-5 for pretrained")
     weight_decay: float = flag(0.0, "AdamW weight decay")
     max_grad_norm: float = flag(1.0, "gradient-norm clipping threshold")
     label: bool = flag(False, "label pairs yourself in the terminal instead of training")
@@ -279,6 +280,9 @@ def load_gpt2(model_cls, model_name):
             model = model_cls.from_pretrained(model_name, local_files_only=True, **no_dropout)
             tokenizer = AutoTokenizer.from_pretrained(model_name, local_files_only=True)
         except OSError:
+            print(f"{model_name}: not found locally; trying the Hugging Face hub", file=sys.stderr)
+            # Its retry warnings would bury the one-line error below.
+            logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
             model = model_cls.from_pretrained(model_name, **no_dropout)
             tokenizer = AutoTokenizer.from_pretrained(model_name)
     except OSError as e:
@@ -355,7 +359,7 @@ class RewardModel(nn.Module):
         last = (
             attention_mask * torch.arange(attention_mask.shape[1], device=hidden.device)
         ).argmax(-1)
-        return self.head(hidden[torch.arange(len(last)), last]).squeeze(-1)
+        return self.head(hidden[torch.arange(len(last), device=hidden.device), last]).squeeze(-1)
 
     @torch.no_grad()
     def normalize_(self, reference_rewards):

@@ -150,7 +150,7 @@ def test_training_batch_excludes_reset_steps(monkeypatch, tmp_path):
     monkeypatch.setattr(ppo.Agent, "evaluate", recording_evaluate)
     args = ppo.Args(total_timesteps=2048, update_epochs=1, cuda=False, output_dir=str(tmp_path))
     ppo.train(args)
-    assert sizes == valid_counts and min(valid_counts) < 256  # some steps were resets
+    assert sizes == valid_counts and min(valid_counts) < 8 * 64  # some steps were resets
 
 
 # ---------------------------------------------------------------- losses
@@ -311,11 +311,11 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, capsys):
 
 
 def test_learns_to_solve_cartpole(tmp_path):
-    """Short-run learning from a fixed seed, through the command line in a fresh process:
-    the solved rule within 50k steps, and the JSON summary as the last stdout line."""
+    """Short-run learning with the default Args from a fixed seed, through the command line
+    in a fresh process: the solved rule within 50k steps, and the JSON summary last."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "ppo_cartpole.py"), "--no-cuda", "--seed", "1",
-         "--total-timesteps", "50000", "--eval-episodes", "5", "--output-dir", "out"],
+         "--eval-episodes", "5", "--output-dir", "out"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -56,7 +56,7 @@ class Args:
     num_pairs: int = flag(16_000, "preference pairs generated for the built-in task")
     eval_fraction: float = flag(0.1, "fraction of the pairs held out for accuracy")
     num_reference: int = flag(2000, "built-in demonstrations used to normalise the rewards")
-    epochs: int = flag(2, "passes over the training pairs")
+    epochs: int = flag(3, "passes over the training pairs")
     batch_size: int = flag(32, "preference pairs per gradient step")
     learning_rate: float = flag(0.0, "AdamW step size; 0 = 3e-3 for tiny, 1e-5 for pretrained")
     weight_decay: float = flag(0.0, "AdamW weight decay")

@@ -235,17 +235,14 @@ class Agent(nn.Module):
     def value(self, obs):
         return self.critic(obs).squeeze(-1)
 
-    def act(self, obs):
-        """Sample a ~ π_θ(·|s); return a, log π_θ(a|s) and V(s)."""
-        logits = self.actor(obs)
-        action = torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
-        logp = F.log_softmax(logits, -1).gather(-1, action[:, None]).squeeze(-1)
-        return action, logp, self.value(obs)
+    def sample(self, obs):
+        """a ~ π_θ(·|s)."""
+        return torch.multinomial(self.actor(obs).softmax(-1), 1).squeeze(-1)
 
     def evaluate(self, obs, action):
-        """log π_θ(a|s), the logits and V(s) for given actions, with gradients."""
+        """log π_θ(a|s), the logits and V(s) for given actions (any leading shape)."""
         logits = self.actor(obs)
-        logp = F.log_softmax(logits, -1).gather(-1, action[:, None]).squeeze(-1)
+        logp = F.log_softmax(logits, -1).gather(-1, action[..., None]).squeeze(-1)
         return logp, logits, self.value(obs)
 
 
@@ -298,8 +295,6 @@ def rollout(agent, envs, obs, prev_done, num_steps, device):
     obs_buf = np.zeros((T + 1, *obs.shape), np.float32)
     reward, terminated, done, valid = (np.zeros((T, N), np.float32) for _ in range(4))
     action = torch.zeros((T, N), dtype=torch.long, device=device)
-    logp = torch.zeros((T, N), device=device)
-    value = torch.zeros((T + 1, N), device=device)
     for t in range(T):
         obs_buf[t] = obs
         # Gymnasium >= 1.0 autoresets in the *next* step: the step after an episode's end
@@ -307,18 +302,21 @@ def rollout(agent, envs, obs, prev_done, num_steps, device):
         # is not a transition of the MDP, so it is marked invalid and gets no loss.
         valid[t] = ~prev_done
         with torch.no_grad():
-            action[t], logp[t], value[t] = agent.act(torch.as_tensor(obs, device=device))
+            action[t] = agent.sample(torch.as_tensor(obs, device=device))
         obs, reward[t], terminated[t], truncated, _ = envs.step(action[t].cpu().numpy())
         prev_done = terminated[t].astype(bool) | truncated
         done[t] = prev_done
-    # After a truncation the next row holds the final observation, so V of it is the
-    # bootstrap value that gae() needs (truncation is not termination).
     obs_buf[T] = obs
+    # log π_θold and V for the whole rollout in one batched pass, which is cheaper than one
+    # per step. After a truncation the next row holds the final observation, so V of it is
+    # the bootstrap value that gae() needs (truncation is not termination).
+    obs_all = torch.as_tensor(obs_buf, device=device)
     with torch.no_grad():
-        value[T] = agent.value(torch.as_tensor(obs, device=device))
-    arrays = dict(obs=obs_buf, reward=reward, terminated=terminated, done=done, valid=valid > 0)
+        logp = agent.evaluate(obs_all[:-1], action)[0]
+        value = agent.value(obs_all)
+    arrays = dict(reward=reward, terminated=terminated, done=done, valid=valid > 0)
     batch = {k: torch.as_tensor(v, device=device) for k, v in arrays.items()}
-    batch.update(action=action, logp=logp, value=value)
+    batch.update(obs=obs_all, action=action, logp=logp, value=value)
     return batch, obs, prev_done
 
 

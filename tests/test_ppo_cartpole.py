@@ -101,7 +101,8 @@ def test_rollout_masks_reset_steps_and_keeps_final_observation():
     """Replays the same seeded environment step by step, independently of rollout(), to
     check that (1) the step after every episode end is marked invalid (it is the autoreset
     step, not a transition), (2) every real transition is valid, (3) at a truncation the next
-    buffer row is the true final observation, and value[t+1] = V(final obs) is what GAE uses."""
+    buffer row is the true final observation, and value[t+1] = V(final obs) is what GAE uses,
+    and (4) the stored log π_θold is that of the action taken in that state."""
     torch.manual_seed(0)
     max_steps = 7  # truncates often; a random policy also terminates sometimes
     envs = gym.make_vec("CartPole-v1", 4, "vector_entry_point", max_episode_steps=max_steps)
@@ -116,6 +117,10 @@ def test_rollout_masks_reset_steps_and_keeps_final_observation():
     for t in range(30):
         np.testing.assert_array_equal(b["obs"][t].numpy(), o)
         np.testing.assert_array_equal(b["valid"][t].numpy(), ~prev_done)
+        with torch.no_grad():  # log π_θold(a_t|s_t) of the action actually taken
+            logpi = torch.log_softmax(agent.actor(torch.as_tensor(o)), -1)
+        expected = logpi[torch.arange(4), b["action"][t]]
+        np.testing.assert_allclose(b["logp"][t].numpy(), expected.numpy(), atol=1e-6)
         o, rew, term, trunc, _ = replay.step(b["action"][t].numpy())
         np.testing.assert_array_equal(rew[prev_done], 0.0)  # reset steps pay nothing
         np.testing.assert_array_equal(b["terminated"][t].numpy(), term)
@@ -143,7 +148,8 @@ def test_training_batch_excludes_reset_steps(monkeypatch, tmp_path):
         return b, obs, prev_done
 
     def recording_evaluate(self, obs, action):
-        sizes.append(len(obs))
+        if torch.is_grad_enabled():  # a training forward, not the rollout's no-grad pass
+            sizes.append(len(obs))
         return real_evaluate(self, obs, action)
 
     monkeypatch.setattr(ppo, "rollout", counting_rollout)

@@ -91,7 +91,7 @@ def check_trpo_args(args):
 
 
 # ---------------------------------------------------------------------------------------
-# The math. Everything below is a pure function of tensors, so tests can check it alone.
+# The math. Each function takes all it uses as arguments, so tests can check it alone.
 # ---------------------------------------------------------------------------------------
 
 

@@ -107,7 +107,7 @@ def plot(runs, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
     grid = np.linspace(0, BUDGET, 301)
     for name, color, results in runs:
         curves = []
@@ -116,12 +116,19 @@ def plot(runs, path):
             mean20 = np.convolve(rets, np.ones(20) / 20, "valid")  # the solved statistic
             curves.append(np.interp(grid, steps[19:], mean20, left=np.nan, right=np.nan))
             ax.plot(steps[19:], mean20, color=color, alpha=0.15, lw=0.8)
-        ax.plot(grid, np.nanmedian(curves, 0), color=color, lw=2, label=f"{name} (median)")
+        # The median only where every seed still runs: a median over the seeds that have not
+        # stopped yet would show only the slow ones.
+        ax.plot(grid, np.median(curves, 0), color=color, lw=2, label=f"{name} (median)")
+        solved = sorted(r["solved_at_step"] for r in results if r["solved_at_step"] is not None)
+        frac = np.arange(len(solved) + 1) / len(results)
+        ax2.step([0, *solved, BUDGET], [*frac, frac[-1]], where="post", color=color, label=name)
     ax.axhline(475, color="k", ls="--", lw=1, label="solved: 475")
     ax.set(xlabel="environment steps", ylabel="mean return of last 20 episodes",
-           title="TRPO on CartPole-v1, one line per seed (sb3-contrib stops once solved)",
-           ylim=(0, 520))  # fmt: skip
-    ax.legend(loc="lower right")
+           title="CartPole-v1, one line per seed", ylim=(0, 520))  # fmt: skip
+    ax.legend(loc="lower right", fontsize=8)
+    ax2.set(xlabel="environment steps", ylabel="fraction of seeds solved", ylim=(0, 1.05),
+            title="seeds that met the solved rule")  # fmt: skip
+    ax2.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -61,6 +61,7 @@ def curve(run_dir):
 
 def plot(results, out_dir, path):
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -68,12 +69,19 @@ def plot(results, out_dir, path):
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for r in results:
         train, gold = curve(os.path.join(out_dir, f"seed{r['seed']}"))
-        line = ax.plot(*zip(*train, strict=True), alpha=0.5, lw=1)[0]
+        steps, acc = np.array(train).T
+        k = 10  # a single batch of 32 is noisy: average 10 logged batches
+        smooth = np.convolve(acc, np.ones(k) / k, mode="valid")
+        line = ax.plot(steps[k - 1 :], smooth, alpha=0.6, lw=1)[0]
         ax.plot(*zip(*gold, strict=True), "o-", color=line.get_color(), label=f"seed {r['seed']}")
     ax.axhline(TARGET_ACC, color="k", ls="--", lw=0.8)
     ax.set_xlabel("gradient step")
     ax.set_ylabel("accuracy")
-    ax.set_title("tiny RM: batch accuracy vs annotators (lines), held-out vs gold (o)", fontsize=9)
+    ax.set_title(
+        "tiny RM: training-batch accuracy vs annotators (lines, 10-batch mean), "
+        "held-out vs gold (o)",
+        fontsize=8,
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -112,9 +112,11 @@ def plot(runs, path):
         for r in results:
             steps, rets = np.array(r["episodes"]).T
             mean20 = np.convolve(rets, np.ones(20) / 20, "valid")  # the solved statistic
-            curves.append(np.interp(grid, steps[19:], mean20, right=np.nan))
+            # SB3's runs stop once solved: hold their last value rather than let the median
+            # be taken over the unsolved seeds only.
+            curves.append(np.interp(grid, steps[19:], mean20))
             ax.plot(steps[19:], mean20, color=color, alpha=0.15, lw=0.8)
-        ax.plot(grid, np.nanmedian(curves, 0), color=color, lw=2, label=f"{name} (median)")
+        ax.plot(grid, np.median(curves, 0), color=color, lw=2, label=f"{name} (median)")
     ax.axhline(475, color="k", ls="--", lw=1, label="solved: 475")
     ax.set(xlabel="environment steps", ylabel="mean return of last 20 episodes",
            title="CartPole-v1, one line per seed", ylim=(0, 520))  # fmt: skip
@@ -130,11 +132,11 @@ def main():
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "out"))
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    results = {"ppo_cartpole.py": [], "SB3 PPO (RL Zoo)": []}
+    results = {"ppo_cartpole.py": [], "SB3 PPO (RL Zoo, stops once solved)": []}
     for seed in a.seeds:  # alternate the two, so that machine load drifts hit both alike
         results["ppo_cartpole.py"].append(ours(seed, a.out))
         if not a.skip_sb3:
-            results["SB3 PPO (RL Zoo)"].append(sb3(seed, 100_000))
+            results["SB3 PPO (RL Zoo, stops once solved)"].append(sb3(seed, 100_000))
         for name, rs in results.items():
             if rs:
                 print(f"seed {seed} {name}: solved_at_step={rs[-1]['solved_at_step']} "
@@ -156,6 +158,8 @@ def main():
     os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
     slim = {n: [{k: v for k, v in r.items() if k != "episodes"} for r in rs]
             for n, rs in results.items()}  # fmt: skip
+    with open(os.path.join(a.out, "ppo_runs_with_episodes.json"), "w") as f:
+        json.dump(results, f)
     with open(os.path.join(ROOT, "benchmarks", "results", "ppo_cartpole.json"), "w") as f:
         json.dump({"date": time.strftime("%Y-%m-%d"), "summary": rows, "runs": slim}, f, indent=1)
     os.makedirs(os.path.join(ROOT, "docs", "img"), exist_ok=True)

@@ -21,6 +21,7 @@ import copy
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 import random
@@ -65,10 +66,10 @@ class Args:
     )
     threads: int = flag(0, "torch CPU threads; 0 = 1 for --model-name tiny, else torch's default")
     # Stage 1: SFT
-    sft_demos: int = flag(4096, "built-in demonstrations to fine-tune on")
+    sft_demos: int = flag(6144, "built-in demonstrations to fine-tune on")
     sft_epochs: int = flag(3, "passes over the demonstrations")
     sft_batch_size: int = flag(32, "demonstrations per SFT step")
-    sft_lr: float = flag(2e-3, "Adam step size of SFT")
+    sft_lr: float = flag(3e-3, "Adam step size of SFT")
     # Stage 2: RM
     rm_pairs: int = flag(4096, "preference pairs sampled from the SFT policy for the inline RM")
     rm_epochs: int = flag(2, "passes over the preference pairs")
@@ -88,7 +89,7 @@ class Args:
     max_grad_norm: float = flag(1.0, "gradient-norm clip, applied to each model separately")
     gamma: float = flag(1.0, "discount over response tokens")
     gae_lambda: float = flag(0.95, "GAE lambda over response tokens")
-    init_kl_coef: float = flag(0.1, "initial KL penalty coefficient beta")
+    init_kl_coef: float = flag(0.2, "initial KL penalty coefficient beta")
     kl_target: float = flag(4.0, "target KL(pi||pi_ref) in nats per response; 0 = fixed beta")
     kl_horizon: int = flag(500, "horizon (in responses) of the adaptive KL controller")
     no_eos_penalty: float = flag(1.0, "subtracted from the RM score of a response with no EOS")
@@ -122,12 +123,15 @@ def save_atomic(obj, path):
 # The built-in task: synthetic movie reviews. A prompt opens a review ("The plot"); a response
 # continues it from this grammar (every response starts with a space, GPT-2 style, and ends
 # with a period; tokenisation appends EOS):
-#     response := " " VERB CLAUSE [" " CONJUNCTION CLAUSE] "."
-#     CLAUSE   := [" not"] [" " ADVERB] " " ADJECTIVE
-# Adjectives are positive, neutral or negative at two strengths; adverbs are VADER's
-# intensifiers and dampeners; "not" flips polarity and "but" shifts weight to the second
-# clause, so the gold score is not a bag of words. The word lists are balanced so that the
-# demonstrations average a gold score near 0: an SFT policy starts neutral.
+#     response := CLAUSE [" " CONJUNCTION " it" CLAUSE] "."
+#     CLAUSE   := " " VERB [" not"] [" " ADVERB] " " ADJECTIVE
+# e.g. "The plot" + " was not very clever but it felt fun." Adjectives are positive, neutral or
+# negative at two strengths; adverbs are VADER's intensifiers and dampeners; "not" flips
+# polarity and "but" shifts weight to the second clause, so the gold score is not a bag of
+# words. " it" and a verb keep the clauses apart: VADER lets a negation or an adverb act on
+# the next three words, which would otherwise reach across "but" ("not bad but awful" would
+# score as positive). The word lists are balanced so that the demonstrations average a gold score
+# near 0: an SFT policy starts neutral.
 PROMPTS = (
     "The movie", "This film", "The plot", "The acting", "The ending", "The soundtrack",
     "The dialogue", "The cast", "The story", "The screenplay", "The sequel", "The first hour",
@@ -146,18 +150,20 @@ NEGATIVE = (
 )  # fmt: skip
 CONJUNCTIONS = ("and", "but")
 _ADJECTIVES = POSITIVE + NEUTRAL + NEGATIVE
-_CLAUSE = rf"(?: not)?(?: (?:{'|'.join(ADVERBS)}))? (?:{'|'.join(_ADJECTIVES)})"
-WELL_FORMED = re.compile(rf" (?:{'|'.join(VERBS)}){_CLAUSE}(?: (?:and|but){_CLAUSE})?\.")
+_CLAUSE = (
+    rf" (?:{'|'.join(VERBS)})(?: not)?(?: (?:{'|'.join(ADVERBS)}))? (?:{'|'.join(_ADJECTIVES)})"
+)
+WELL_FORMED = re.compile(rf"{_CLAUSE}(?: (?:{'|'.join(CONJUNCTIONS)}) it{_CLAUSE})?\.")
 EOS_TOKEN = "<|endoftext|>"  # GPT-2's end of text; also the padding token (masks say which)
 
 
 def sample_responses(rng, n):
     """n responses from the grammar above, a pure function of the numpy Generator `rng`.
 
-    Each clause: "not" with p = 0.2, an adverb with p = 0.5, a uniform adjective; a second
-    clause with p = 0.5.
+    Each clause: a uniform verb, "not" with p = 0.2, an adverb with p = 0.5, a uniform
+    adjective; a second clause with p = 0.5.
     """
-    verb = rng.integers(len(VERBS), size=n)
+    verb = rng.integers(len(VERBS), size=(n, 2))
     neg = rng.random((n, 2)) < 0.2
     has_adv = rng.random((n, 2)) < 0.5
     adv = rng.integers(len(ADVERBS), size=(n, 2))
@@ -167,18 +173,18 @@ def sample_responses(rng, n):
 
     def clause(i, k):
         return (
-            (" not" if neg[i, k] else "")
+            " "
+            + VERBS[verb[i, k]]
+            + (" not" if neg[i, k] else "")
             + (" " + ADVERBS[adv[i, k]] if has_adv[i, k] else "")
             + " "
             + _ADJECTIVES[adj[i, k]]
         )
 
     return [
-        " " + VERBS[verb[i]] + clause(i, 0)
-        + (" " + CONJUNCTIONS[conj[i]] + clause(i, 1) if two[i] else "")
-        + "."
+        clause(i, 0) + (" " + CONJUNCTIONS[conj[i]] + " it" + clause(i, 1) if two[i] else "") + "."
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def builtin_demonstrations(rng, n):
@@ -304,6 +310,9 @@ def load_gpt2(model_cls, model_name):
             model = model_cls.from_pretrained(model_name, local_files_only=True, **no_dropout)
             tokenizer = AutoTokenizer.from_pretrained(model_name, local_files_only=True)
         except OSError:
+            print(f"{model_name}: not found locally; trying the Hugging Face hub", file=sys.stderr)
+            # Its retry warnings would bury the one-line error below.
+            logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
             model = model_cls.from_pretrained(model_name, **no_dropout)
             tokenizer = AutoTokenizer.from_pretrained(model_name)
     except OSError as e:
@@ -380,7 +389,7 @@ class RewardModel(nn.Module):
         last = (
             attention_mask * torch.arange(attention_mask.shape[1], device=hidden.device)
         ).argmax(-1)
-        return self.head(hidden[torch.arange(len(last)), last]).squeeze(-1)
+        return self.head(hidden[torch.arange(len(last), device=hidden.device), last]).squeeze(-1)
 
     @torch.no_grad()
     def normalize_(self, reference_rewards):
@@ -486,7 +495,7 @@ def kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, beta):
     """r_t = -beta (log pi(a_t|s_t) - log pi_ref(a_t|s_t)) + [t = last real token] r_phi(x, y).
 
     The RM judges the whole response, so its score lands once, on the last real token; the
-    KL penalty (Ziegler et al. 2019, eq. 2) is paid on every response token; padding after
+    KL penalty (Ziegler et al. 2019) is paid on every response token; padding after
     EOS gets 0. mask must be a prefix of ones (the response, EOS included)."""
     # r_t = -beta * (log pi - log pi_ref), every response token
     rewards = -beta * (logprobs - ref_logprobs) * mask
@@ -543,7 +552,7 @@ def token_value_loss(values, old_values, returns, mask, clip_coef):
 
 
 def adaptive_kl_coef(beta, kl, kl_target, n_steps, horizon):
-    """Ziegler et al. 2019, section 2.2: e = clip(KL / KL_target - 1, -0.2, 0.2),
+    """Ziegler et al. 2019 (as in their code): e = clip(KL / KL_target - 1, -0.2, 0.2),
     beta <- beta (1 + e n_steps / horizon). kl_target = 0 keeps beta fixed.
 
     The error is clipped, so one noisy batch moves beta by at most 20% of n_steps/horizon."""
@@ -907,10 +916,8 @@ def train(args):
                 f"{args.model_name}; train it with reward_model.py --model-name {args.model_name}"
             )
     else:
-        reward_model, rm_tokenizer = (
-            stage_reward_model(args, policy, tokenizer, prompts, writer, rng),
-            tokenizer,
-        )
+        reward_model = stage_reward_model(args, policy, tokenizer, prompts, writer, rng)
+        rm_tokenizer = tokenizer
     reward_model = reward_model.to(device).eval().requires_grad_(False)
     reference_prompts = [prompts[i] for i in rng.integers(len(prompts), size=args.eval_samples)]
     sft_texts = sample_texts(policy, tokenizer, reference_prompts, args)

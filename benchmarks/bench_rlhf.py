@@ -127,8 +127,10 @@ def gpt2_iteration(n_iterations):
                     "tokens_per_s": tokens / (t2 - t0),
                     "ratio_dev_first_mb": stats["ratio_dev_first_mb"]})  # fmt: skip
         print(json.dumps(out[-1]), file=sys.stderr, flush=True)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak = usage.ru_maxrss / 1024
     print(json.dumps({"iterations": out, "peak_rss_mb": round(peak, 1),
+                      "process_cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
                       "threads": torch.get_num_threads(),
                       "params_millions": sum(p.numel() for p in policy.parameters()) / 1e6,
                       "rollout_batch_size": args.rollout_batch_size,
@@ -167,7 +169,9 @@ def plot(runs):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
-    parser.add_argument("--skip-gpt2", action="store_true", help="skip the GPT-2-size iteration")
+    parser.add_argument(
+        "--skip-gpt2", action="store_true", help="keep the last GPT-2-size result; do not rerun"
+    )
     parser.add_argument("--gpt2-iterations", type=int, default=1)
     parser.add_argument("--gpt2-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -179,6 +183,9 @@ def main():
         print(f"## tiny, seed {seed}", flush=True)
         runs.append(run_tiny(seed, os.path.join(ROOT, "benchmarks", "out", f"rlhf_seed{seed}")))
     gpt2 = None
+    if args.skip_gpt2 and os.path.exists(RESULTS):
+        with open(RESULTS) as f:
+            gpt2 = json.load(f).get("gpt2_124m_cpu")  # keep the last (slow) measurement
     if not args.skip_gpt2:
         print("## GPT-2-124M size, one PPO iteration on the CPU", flush=True)
         child = subprocess.run(
@@ -187,6 +194,7 @@ def main():
             stdout=subprocess.PIPE, text=True, check=True,
         )  # fmt: skip
         gpt2 = json.loads(child.stdout.strip().splitlines()[-1])
+        gpt2["date"] = time.strftime("%Y-%m-%d %H:%M")
 
     rows = [
         "| seed | SFT s | RM s | PPO s | total s | peak MiB (SFT/RM/PPO) | SFT gold | final gold "

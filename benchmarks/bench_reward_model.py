@@ -4,9 +4,10 @@ annotators, the process's wall time (imports included) and peak resident memory 
 wait4's rusage). Target (issue 5): gold accuracy >= 0.90 in <= 60 s on a 2-core CPU.
 
     python benchmarks/bench_reward_model.py                  # seeds 1..10
-    python benchmarks/bench_reward_model.py --seeds 1 2 3 --plot docs/img/reward_model_curve.png
+    python benchmarks/bench_reward_model.py --seeds 1 2 3 -- --epochs 2   # flags for the script
 
-Writes the raw results to benchmarks/results/reward_model.json and prints a Markdown table.
+Writes the raw results to benchmarks/results/reward_model.json, prints a Markdown table, and
+plots the learning curves to docs/img/reward_model_curve.png.
 The machine is shared: the load average at the start of each run is recorded beside it.
 """
 
@@ -95,7 +96,11 @@ def main():
     parser.add_argument(
         "--results", default=os.path.join(ROOT, "benchmarks", "results", "reward_model.json")
     )
-    parser.add_argument("--plot", default="", help="write a learning-curve PNG here")
+    parser.add_argument(
+        "--plot",
+        default=os.path.join(ROOT, "docs", "img", "reward_model_curve.png"),
+        help="learning-curve PNG ('' = none)",
+    )
     parser.add_argument("extra", nargs="*", help="flags passed on to reward_model.py (after --)")
     args = parser.parse_args()
 

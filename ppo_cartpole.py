@@ -79,10 +79,8 @@ def parse_args(argv=None) -> Args:
 
 def check_args(args):
     """Reject settings that would fail later with an obscure error, saying what to fix."""
-    for name in ("total_timesteps", "num_envs", "num_steps", "num_minibatches"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive")
-    for name in ("update_epochs", "hidden_size", "learning_rate", "max_grad_norm"):
+    sizes = ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs")
+    for name in (*sizes, "hidden_size", "learning_rate", "max_grad_norm"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     if (args.num_envs * args.num_steps) % args.num_minibatches:

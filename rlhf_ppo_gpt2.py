@@ -763,14 +763,12 @@ def stage_sft(args, policy, tokenizer, demos, writer):
                 progress("sft", step, total, start, loss=loss.item())
 
 
-def stage_reward_model(args, policy, tokenizer, prompts, writer, rng):
+def stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng):
     """Stage 2: a Bradley-Terry RM whose trunk starts as a copy of the SFT model, trained on
-    pairs of SFT samples for one prompt ordered by the simulated annotators, or on
-    --preference-data."""
+    `pairs` ({prompt, chosen, rejected}), or if there are none on pairs of SFT samples for
+    one prompt ordered by the simulated annotators."""
     device = next(policy.parameters()).device
-    if args.preference_data:
-        pairs = read_jsonl(args.preference_data, ["prompt", "chosen", "rejected"])
-    else:
+    if not pairs:
         batch = [prompts[i] for i in rng.integers(len(prompts), size=args.rm_pairs)]
         a, b = (
             sample_texts(policy, tokenizer, batch, args),
@@ -898,6 +896,9 @@ def train(args):
         demos = read_jsonl(args.sft_data, ["prompt", "response"])
     else:
         demos = builtin_demonstrations(rng, args.sft_demos)
+    pairs = []  # read now: a bad file should stop the run before, not after, SFT
+    if args.preference_data and not args.reward_model_path:
+        pairs = read_jsonl(args.preference_data, ["prompt", "chosen", "rejected"])
     policy, tokenizer = load_gpt2(GPT2LMHeadModel, args.model_name)
     policy = policy.to(device).eval()
     prompts = sorted({d["prompt"] for d in demos})
@@ -916,7 +917,7 @@ def train(args):
                 f"{args.model_name}; train it with reward_model.py --model-name {args.model_name}"
             )
     else:
-        reward_model = stage_reward_model(args, policy, tokenizer, prompts, writer, rng)
+        reward_model = stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng)
         rm_tokenizer = tokenizer
     reward_model = reward_model.to(device).eval().requires_grad_(False)
     reference_prompts = [prompts[i] for i in rng.integers(len(prompts), size=args.eval_samples)]

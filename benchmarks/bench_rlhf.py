@@ -168,7 +168,9 @@ def plot(runs):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
+    parser.add_argument(
+        "--seeds", type=int, nargs="*", default=[1], help="none: keep the last tiny results"
+    )
     parser.add_argument(
         "--skip-gpt2", action="store_true", help="keep the last GPT-2-size result; do not rerun"
     )
@@ -179,6 +181,9 @@ def main():
         return gpt2_iteration(args.gpt2_iterations)
 
     runs = []
+    if not args.seeds:
+        with open(RESULTS) as f:
+            runs = json.load(f)["tiny"]
     for seed in args.seeds:
         print(f"## tiny, seed {seed}", flush=True)
         runs.append(run_tiny(seed, os.path.join(ROOT, "benchmarks", "out", f"rlhf_seed{seed}")))

@@ -11,8 +11,8 @@ PPO is Schulman et al. 2017 (https://arxiv.org/abs/1707.06347), GAE Schulman et 
 reviews; the VADER sentiment of a review is the gold score that the simulated annotators and
 the evaluation use, and the review grammar tells whether the policy has degenerated.
 
-    python rlhf_ppo_gpt2.py --model-name tiny                  # built-in task, CPU, minutes
-    python rlhf_ppo_gpt2.py --reward-model-path runs/rm/model  # RM from reward_model.py
+    python rlhf_ppo_gpt2.py --model-name tiny                  # built-in task, CPU, ~1 minute
+    python rlhf_ppo_gpt2.py --reward-model-path runs/rm/reward_model  # RM of reward_model.py
     python rlhf_ppo_gpt2.py --help
 """
 

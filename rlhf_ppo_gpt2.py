@@ -506,18 +506,19 @@ def kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, beta):
 
 
 def token_gae(rewards, values, mask, gamma, lam):
-    """A_t = delta_t + gamma lam A_{t+1},  delta_t = r_t + gamma V_{t+1} - V_t,  R_t = A_t + V_t.
+    """GAE over the response tokens of a [batch, T] rollout; returns (Â, returns).
 
-    Over response tokens, with V and A zero past the last real token, so an episode ends at
-    EOS (or at the length cut) with no bootstrap and padding gets no advantage."""
-    values = values * mask
+    δ_t = r_t + γ V_{t+1} − V_t,   Â_t = δ_t + γλ Â_{t+1},   R_t = Â_t + V_t.
+    Rewards, V and Â are zero past the last real token, so an episode ends at EOS (or at the
+    length cut) with no bootstrap, and padding neither gets nor leaks any advantage."""
+    rewards, values = rewards * mask, values * mask
     adv = torch.zeros_like(rewards)
     next_adv = torch.zeros_like(rewards[:, 0])
     for t in reversed(range(rewards.shape[1])):
         next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else 0.0
-        # delta_t = r_t + gamma V_{t+1} - V_t
+        # δ_t = r_t + γ V_{t+1} − V_t
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        # A_t = delta_t + gamma lam A_{t+1}
+        # Â_t = δ_t + γλ Â_{t+1}
         next_adv = delta + gamma * lam * next_adv
         adv[:, t] = next_adv
     adv = adv * mask

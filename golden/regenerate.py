@@ -626,8 +626,8 @@ def rlhf_vectors(rng):
     mask = prefix_mask(lengths, L)
     cases = []
     for gamma, lam in [(1.0, 0.95), (0.9, 0.8)]:
-        rewards = r(rng.normal(size=(B, L)) * mask)  # kl_shaped_rewards gives 0 on padding
-        values = r(rng.normal(size=(B, L)))  # padding holds garbage values on purpose
+        rewards = r(rng.normal(size=(B, L)))  # padding holds garbage rewards on purpose
+        values = r(rng.normal(size=(B, L)))  # and garbage values
         adv, ret = np.zeros((B, L)), np.zeros((B, L))
         for b in range(B):
             n = lengths[b]
@@ -646,8 +646,7 @@ def rlhf_vectors(rng):
         "[B][L] over response tokens; mask is a prefix of ones (response incl. EOS). Each row "
         "is one episode that ends at its last masked token with no bootstrap (also when the "
         "response was cut at the length limit). Advantages and returns are 0 on padding, and "
-        "the values there are ignored. rewards are 0 on padding, as kl_shaped_rewards makes "
-        "them (see golden/README.md on that precondition).",
+        "the rewards and values there are ignored.",
         {"rtol": 1e-6, "atol": 1e-9},
         cases,
         ["rlhf_ppo_gpt2.token_gae"],

@@ -266,7 +266,7 @@ def make_envs(env_id, num_envs, seed):
     return envs
 
 
-def evaluate(agent, env_id, episodes, seed, device):
+def evaluate_greedy(agent, env_id, episodes, seed, device):
     """Mean return of the greedy policy, one episode in each of `episodes` parallel envs
     (taking the first `episodes` finishers of fewer envs would favour short episodes)."""
     envs = make_envs(env_id, episodes, seed)
@@ -471,7 +471,7 @@ def train(args):
 
     eval_return = None
     if args.eval_episodes > 0:
-        eval_return = evaluate(agent, args.env_id, args.eval_episodes, args.seed + 10_000, device)
+        eval_return = evaluate_greedy(agent, args.env_id, args.eval_episodes, args.seed + 10_000, device)
         print(
             f"eval: mean return of the greedy policy over {args.eval_episodes} episodes "
             f"= {eval_return:.1f}"

@@ -471,7 +471,9 @@ def train(args):
 
     eval_return = None
     if args.eval_episodes > 0:
-        eval_return = evaluate_greedy(agent, args.env_id, args.eval_episodes, args.seed + 10_000, device)
+        eval_return = evaluate_greedy(
+            agent, args.env_id, args.eval_episodes, args.seed + 10_000, device
+        )
         print(
             f"eval: mean return of the greedy policy over {args.eval_episodes} episodes "
             f"= {eval_return:.1f}"

@@ -423,9 +423,15 @@ def evaluate_checkpoint(args):
     finally:
         envs.close()
     print(f"greedy returns: {' '.join(f'{r:g}' for r in returns)}")
-    return dict(script=SCRIPT, env_id=args.env_id, checkpoint=args.eval_checkpoint,
-                eval_episodes=len(returns), eval_mean_return=float(np.mean(returns)),
-                eval_std_return=float(np.std(returns)), videos=video_dir)  # fmt: skip
+    return dict(
+        script=SCRIPT,
+        env_id=args.env_id,
+        checkpoint=args.eval_checkpoint,
+        eval_episodes=len(returns),
+        eval_mean_return=float(np.mean(returns)),
+        eval_std_return=float(np.std(returns)),
+        videos=video_dir,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -478,7 +484,7 @@ def valid_transitions(b, adv):
     return {k: v.flatten(0, 1)[keep] for k, v in flat.items()}
 
 
-def ppo_update(agent, optimizer, t, args, beta):
+def ppo_epochs(agent, optimizer, t, args, beta):
     """--update-epochs passes of shuffled minibatches over the transitions `t`, each step
     minimising L = −L^CLIP (or −L^KLPEN) + c1 L^VF − c2 S. Returns the mean losses."""
     stats = []
@@ -548,7 +554,7 @@ def train(args):
                 b["reward"], b["value"], b["terminated"], b["done"], args.gamma, args.gae_lambda
             )
             t = valid_transitions(b, adv)
-            stats = ppo_update(agent, optimizer, t, args, beta)
+            stats = ppo_epochs(agent, optimizer, t, args, beta)
 
             check_finite(list(stats.values())[:3], agent, iteration, "--learning-rate")
             last_good = copy.deepcopy(agent.state_dict())

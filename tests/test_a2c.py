@@ -224,7 +224,10 @@ def test_update_trains_on_real_transitions_with_bootstrapped_targets(monkeypatch
     real_loss = a2c.a2c_loss
     monkeypatch.setattr(a2c, "a2c_loss", recording_loss)
     args = a2c.Args(gamma=0.9, gae_lambda=1.0)
-    a2c.a2c_update(agent, a2c.make_optimizer(agent.parameters(), args), b, args)
+    # train()'s pipeline: GAE, the valid transitions, one update.
+    adv = a2c.gae(b["reward"], b["value"], b["terminated"], b["done"], 0.9, 1.0)
+    t = a2c.valid_transitions(b, adv)
+    a2c.a2c_update(agent, a2c.make_optimizer(agent.parameters(), args), t, args)
 
     np64 = [b[k].double().numpy() for k in ("reward", "value", "terminated", "done")]
     valid = b["valid"].numpy()
@@ -239,32 +242,17 @@ def test_update_trains_on_real_transitions_with_bootstrapped_targets(monkeypatch
 # ---------------------------------------------------------------- A2C is PPO with one epoch
 
 
-def ppo_one_epoch_update(agent, optimizer, b, gamma, lam, vf_coef, ent_coef, max_grad_norm):
-    """ppo_cartpole.py's update, built from its own functions, with update_epochs = 1,
-    num_minibatches = 1 (the whole rollout) and norm_adv off."""
-    adv = ppo.gae(b["reward"], b["value"], b["terminated"], b["done"], gamma, lam)
-    ret = adv + b["value"][:-1]
-    keep = b["valid"].flatten()
-    b_obs, b_act = b["obs"][:-1].flatten(0, 1)[keep], b["action"].flatten()[keep]
-    b_logp, b_adv = b["logp"].flatten()[keep], adv.flatten()[keep]
-    b_ret, b_val = ret.flatten()[keep], b["value"][:-1].flatten()[keep]
-    logp, logits, v = agent.evaluate(b_obs, b_act)
-    pg_loss, clipfrac = ppo.clipped_surrogate_loss(logp, b_logp, b_adv, 0.2)
-    assert clipfrac.item() == 0  # the first pass over a rollout: r = 1 everywhere
-    v_loss = ppo.value_loss(v, b_val, b_ret, 0.0)
-    loss = pg_loss + vf_coef * v_loss - ent_coef * ppo.categorical_entropy(logits)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(agent.parameters(), max_grad_norm)
-    optimizer.step()
-
-
 @pytest.mark.parametrize("optimizer", ["rmsprop", "adam"])
 def test_ppo_with_one_epoch_is_a2c_update_by_update(optimizer):
-    """Same seed, same initial network, same rollouts: one PPO epoch on one full minibatch
-    gives A2C's parameters, after each of 10 consecutive updates. The gradients agree
-    because ∇(r Â) = r Â ∇log π and r = 1 on the first pass, so ∇L^CLIP = ∇(log π Â)."""
+    """Same seed, same initial network, same rollouts: ppo_cartpole.ppo_update with one
+    epoch, one minibatch (the whole rollout) and no advantage normalisation gives A2C's
+    parameters, after each of 10 consecutive updates. The gradients agree because
+    ∇(r Â) = r Â ∇log π and r = 1 on the first pass, so ∇L^CLIP = ∇(log π Â)."""
     args = a2c.Args(optimizer=optimizer, gae_lambda=0.95, ent_coef=0.01, vf_coef=0.5)
+    ppo_args = ppo.Args(
+        update_epochs=1, num_minibatches=1, norm_adv=False, loss_type="clip", target_kl=0.0,
+        vf_coef=args.vf_coef, ent_coef=args.ent_coef, max_grad_norm=args.max_grad_norm,
+    )  # fmt: skip
     torch.manual_seed(0)
     agent_a2c = a2c.Agent(4, 2)
     agent_ppo = ppo.Agent(4, 2)
@@ -278,11 +266,12 @@ def test_ppo_with_one_epoch_is_a2c_update_by_update(optimizer):
     for _ in range(10):
         b, obs, prev_done = a2c.rollout(agent_a2c, envs, obs, prev_done, 16, torch.device("cpu"))
         before = torch.cat([p.detach().flatten() for p in agent_a2c.parameters()])
-        a2c.a2c_update(agent_a2c, opt_a2c, b, args)
-        ppo_one_epoch_update(
-            agent_ppo, opt_ppo, b, args.gamma, args.gae_lambda, args.vf_coef, args.ent_coef,
-            args.max_grad_norm,
-        )  # fmt: skip
+        adv = a2c.gae(b["reward"], b["value"], b["terminated"], b["done"], 0.99, 0.95)
+        a2c.a2c_update(agent_a2c, opt_a2c, a2c.valid_transitions(b, adv), args)
+        # PPO's side from PPO's own functions, on the same rollout.
+        adv = ppo.gae(b["reward"], b["value"], b["terminated"], b["done"], 0.99, 0.95)
+        stats = ppo.ppo_update(agent_ppo, opt_ppo, ppo.valid_transitions(b, adv), ppo_args, 1.0)
+        assert stats["clipfrac"] == 0  # the first pass over a rollout: r = 1 everywhere
         after = torch.cat([p.detach().flatten() for p in agent_a2c.parameters()])
         moved += (after - before).abs().max().item()
         for pa, pp in zip(agent_a2c.parameters(), agent_ppo.parameters(), strict=True):
@@ -371,6 +360,40 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, capsys):
     saved = torch.load(tmp_path / "out" / "agent.pt")
     assert (tmp_path / "out" / "episodes.csv").exists() and saved["args"]["seed"] == 1
     assert all(torch.isfinite(v).all() for v in saved["agent"].values())
+
+
+def test_eval_checkpoint_reproduces_the_training_evaluation(tmp_path, capsys):
+    flags = ["--total-timesteps", "4000", "--eval-episodes", "3"]
+    code, out, _ = run_main(capsys, *flags, "--output-dir", str(tmp_path / "train"))
+    trained = json.loads(out.strip().splitlines()[-1])
+    ckpt = str(tmp_path / "train" / "agent.pt")
+    code, out, err = run_main(
+        capsys, "--eval-checkpoint", ckpt, "--eval-episodes", "3",
+        "--output-dir", str(tmp_path / "eval"),
+    )  # fmt: skip
+    assert code == 0, err
+    evaluated = json.loads(out.strip().splitlines()[-1])
+    assert evaluated["eval_episodes"] == 3 and evaluated["script"] == "a2c.py"
+    assert evaluated["eval_mean_return"] == trained["eval_mean_return"]
+
+
+@pytest.mark.parametrize("problem", ["corrupt", "other_script", "other_env"])
+def test_eval_checkpoint_errors(problem, tmp_path, capsys):
+    path = tmp_path / "agent.pt"
+    if problem == "corrupt":
+        path.write_bytes(b"not a checkpoint")
+        message = "cannot read --eval-checkpoint"
+    else:
+        script, env = ("ppo_cartpole.py", "CartPole-v1")
+        if problem == "other_env":
+            script, env = ("a2c.py", "Acrobot-v1")
+        torch.save({"script": script, "env_id": env, "agent": {}, "args": {}}, path)
+        message = "not by a2c.py" if problem == "other_script" else "not for --env-id"
+    code, _, err = run_main(
+        capsys, "--eval-checkpoint", str(path), "--eval-episodes", "2",
+        "--output-dir", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert code == 1 and err.strip().count("\n") == 0 and message in err
 
 
 def test_learns_to_solve_cartpole(tmp_path):

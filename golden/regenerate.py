@@ -799,6 +799,101 @@ def rlhf_vectors(rng):
     )  # fmt: skip
 
 
+# ---------------------------------------------------------------- A2C (a2c.py)
+
+
+def naive_n_step_advantage(rewards, values, terminated, truncated, gamma):
+    """The A2C paper's n-step advantage by explicit sums: from t to the end k of t's episode
+    or of the rollout, Â_t = Σ_{j=t..k} γ^{j−t} r_j + γ^{k+1−t} V(s_{k+1}) [k not terminal]
+    − V(s_t)."""
+    rewards, values = np.asarray(rewards), np.asarray(values)
+    done = np.logical_or(terminated, truncated)
+    T, N = rewards.shape
+    adv = np.zeros((T, N))
+    for n in range(N):
+        for t in range(T):
+            k = t
+            while not (done[k, n] or k == T - 1):
+                k += 1
+            ret = sum(gamma ** (j - t) * rewards[j, n] for j in range(t, k + 1))
+            if not terminated[k][n]:
+                ret += gamma ** (k + 1 - t) * values[k + 1, n]
+            adv[t, n] = ret - values[t, n]
+    return adv
+
+
+def a2c_vectors(rng):
+    cases = []
+    for T, N, gamma in [(5, 2, 0.99), (10, 3, 0.9)]:
+        rewards, values = r(rng.normal(size=(T, N))), r(rng.normal(size=(T + 1, N)))
+        terminated = (rng.random((T, N)) < 0.15).astype(int)
+        truncated = ((rng.random((T, N)) < 0.2) | (rng.random((T, N)) < 0.1)).astype(int)
+        adv = naive_n_step_advantage(rewards, values, terminated, truncated, gamma)
+        inputs = dict(rewards=rewards, values=values, terminated=terminated.tolist(),
+                      truncated=truncated.tolist(), gamma=gamma)  # fmt: skip
+        outputs = dict(advantages=adv.tolist(), returns=(adv + np.array(values)[:-1]).tolist())
+        cases.append({"inputs": inputs, "outputs": outputs})
+    write(
+        "a2c_n_step_return",
+        "V^targ_t = Σ_{j=t..k} γ^{j−t} r_j + γ^{k+1−t} V(s_{k+1}) [k not terminal];  "
+        "Â_t = V^targ_t − V(s_t),  k = the last step of t's episode within the rollout",
+        "GAE with λ = 1 (a2c.gae, gae_lambda=1). Arrays are time-major [T][N]; values has "
+        "T+1 rows. A step may be terminated and truncated at once: then it is terminal and "
+        "gets no bootstrap. A return cut by the rollout's end bootstraps with values[T].",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["a2c.gae"],
+    )
+
+    n, A, c1, c2 = 7, 3, 0.5, 0.01
+    logits = r(rng.normal(size=(n, A)) * 1.5)
+    actions = rng.integers(0, A, n).tolist()
+    values, adv, ret = (r(rng.normal(size=n)) for _ in range(3))
+    logpi = log_softmax(np.array(logits))
+    p = np.exp(logpi)
+    H = -(p * logpi).sum(-1)
+    a, v, g = np.array(adv), np.array(values), np.array(ret)
+    logp_a = logpi[np.arange(n), actions]
+    pg = -np.mean(logp_a * a)
+    vf = 0.5 * np.mean((v - g) ** 2)
+    # ∂/∂z_ij: policy term −Â_i (1[j = a_i] − p_ij)/n; entropy term c2 p_ij (log p_ij + H_i)/n
+    grad_logits = -a[:, None] * (np.eye(A)[actions] - p) / n + c2 * p * (logpi + H[:, None]) / n
+    write(
+        "a2c_loss",
+        "L = −mean_t log π(a_t|s_t) Â_t + c1 · ½ mean_t (V(s_t) − V^targ_t)² − c2 · "
+        "mean_t S[π(·|s_t)],  π = softmax(logits)",
+        "Â and V^targ are constants (no gradient). grad_logits is ∂L/∂logits, [batch][actions]; "
+        "grad_values is ∂L/∂V = c1 (V − V^targ)/n.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        [{"inputs": dict(logits=logits, actions=actions, values=values, advantages=adv,
+                         returns=ret, vf_coef=c1, ent_coef=c2),
+          "outputs": dict(loss=pg + c1 * vf - c2 * H.mean(), pg_loss=pg, v_loss=vf,
+                          entropy=H.mean(), grad_logits=grad_logits.tolist(),
+                          grad_values=(c1 * (v - g) / n).tolist())}],
+        ["a2c.a2c_loss"],
+    )  # fmt: skip
+
+    theta = r(rng.normal(size=4))
+    grads = [r(rng.normal(size=4) * s) for s in (1.0, 0.1, 1e-4)]
+    lr, alpha, eps = 7e-4, 0.99, 1e-5
+    th, sq, thetas = np.array(theta), np.zeros(4), []
+    for grad in map(np.array, grads):
+        sq = alpha * sq + (1 - alpha) * grad**2
+        th = th - lr * grad / (np.sqrt(sq) + eps)
+        thetas.append(th.tolist())
+    write(
+        "a2c_rmsprop",
+        "v ← α v + (1 − α) g²;  θ ← θ − lr g / (√v + ε),  v₀ = 0",
+        "The A2C paper's and SB3's optimizer settings (α = 0.99, ε = 1e-5, no momentum, no "
+        "centring), the ε outside the square root as in PyTorch. thetas[i] is θ after the "
+        "(i+1)-th gradient in grads.",
+        {"rtol": 1e-9, "atol": 1e-12},
+        [{"inputs": dict(theta=theta, grads=grads, learning_rate=lr, alpha=alpha, eps=eps),
+          "outputs": {"thetas": thetas}}],
+        ["a2c.make_optimizer"],
+    )  # fmt: skip
+
+
 def main():
     rng = np.random.default_rng(2026)
     gae_vectors(rng)
@@ -811,6 +906,7 @@ def main():
     trpo_vectors(np.random.default_rng(3))
     bradley_terry_vectors(np.random.default_rng(4))
     rlhf_vectors(np.random.default_rng(5))
+    a2c_vectors(np.random.default_rng(13))  # A2C block
     print(f"wrote {len(list(HERE.glob('*.json')))} vector files to {HERE}")
 
 

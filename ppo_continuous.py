@@ -404,17 +404,21 @@ def evaluate_deterministic(agent, env_id, episodes, seed, device, obs_stats, cli
         kwargs = dict(render_mode="rgb_array", wrappers=[record_video_wrapper(video)])
     envs = make_envs(env_id, episodes, (gym.spaces.Box,), **kwargs)
     low, high = envs.single_action_space.low, envs.single_action_space.high
-    obs, _ = envs.reset(seed=seed)
     returns, alive = np.zeros(episodes), np.ones(episodes, bool)
-    while alive.any():
-        if obs_stats is not None:
-            obs = normalize_obs(obs, *obs_stats, clip_obs)
-        with torch.no_grad():
-            mean = agent.actor_mean(torch.as_tensor(obs, dtype=torch.float32, device=device))
-        obs, reward, term, trunc, _ = envs.step(np.clip(mean.cpu().numpy(), low, high))
-        returns += reward * alive
-        alive &= ~(term | trunc)
-    envs.close()
+    try:
+        obs, _ = envs.reset(seed=seed)
+        while alive.any():
+            if obs_stats is not None:
+                obs = normalize_obs(obs, *obs_stats, clip_obs)
+            with torch.no_grad():
+                mean = agent.actor_mean(torch.as_tensor(obs, dtype=torch.float32, device=device))
+            obs, reward, term, trunc, _ = envs.step(np.clip(mean.cpu().numpy(), low, high))
+            returns += reward * alive
+            alive &= ~(term | trunc)
+    except gym.error.DependencyNotInstalled as e:  # rendering for --capture-video
+        raise ValueError(f"--capture-video: {e}") from None
+    finally:
+        envs.close()
     return float(returns.mean()), float(returns.std())
 
 

@@ -315,6 +315,18 @@ def test_checkpoint_statistics_round_trip_and_stay_frozen_at_evaluation(tmp_path
     assert summary["eval_episodes"] == 3 and summary["env_id"] == "Pendulum-v1"
 
 
+def test_capture_video_writes_mp4_of_the_evaluation(tmp_path):
+    pytest.importorskip("moviepy")
+    pytest.importorskip("pygame")  # Pendulum's rgb_array rendering
+    ppo.train(short_pendulum(tmp_path / "run", total_timesteps=1024))
+    summary = ppo.train(
+        ppo.Args(eval_checkpoint=str(tmp_path / "run" / "agent.pt"), eval_episodes=1,
+                 capture_video=True, cuda=False, output_dir=str(tmp_path / "eval"))
+    )  # fmt: skip
+    assert list((tmp_path / "eval" / "videos").glob("*.mp4"))
+    assert summary["video_dir"] == str(tmp_path / "eval" / "videos")
+
+
 def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, capsys):
     code, _, err = run_main(
         capsys, *PENDULUM_FLAGS, "--learning-rate", "inf", "--total-timesteps", "2048",

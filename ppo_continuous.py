@@ -12,7 +12,7 @@ PENDULUM below is the tuned set for Pendulum-v1.
     pip install mujoco                   # the MuJoCo environments (HalfCheetah-v5, Hopper-v5)
     python ppo_continuous.py             # HalfCheetah-v5, 1M steps
     python ppo_continuous.py --env-id Pendulum-v1 --total-timesteps 100000 --num-envs 4 \\
-        --num-steps 256 --gamma 0.9 --num-minibatches 4 --learning-rate 1e-3
+        --num-steps 256 --gamma 0.95 --num-minibatches 8 --learning-rate 1e-3
     python ppo_continuous.py --eval-checkpoint runs/<run>/agent.pt --eval-episodes 10
     python ppo_continuous.py --help
 """
@@ -89,8 +89,8 @@ PENDULUM = dict(
     total_timesteps=100_000,
     num_envs=4,
     num_steps=256,
-    gamma=0.9,
-    num_minibatches=4,
+    gamma=0.95,
+    num_minibatches=8,
     learning_rate=1e-3,
 )
 
@@ -594,7 +594,7 @@ def train(args):
     dims = (envs.single_observation_space.shape[0], envs.single_action_space.shape[0])
     agent = GaussianAgent(*dims, args.hidden_size, args.init_log_std).to(device)
     # eps=1e-5 rather than 1e-8, as in OpenAI baselines' PPO.
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
     normalizer = Normalizer(dims[0], args.num_envs, args)
     threshold = solved_threshold(args)
 

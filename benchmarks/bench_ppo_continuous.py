@@ -18,16 +18,17 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import harness  # noqa: E402
+
+import ppo_continuous  # noqa: E402  (for its PENDULUM set only)
 
 BUDGET, THRESHOLD, FLOOR = 100_000, -200.0, -400.0
 SEEDS = harness.HELD_OUT_SEEDS[:10]  # Pendulum: 1001..1010
 
-# The documented Pendulum-v1 flags of ppo_continuous.py (its PENDULUM dict), as a command line.
-PENDULUM_FLAGS = [
-    "--env-id", "Pendulum-v1", "--total-timesteps", str(BUDGET), "--num-envs", "4",
-    "--num-steps", "256", "--gamma", "0.9", "--num-minibatches", "4", "--learning-rate", "1e-3",
-]  # fmt: skip
+# The documented Pendulum-v1 set of ppo_continuous.py, as a command line.
+PENDULUM_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in ppo_continuous.PENDULUM.items()]
+assert ppo_continuous.PENDULUM["total_timesteps"] == BUDGET
 
 SB3_RUNNER = r"""
 from stable_baselines3 import PPO

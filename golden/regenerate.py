@@ -894,6 +894,67 @@ def a2c_vectors(rng):
     )  # fmt: skip
 
 
+# ---------------------------------------------------------------- continuous control
+# (ppo_continuous.py: diagonal Gaussian policies)
+
+
+def gaussian_vectors(rng):
+    """Diagonal Gaussians N(μ, diag σ²) in closed form, one action dimension at a time."""
+    cases = []
+    for B, D in [(1, 1), (5, 3), (4, 6)]:
+        mean, log_std = r(rng.normal(size=(B, D))), r(rng.normal(scale=0.7, size=(B, D)))
+        action = r(np.array(mean) + np.exp(log_std) * rng.normal(scale=1.5, size=(B, D)))
+        logp = np.zeros(B)
+        for b in range(B):
+            for i in range(D):
+                mu, ls, a = mean[b][i], log_std[b][i], action[b][i]
+                sigma = np.exp(ls)
+                logp[b] += -((a - mu) ** 2) / (2 * sigma**2) - ls - 0.5 * np.log(2 * np.pi)
+        cases.append({"inputs": dict(action=action, mean=mean, log_std=log_std),
+                      "outputs": {"log_prob": logp.tolist()}})  # fmt: skip
+    write(
+        "gaussian_log_prob",
+        "log π(a|s) = −Σ_i [(a_i − μ_i)² / (2 σ_i²) + log σ_i + ½ log 2π]",
+        "All arrays [batch][action dims]; the log-density is summed over the action dims, one "
+        "value per row. log σ is given (σ = exp(log σ)).",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["ppo_continuous.gaussian_log_prob"],
+    )
+
+    log_std = r(rng.normal(size=(4, 3)))
+    ent = [sum(ls + 0.5 * np.log(2 * np.pi * np.e) for ls in row) for row in log_std]
+    write(
+        "gaussian_entropy",
+        "H = Σ_i [log σ_i + ½ log(2πe)]",
+        "log σ is [batch][action dims]; one entropy per row (it does not depend on μ).",
+        {"rtol": 1e-6, "atol": 1e-9},
+        [{"inputs": {"log_std": log_std}, "outputs": {"entropy": ent}}],
+        ["ppo_continuous.gaussian_entropy"],
+    )
+
+    cases = []
+    for B, D in [(3, 1), (5, 4)]:
+        mp, mq = r(rng.normal(size=(B, D))), r(rng.normal(size=(B, D)))
+        lp, lq = r(rng.normal(scale=0.5, size=(B, D))), r(rng.normal(scale=0.5, size=(B, D)))
+        kl = np.zeros(B)
+        for b in range(B):
+            for i in range(D):
+                sp, sq = np.exp(lp[b][i]), np.exp(lq[b][i])
+                kl[b] += np.log(sq / sp) + (sp**2 + (mp[b][i] - mq[b][i]) ** 2) / (2 * sq**2) - 0.5
+        cases.append({"inputs": dict(mean_p=mp, log_std_p=lp, mean_q=mq, log_std_q=lq),
+                      "outputs": {"kl": kl.tolist()}})  # fmt: skip
+    write(
+        "gaussian_kl",
+        "KL(p ‖ q) = Σ_i [log σ_q,i − log σ_p,i + (σ_p,i² + (μ_p,i − μ_q,i)²) / (2 σ_q,i²) − ½]",
+        "Per row of [batch][action dims] inputs (one KL per state), summed over the action "
+        "dims, not averaged. p is the first argument.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["ppo_continuous.gaussian_kl"],
+    )
+
+
 def main():
     rng = np.random.default_rng(2026)
     gae_vectors(rng)
@@ -907,6 +968,7 @@ def main():
     bradley_terry_vectors(np.random.default_rng(4))
     rlhf_vectors(np.random.default_rng(5))
     a2c_vectors(np.random.default_rng(13))  # A2C block
+    gaussian_vectors(np.random.default_rng(11))
     print(f"wrote {len(list(HERE.glob('*.json')))} vector files to {HERE}")
 
 

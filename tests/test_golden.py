@@ -20,13 +20,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import ppo_cartpole
+import ppo_continuous
 import reinforce
 import reward_model
 import rlhf_ppo_gpt2
 import trpo
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
-SCRIPTS = {m.__name__: m for m in (ppo_cartpole, reinforce, trpo, reward_model, rlhf_ppo_gpt2)}
+SCRIPTS = {
+    m.__name__: m
+    for m in (ppo_cartpole, reinforce, trpo, reward_model, rlhf_ppo_gpt2, ppo_continuous)
+}
 CHECKED = {}  # vector name -> the script functions its tests call
 
 
@@ -447,3 +451,26 @@ def test_a2c_rmsprop(tol, inp, out):
         theta.grad = t(grad)
         optimizer.step()
         close(theta, expected, tol)
+
+
+# ---------------------------------------------------------------- continuous control (Gaussian)
+
+
+@checks("gaussian_log_prob", "ppo_continuous.gaussian_log_prob")
+@pytest.mark.parametrize("tol,inp,out", cases("gaussian_log_prob"))
+def test_gaussian_log_prob(tol, inp, out):
+    logp = ppo_continuous.gaussian_log_prob(t(inp["action"]), t(inp["mean"]), t(inp["log_std"]))
+    close(logp, out["log_prob"], tol)
+
+
+@checks("gaussian_entropy", "ppo_continuous.gaussian_entropy")
+@pytest.mark.parametrize("tol,inp,out", cases("gaussian_entropy"))
+def test_gaussian_entropy(tol, inp, out):
+    close(ppo_continuous.gaussian_entropy(t(inp["log_std"])), out["entropy"], tol)
+
+
+@checks("gaussian_kl", "ppo_continuous.gaussian_kl")
+@pytest.mark.parametrize("tol,inp,out", cases("gaussian_kl"))
+def test_gaussian_kl(tol, inp, out):
+    args = (t(inp[k]) for k in ("mean_p", "log_std_p", "mean_q", "log_std_q"))
+    close(ppo_continuous.gaussian_kl(*args), out["kl"], tol)

@@ -282,3 +282,197 @@ def test_short_run_raises_gold_score(tmp_path):
     assert summary["final_gold"] > summary["sft_gold"] + 0.15
     for sub in ("sft", "reward_model", "policy"):
         assert os.path.isdir(tmp_path / sub)
+
+
+# ---- the critic-free algorithms (RLOO, GRPO, Dr. GRPO) and the KL estimators ----
+
+ALGOS = ["ppo", "rloo", "grpo", "dr_grpo"]
+
+
+def test_group_advantages_match_naive_loops():
+    torch.manual_seed(6)
+    for k in (2, 4, 5):
+        rewards = torch.randn(4 * k)
+        rewards[k : 2 * k] = 0.7  # equal rewards: GRPO's std is 0
+        rewards[2 * k] = rewards[2 * k + 1] = -0.3  # partly tied
+        rloo = rl.rloo_advantages(rewards, k)
+        grpo = rl.group_advantages(rewards, k, scale_by_std=True)
+        dr_grpo = rl.group_advantages(rewards, k, scale_by_std=False)
+        for g in range(4):
+            group = rewards[g * k : (g + 1) * k].tolist()
+            mean = sum(group) / k
+            std = math.sqrt(sum((x - mean) ** 2 for x in group) / (k - 1))
+            for i in range(k):
+                others = [group[j] for j in range(k) if j != i]
+                assert rloo[g * k + i].item() == pytest.approx(
+                    group[i] - sum(others) / (k - 1), abs=1e-6
+                )
+                want = 0.0 if std == 0 else (group[i] - mean) / (std + 1e-4)
+                assert grpo[g * k + i].item() == pytest.approx(want, abs=1e-5)
+                assert dr_grpo[g * k + i].item() == pytest.approx(group[i] - mean, abs=1e-6)
+        # the group of equal rewards: exactly 0, not NaN, in all three
+        for adv in (rloo, grpo, dr_grpo):
+            assert torch.isfinite(adv).all() and (adv[k : 2 * k] == 0).all()
+
+
+def naive_logprob_sum(policy, tokenizer, prompt, response_ids, temperature):
+    """Σ_t log π(a_t|s_t) of one response, from a forward pass over the unpadded sequence."""
+    p_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    ids = torch.tensor([p_ids + response_ids])
+    logits = policy(input_ids=ids).logits[0, len(p_ids) - 1 : -1] / temperature
+    return (
+        torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(response_ids)[:, None]).sum()
+    )
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_ratio_one_gradient_is_the_reinforce_gradient(sft, algo):
+    """At ratio 1 (the first minibatch) the gradient of each algorithm's clipped loss is the
+    REINFORCE gradient -Σ_i w_i Â_i Σ_t ∇log π(a_t|s_t), with the weights w_i of its own
+    aggregation; the reference sums log-probs of each response from its own unpadded forward
+    pass. With β > 0, GRPO's k3 term adds β w_i Σ_t (1 − π_ref/π) ∇log π."""
+    policy, tokenizer = sft
+    policy = copy.deepcopy(policy).requires_grad_(True)
+    torch.manual_seed(8)
+    k, temperature = 4, 0.9
+    prompts = [p for p in PROMPTS for _ in range(k)]
+    q, qm, r, m, _ = rl.generate_responses(policy, tokenizer, prompts, 10, temperature)
+    adv_seq = torch.randn(len(prompts))
+    adv = adv_seq[:, None] * m
+    B, L = r.shape
+    ref = rl.token_logprobs(rl.sequence_logits(policy, q, qm, r, m), r, 1.0).detach() * m
+    beta = 0.0 if algo in ("ppo", "rloo") else 0.3
+    logp = rl.token_logprobs(rl.sequence_logits(policy, q, qm, r, m), r, temperature)
+    if algo in ("ppo", "rloo"):
+        loss = rl.token_policy_loss(logp, logp.detach(), adv, m, 0.2)[0]
+    else:
+        constant = B * L if algo == "dr_grpo" else 0
+        loss = rl.grpo_policy_loss(logp, logp.detach(), ref, adv, m, 0.2, beta, constant)[0]
+    params = list(policy.parameters())
+    grads = torch.autograd.grad(loss, params)
+
+    lengths = m.sum(1).tolist()
+    reference = 0.0
+    for i in range(B):
+        ids = r[i, : lengths[i]].tolist()
+        w = {"ppo": 1 / m.sum().item(), "rloo": 1 / m.sum().item(),
+             "grpo": 1 / (B * lengths[i]), "dr_grpo": 1 / (B * L)}[algo]  # fmt: skip
+        logp_sum = naive_logprob_sum(policy, tokenizer, prompts[i], ids, temperature)
+        reference = reference - w * adv_seq[i] * logp_sum
+        if beta:
+            p_ids = tokenizer(prompts[i], add_special_tokens=False).input_ids
+            z = policy(input_ids=torch.tensor([p_ids + ids])).logits[0, len(p_ids) - 1 : -1]
+            lp = torch.log_softmax(z / temperature, -1).gather(-1, torch.tensor(ids)[:, None])
+            log_r = ref[i, : lengths[i], None] - lp
+            reference = reference + w * beta * (log_r.exp() - 1 - log_r).sum()
+    expected = torch.autograd.grad(reference, params)
+    for g, e in zip(grads, expected, strict=True):
+        torch.testing.assert_close(g, e, atol=1e-6, rtol=1e-4)
+
+
+def test_kl_estimators_by_enumeration():
+    """E_π[k1] = E_π[k3] = KL(π‖π_ref) exactly, E_π[k2] ≠ KL; as loss terms at fixed samples
+    their expected gradients are 0 (k1), ∇KL(π‖π_ref) (k2) and ∇KL(π_ref‖π) (k3: the bias)."""
+    torch.manual_seed(9)
+    for n in (2, 3, 7):
+        theta = torch.randn(n, dtype=torch.float64, requires_grad=True)
+        ref = torch.log_softmax(torch.randn(n, dtype=torch.float64), 0)
+        logp = torch.log_softmax(theta, 0)
+        p = logp.exp()
+        kl = (p * (logp - ref)).sum()  # KL(π‖π_ref) by enumeration
+        reverse = (ref.exp() * (ref - logp)).sum()  # KL(π_ref‖π)
+        k1, k2, k3 = rl.kl_estimators(logp, ref)  # the value for each possible sample a
+        assert (p * k1).sum().item() == pytest.approx(kl.item(), rel=1e-12)
+        assert (p * k3).sum().item() == pytest.approx(kl.item(), rel=1e-12)
+        assert abs((p * k2).sum().item() - kl.item()) > 1e-3  # k2 is biased
+        assert (k3 >= 0).all()
+
+        def grad(x, theta=theta):
+            return torch.autograd.grad(x, theta, retain_graph=True)[0]
+
+        grad_kl = grad(kl)
+        # ∇ of the expectations (through π as well): k1 and k3 give ∇KL
+        torch.testing.assert_close(grad((p * k1).sum()), grad_kl)
+        torch.testing.assert_close(grad((p * k3).sum()), grad_kl)
+        # as loss terms: the samples are fixed, only the estimator is differentiated
+        w = p.detach()
+        torch.testing.assert_close(grad((w * k1).sum()), torch.zeros(n, dtype=torch.float64))
+        torch.testing.assert_close(grad((w * k2).sum()), grad_kl)
+        torch.testing.assert_close(grad((w * k3).sum()), grad(reverse))
+        assert (grad((w * k3).sum()) - grad_kl).abs().max() > 1e-3  # GRPO's k3 bias
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_losses_ignore_padding_width(algo):
+    """Extra padding columns (garbage log-probs, mask 0) change neither the loss nor the
+    gradient on real tokens, for each algorithm's aggregation."""
+    torch.manual_seed(10)
+    lengths = torch.tensor([5, 2, 4, 1, 3, 5, 2, 2])
+    B, L, extra = len(lengths), 5, 3
+
+    full_old = -torch.rand(B, L + extra) * 3
+    full_logp = full_old + 0.3 * torch.randn(B, L + extra)
+    full_logp[:, L:] = 50.0  # garbage in the extra padding columns
+    full_ref = -torch.rand(B, L + extra) * 3
+    seq_adv = rl.group_advantages(torch.randn(B), 4, True)
+
+    def loss_and_grad(width):
+        mask = (torch.arange(width)[None] < lengths[:, None]).float()
+        old, ref = full_old[:, :width], full_ref[:, :width]
+        logp = full_logp[:, :width].clone().requires_grad_(True)
+        adv = seq_adv[:, None] * mask
+        if algo in ("ppo", "rloo"):
+            loss = rl.token_policy_loss(logp, old, adv, mask, 0.2)[0]
+        else:
+            constant = B * 16 if algo == "dr_grpo" else 0
+            loss = rl.grpo_policy_loss(logp, old, ref, adv, mask, 0.2, 0.1, constant)[0]
+        return loss, torch.autograd.grad(loss, logp)[0]
+
+    loss, grad = loss_and_grad(L)
+    loss_padded, grad_padded = loss_and_grad(L + extra)
+    assert loss_padded.item() == pytest.approx(loss.item(), abs=1e-6)
+    torch.testing.assert_close(grad_padded[:, :L], grad)
+    assert (grad_padded[:, L:] == 0).all()
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_first_minibatch_ratio_is_one_for_every_algo(sft, algo):
+    policy, tokenizer = sft
+    policy = copy.deepcopy(policy)
+    torch.manual_seed(12)
+    args = rl.Args(model_name="tiny", algo=algo, reward="gold", max_new_tokens=12)
+    args.minibatch_size, args.ppo_epochs, k = 8, 2, 4
+    reference = copy.deepcopy(policy).requires_grad_(False)
+    models = (policy, reference, None, tokenizer, tokenizer)
+    roll, _ = rl.collect_rollout(*models, [p for p in PROMPTS for _ in range(k)], args)
+    m = roll["m"]
+    value_model = None
+    if algo == "ppo":
+        value_model = rl.ValueModel(rl.RewardModel(policy.transformer))
+        with torch.no_grad():
+            values = rl.response_values(value_model, roll["q"], roll["qm"], roll["r"], m) * m
+        rewards = rl.kl_shaped_rewards(roll["scores"], roll["logp"], roll["ref_logp"], m, 0.1)
+        adv, returns = rl.token_gae(rewards, values, m, 1.0, 0.95)
+        roll |= {"values": values, "returns": returns, "adv": rl.masked_whiten(adv, m)}
+    elif algo == "rloo":
+        roll["adv"] = rl.rloo_advantages(roll["scores"], k)[:, None] * m
+    else:
+        roll["adv"] = rl.group_advantages(roll["scores"], k, algo == "grpo")[:, None] * m
+    trained = [*policy.parameters(), *(value_model.parameters() if value_model else [])]
+    optimizer = torch.optim.Adam(trained, lr=1e-3)
+    stats = rl.ppo_update(args, policy, value_model, optimizer, roll, beta=0.1)
+    assert stats["ratio_dev_first_mb"] < 1e-5
+    assert stats["approx_kl"] > 0  # and the policy did move afterwards
+    assert ("value_loss" in stats) == (algo == "ppo")
+
+
+def test_group_sampling_and_bad_flags(tmp_path):
+    for argv, fragment in [
+        (["--algo", "a2c"], "--algo"),
+        (["--reward", "vader"], "--reward"),
+        (["--algo", "grpo", "--samples-per-prompt", "1"], "--samples-per-prompt >= 2"),
+        (["--algo", "rloo", "--samples-per-prompt", "3"], "multiple of"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            rl.main(["--model-name", "tiny", "--output-dir", str(tmp_path), *argv])
+        assert str(e.value).startswith("error: ") and fragment in str(e.value)

@@ -476,3 +476,90 @@ def test_group_sampling_and_bad_flags(tmp_path):
         with pytest.raises(SystemExit) as e:
             rl.main(["--model-name", "tiny", "--output-dir", str(tmp_path), *argv])
         assert str(e.value).startswith("error: ") and fragment in str(e.value)
+
+
+# ---- issue 14: use what was trained (offline) ----
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The output directory of a very short tiny run (SFT, then one RLOO iteration)."""
+    out = tmp_path_factory.mktemp("run")
+    args = rl.Args(
+        model_name="tiny", seed=3, output_dir=str(out), sample_every=0, sft_demos=512,
+        sft_epochs=1, reward="gold", algo="rloo", ppo_iterations=1, eval_samples=16,
+    )  # fmt: skip
+    rl.train(args)
+    return out
+
+
+def test_readme_lines_load_the_saved_policy_and_sample(tiny_run, capsys):
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    block = readme.split("<!-- rlhf-policy-snippet -->")[1].split("```python\n")[1]
+    snippet = block.split("```")[0]
+    assert 'from_pretrained("runs/my_run/policy")' in snippet
+    exec(snippet.replace("runs/my_run", str(tiny_run)), {})
+    text = capsys.readouterr().out
+    assert text.startswith("The movie") and len(text.strip()) > len("The movie")
+
+
+def test_model_name_saved_directory_starts_a_new_run(tiny_run, tmp_path):
+    """--model-name <a saved directory> loads it (local files only: no network) in
+    rlhf_ppo_gpt2.py and in reward_model.py."""
+    from safetensors.torch import load_file
+
+    sft_dir = str(tiny_run / "sft")
+    args = rl.Args(
+        model_name=sft_dir, seed=4, output_dir=str(tmp_path / "rl"), sample_every=0,
+        sft_demos=64, sft_epochs=0, reward="gold", algo="grpo", ppo_iterations=1,
+        eval_samples=16, threads=1,
+    )  # fmt: skip
+    summary = rl.train(args)
+    assert summary["model_name"] == sft_dir
+    # No SFT steps: the new run's SFT model is the loaded one, weight for weight.
+    before = load_file(os.path.join(sft_dir, "model.safetensors"))
+    after = load_file(str(tmp_path / "rl" / "sft" / "model.safetensors"))
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+    import reward_model as rm
+
+    rm_args = rm.Args(model_name=sft_dir, seed=4, output_dir=str(tmp_path / "rm"),
+                      num_pairs=64, epochs=1)  # fmt: skip
+    rm_summary = rm.train(rm_args)
+    assert rm_summary["model_name"] == sft_dir
+    loaded, _ = rm.RewardModel.load(str(tmp_path / "rm" / "reward_model"))
+    assert loaded.backbone.config.n_embd == 64  # the tiny trunk it started from
+
+
+@pytest.mark.parametrize("offline_by", ["HF_HUB_OFFLINE", "no route"])
+def test_unreachable_hub_fails_fast_naming_tiny(tmp_path, monkeypatch, offline_by):
+    """--model-name gpt2 without a local copy and without a network: a one-line error within
+    seconds (not a minute of hub retries), naming --model-name tiny. No network is touched:
+    the probe is either skipped (HF_HUB_OFFLINE) or its connection attempt fails here."""
+    import time
+
+    from huggingface_hub import constants
+
+    if os.path.isdir(os.path.join(constants.HF_HUB_CACHE, "models--gpt2")):
+        pytest.skip("gpt2 is in the local Hugging Face cache")
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    if offline_by == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+
+        def no_route(*args, **kwargs):
+            raise OSError("Network is unreachable")
+
+        monkeypatch.setattr(rl.socket, "create_connection", no_route)
+    start = time.time()
+    with pytest.raises(SystemExit) as e:
+        rl.main(["--model-name", "gpt2", "--output-dir", str(tmp_path), "--sft-demos", "64"])
+    assert time.time() - start < 10
+    message = str(e.value)
+    assert message.startswith("error: ") and "\n" not in message
+    assert "--model-name tiny" in message and "unreachable" in message

@@ -11,7 +11,19 @@ PPO is Schulman et al. 2017 (https://arxiv.org/abs/1707.06347), GAE Schulman et 
 reviews; the VADER sentiment of a review is the gold score that the simulated annotators and
 the evaluation use, and the review grammar tells whether the policy has degenerated.
 
+Stage 3 can also be one of three critic-free policy gradients that take their baseline from
+k samples of the same prompt (`--algo`), sharing every line with PPO but the ones that differ:
+RLOO (Kool et al. 2019; Ahmadian et al. 2024, https://arxiv.org/abs/2402.14740), GRPO (Shao
+et al. 2024, https://arxiv.org/abs/2402.03300) and Dr. GRPO (Liu et al. 2025,
+https://arxiv.org/abs/2503.20783). Departures from the papers, on purpose:
+- all three reuse PPO's update (clipped ratio, --ppo-epochs x minibatches; the RLOO paper
+  takes one on-policy step): the same schedule makes the comparison fair, and with
+  --ppo-epochs 1 and one minibatch the ratio is 1 and the update is plain REINFORCE;
+- GRPO's β is adapted by the same KL controller as PPO's, from --loss-kl-coef (the paper
+  keeps it fixed); Dr. GRPO keeps the k3 term (the paper drops it, with a checkable reward).
+
     python rlhf_ppo_gpt2.py --model-name tiny                  # built-in task, CPU, ~1 minute
+    python rlhf_ppo_gpt2.py --model-name tiny --algo grpo      # critic-free, 16 prompts x 4
     python rlhf_ppo_gpt2.py --reward-model-path runs/rm/reward_model  # RM of reward_model.py
     python rlhf_ppo_gpt2.py --help
 """
@@ -94,7 +106,10 @@ class Args:
     max_grad_norm: float = flag(1.0, "gradient-norm clip, applied to each model separately")
     gamma: float = flag(1.0, "discount over response tokens")
     gae_lambda: float = flag(0.95, "GAE lambda over response tokens")
-    init_kl_coef: float = flag(0.2, "initial KL penalty coefficient beta")
+    init_kl_coef: float = flag(
+        0.2, "initial KL penalty coefficient beta (ppo, rloo: in the reward)"
+    )
+    loss_kl_coef: float = flag(0.5, "initial beta of the k3 KL loss term (grpo, dr_grpo)")
     kl_target: float = flag(4.0, "target KL(pi||pi_ref) in nats per response; 0 = fixed beta")
     kl_horizon: int = flag(500, "horizon (in responses) of the adaptive KL controller")
     no_eos_penalty: float = flag(1.0, "subtracted from the RM score of a response with no EOS")
@@ -1004,8 +1019,10 @@ def check_rlhf_args(args):
         raise ValueError("--minibatch-size must be <= --rollout-batch-size")
     if args.temperature <= 0 or args.max_new_tokens < 1 or args.eval_samples < 2:
         raise ValueError("need --temperature > 0, --max-new-tokens >= 1, --eval-samples >= 2")
-    if args.kl_target < 0 or args.kl_horizon < 1 or args.init_kl_coef < 0:
-        raise ValueError("need --kl-target >= 0, --kl-horizon >= 1, --init-kl-coef >= 0")
+    if args.kl_target < 0 or args.kl_horizon < 1 or min(args.init_kl_coef, args.loss_kl_coef) < 0:
+        raise ValueError(
+            "need --kl-target >= 0, --kl-horizon >= 1, --init-kl-coef >= 0, --loss-kl-coef >= 0"
+        )
     if (
         args.sft_data == ""
         and args.sft_demos < 1
@@ -1098,7 +1115,10 @@ def train(args):
     sft_eval = evaluate_lm_policy(*models, prompts, args)
     print(f"[{args.algo}] SFT policy:   " + "  ".join(f"{k} {v:.3f}" for k, v in sft_eval.items()))
     k = responses_per_prompt(args)
-    beta, start, iteration_s = args.init_kl_coef, time.time(), []
+    # β weighs a KL penalty in the reward (ppo, rloo) or a KL term in the loss (grpo, dr_grpo):
+    # two scales, two starting values; one controller adapts either
+    beta = args.init_kl_coef if args.algo in ("ppo", "rloo") else args.loss_kl_coef
+    start, iteration_s = time.time(), []
     shown = ["gold", "rm_score", "kl", "beta", "well_formed", "entropy", "clipfrac",
              "approx_kl", "value_loss", "length"]  # fmt: skip
     with open(os.path.join(out_dir, f"{args.algo}_metrics.csv"), "w") as csv:

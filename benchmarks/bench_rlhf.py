@@ -254,6 +254,7 @@ def algos_main(args):
             load = loadavg()
             run = run_tiny(seed, out, ["--algo", algo, "--sample-every", "0"])
             runs.append(run | {"load_before": load, "load_after": loadavg()})
+        save_partial(runs, trl_rows)
         if not args.trl:
             continue
         sft_dir = os.path.join(ROOT, "benchmarks", "out", f"rlhf_{args.algo[0]}_seed{seed}", "sft")
@@ -273,7 +274,20 @@ def algos_main(args):
             theirs |= {"load_before": load, "load_after": loadavg()}
             print(json.dumps(theirs), flush=True)
             trl_rows += [ours, theirs]
+            save_partial(runs, trl_rows)
+        save_partial(runs, trl_rows)
+    report_algos(runs, trl_rows, args)
 
+
+def save_partial(runs, trl_rows):
+    """Raw results so far: a crash in the report loses no run (--report-only reads it)."""
+    os.makedirs(os.path.dirname(ALGOS_RESULTS), exist_ok=True)
+    with open(ALGOS_RESULTS + ".partial", "w") as f:
+        json.dump({"runs": runs, "trl": trl_rows}, f)
+
+
+def report_algos(runs, trl_rows, args):
+    """The tables, the per-algorithm ranges against the targets, the JSON and the plot."""
     rows = ["| seed | algo | gold SFT → final | gain | final KL | well-formed | s/iteration "
             "| stage 3 s | stage-3 peak RSS MiB | stage-3 state MiB | load |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -290,7 +304,7 @@ def algos_main(args):
     for r in runs:
         by_seed.setdefault(r["seed"], {})[r["algo"].removeprefix("rlhf_")] = r
     for algo in args.algo:
-        rs = [by_seed[s][algo] for s in args.seeds]
+        rs = [by_seed[s][algo] for s in sorted(by_seed)]
         line = (f"{algo}: gain {min(r['final_gold'] - r['sft_gold'] for r in rs):+.3f} .. "
                 f"{max(r['final_gold'] - r['sft_gold'] for r in rs):+.3f}, well-formed "
                 f"{min(r['final_well_formed'] for r in rs):.3f} .. "
@@ -298,7 +312,7 @@ def algos_main(args):
                 f"{max(r['final_kl'] for r in rs):.2f} max")  # fmt: skip
         if "ppo" in args.algo and algo != "ppo":
             ratios = [by_seed[s][algo]["iteration_s"] / by_seed[s]["ppo"]["iteration_s"]
-                      for s in args.seeds]  # fmt: skip
+                      for s in sorted(by_seed)]  # fmt: skip
             line += f", time/iteration vs ppo {min(ratios):.2f} .. {max(ratios):.2f}"
         print(line)
     if trl_rows:
@@ -316,7 +330,7 @@ def algos_main(args):
     results = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, shared with other jobs; no GPU",
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "seeds": args.seeds,
+        "seeds": sorted(by_seed),
         "runs": runs,
         "trl": trl_rows,
     }
@@ -407,6 +421,12 @@ def main():
     )
     parser.add_argument("--trl", action="store_true", help="with --algo: TRL beside ours")
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="with --algo: tables and "
+        "plot from the saved raw results of an earlier (interrupted) run",
+    )
+    parser.add_argument(
         "--trl-beta",
         type=float,
         default=0.2,
@@ -421,6 +441,10 @@ def main():
         return gpt2_iteration(args.gpt2_iterations)
     if args.trl_child:
         return trl_child(args.trl_child, args.seed, args.sft_dir, 40, args.beta)
+    if args.algo and args.report_only:
+        with open(ALGOS_RESULTS + ".partial") as f:
+            partial = json.load(f)
+        return report_algos(partial["runs"], partial["trl"], args)
     if args.algo:
         return algos_main(args)
 

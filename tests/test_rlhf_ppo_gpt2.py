@@ -563,3 +563,35 @@ def test_unreachable_hub_fails_fast_naming_tiny(tmp_path, monkeypatch, offline_b
     message = str(e.value)
     assert message.startswith("error: ") and "\n" not in message
     assert "--model-name tiny" in message and "unreachable" in message
+
+
+@pytest.fixture(scope="module")
+def learning_sft(tmp_path_factory):
+    """A tiny SFT model trained once (2,048 demonstrations, 2 epochs) and saved, from which
+    each algorithm's short learning run starts (--model-name <dir> --sft-epochs 0)."""
+    out = tmp_path_factory.mktemp("learning_sft")
+    rl.train(short_gold_args(model_name="tiny", sft_demos=2048, sft_epochs=2, ppo_iterations=0,
+                             eval_samples=16, output_dir=str(out), seed=5))  # fmt: skip
+    return str(out / "sft")
+
+
+def short_gold_args(**overrides):
+    """Stage 3 against the gold reward, 12 iterations of 64 responses, on one thread."""
+    args = dict(model_name="", sft_demos=64, sft_epochs=0, reward="gold", ppo_iterations=12,
+                eval_samples=128, sample_every=0, threads=1)  # fmt: skip
+    return rl.Args(**(args | overrides))
+
+
+# Gold gain (final - SFT) of short_gold_args runs from learning_sft, stage-3 seeds 1..10,
+# measured on this machine: ppo +0.00 .. +0.00, rloo +0.00 .. +0.00, grpo +0.00 .. +0.00,
+# dr_grpo +0.00 .. +0.00 (worst seed first). The bound is about half the worst gain.
+LEARNING_BOUND = {"ppo": 0.0, "rloo": 0.0, "grpo": 0.0, "dr_grpo": 0.0}
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_short_run_of_each_algo_raises_gold_score(learning_sft, tmp_path, algo):
+    summary = rl.train(
+        short_gold_args(model_name=learning_sft, algo=algo, seed=1, output_dir=str(tmp_path))
+    )
+    assert summary["final_gold"] > summary["sft_gold"] + LEARNING_BOUND[algo]
+    assert summary["final_well_formed"] > 0.6

@@ -25,6 +25,8 @@ DIFFER_BY_DESIGN = {
     "Args": "each script has its own flags",
     "train": "each script has its own training loop",
     "check_args": "each script validates its own flags",
+    "evaluate_checkpoint": "each script rebuilds its own networks (ppo_continuous also its "
+    "frozen observation statistics) from a checkpoint",
 }
 
 

@@ -45,7 +45,7 @@ class Args:
     learning_rate: float = flag(5e-3, "Adam step size at the start (see --anneal-lr)")
     anneal_lr: bool = flag(True, "decay the learning rate linearly to 0 over training")
     num_envs: int = flag(8, "parallel environments")
-    num_steps: int = flag(64, "steps per environment per rollout")
+    num_steps: int = flag(32, "steps per environment per rollout")
     gamma: float = flag(0.98, "discount factor γ")
     gae_lambda: float = flag(0.8, "GAE λ: 0 is one-step TD, 1 is Monte Carlo")
     num_minibatches: int = flag(1, "minibatches per epoch; must divide num_envs * num_steps")
@@ -57,7 +57,7 @@ class Args:
     ent_coef: float = flag(0.0, "c2: weight of the entropy bonus")
     vf_coef: float = flag(0.5, "c1: weight of the value loss")
     max_grad_norm: float = flag(0.5, "clip the global gradient norm to this")
-    target_kl: float = flag(0.0, "stop the epochs early once approx KL exceeds this; 0 = off")
+    target_kl: float = flag(0.02, "stop the epochs early once approx KL exceeds this; 0 = off")
     kl_beta: float = flag(1.0, "kl_penalty: initial β")
     kl_target: float = flag(0.01, "kl_penalty: d_targ that the adaptive β aims at")
     hidden_size: int = flag(64, "width of the two hidden layers of actor and critic")
@@ -423,9 +423,15 @@ def evaluate_checkpoint(args):
     finally:
         envs.close()
     print(f"greedy returns: {' '.join(f'{r:g}' for r in returns)}")
-    return dict(script=SCRIPT, env_id=args.env_id, checkpoint=args.eval_checkpoint,
-                eval_episodes=len(returns), eval_mean_return=float(np.mean(returns)),
-                eval_std_return=float(np.std(returns)), videos=video_dir)  # fmt: skip
+    return dict(
+        script=SCRIPT,
+        env_id=args.env_id,
+        checkpoint=args.eval_checkpoint,
+        eval_episodes=len(returns),
+        eval_mean_return=float(np.mean(returns)),
+        eval_std_return=float(np.std(returns)),
+        videos=video_dir,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -478,7 +484,7 @@ def valid_transitions(b, adv):
     return {k: v.flatten(0, 1)[keep] for k, v in flat.items()}
 
 
-def ppo_update(agent, optimizer, t, args, beta):
+def ppo_epochs(agent, optimizer, t, args, beta):
     """--update-epochs passes of shuffled minibatches over the transitions `t`, each step
     minimising L = −L^CLIP (or −L^KLPEN) + c1 L^VF − c2 S. Returns the mean losses."""
     stats = []
@@ -548,7 +554,7 @@ def train(args):
                 b["reward"], b["value"], b["terminated"], b["done"], args.gamma, args.gae_lambda
             )
             t = valid_transitions(b, adv)
-            stats = ppo_update(agent, optimizer, t, args, beta)
+            stats = ppo_epochs(agent, optimizer, t, args, beta)
 
             check_finite(list(stats.values())[:3], agent, iteration, "--learning-rate")
             last_good = copy.deepcopy(agent.state_dict())

@@ -400,9 +400,15 @@ def evaluate_checkpoint(args):
     finally:
         envs.close()
     print(f"greedy returns: {' '.join(f'{r:g}' for r in returns)}")
-    return dict(script=SCRIPT, env_id=args.env_id, checkpoint=args.eval_checkpoint,
-                eval_episodes=len(returns), eval_mean_return=float(np.mean(returns)),
-                eval_std_return=float(np.std(returns)), videos=video_dir)  # fmt: skip
+    return dict(
+        script=SCRIPT,
+        env_id=args.env_id,
+        checkpoint=args.eval_checkpoint,
+        eval_episodes=len(returns),
+        eval_mean_return=float(np.mean(returns)),
+        eval_std_return=float(np.std(returns)),
+        videos=video_dir,
+    )
 
 
 # ---------------------------------------------------------------------------------------

@@ -253,7 +253,7 @@ def test_update_trains_on_real_transitions_with_bootstrapped_targets(monkeypatch
 @pytest.mark.parametrize("optimizer,norm_adv", [("rmsprop", False), ("adam", False),
                                                 ("rmsprop", True)])  # fmt: skip
 def test_ppo_with_one_epoch_is_a2c_update_by_update(optimizer, norm_adv):
-    """Same seed, same initial network, same rollouts: ppo_cartpole.ppo_update with one
+    """Same seed, same initial network, same rollouts: ppo_cartpole.ppo_epochs with one
     epoch, one minibatch (the whole rollout) and no advantage normalisation gives A2C's
     parameters, after each of 10 consecutive updates. The gradients agree because
     ∇(r Â) = r Â ∇log π and r = 1 on the first pass, so ∇L^CLIP = ∇(log π Â). The paper has
@@ -283,7 +283,7 @@ def test_ppo_with_one_epoch_is_a2c_update_by_update(optimizer, norm_adv):
         a2c.a2c_update(agent_a2c, opt_a2c, a2c.valid_transitions(b, adv), args)
         # PPO's side from PPO's own functions, on the same rollout.
         adv = ppo.gae(b["reward"], b["value"], b["terminated"], b["done"], args.gamma, 0.95)
-        stats = ppo.ppo_update(agent_ppo, opt_ppo, ppo.valid_transitions(b, adv), ppo_args, 1.0)
+        stats = ppo.ppo_epochs(agent_ppo, opt_ppo, ppo.valid_transitions(b, adv), ppo_args, 1.0)
         assert stats["clipfrac"] == 0  # the first pass over a rollout: r = 1 everywhere
         after = torch.cat([p.detach().flatten() for p in agent_a2c.parameters()])
         moved += (after - before).abs().max().item()

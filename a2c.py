@@ -466,6 +466,8 @@ def a2c_update(agent, optimizer, t, args):
     minimising a2c_loss; the rollout is then discarded. Returns the loss terms."""
     adv = t["adv"]
     if args.norm_adv and len(adv) > 1:
+        # Â ← (Â − mean Â) / (std Â + 1e-8) over the rollout: fixes the scale of the policy
+        # gradient, which lets a larger step solve sooner without collapsing after (docs).
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
     logp, logits, v = agent.evaluate(t["obs"], t["action"])
     loss, pg_loss, v_loss, entropy = a2c_loss(

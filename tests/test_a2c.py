@@ -410,19 +410,19 @@ def test_eval_checkpoint_errors(problem, tmp_path, capsys):
 
 
 def test_learns_to_solve_cartpole(tmp_path):
-    """Short-run learning with the default Args (100k steps), through the command line in a
-    fresh process: the solved rule, and the JSON summary last. Measured on the tuning seeds
-    1..12 (this machine, 2026-11-22): all solved, at 33.0k-60.1k steps (worst: seed 10), and
-    the last-20 mean at 100k was 500 on all 12; the bounds leave room for another CPU."""
+    """Short-run learning with the default Args, through the command line in a fresh
+    process: the solved rule within 150k steps, and the JSON summary last. Measured on this
+    machine (2026-11-22): the tuning seeds 1..12 solved at 33.0k-60.1k steps, the held-out
+    seeds 1001..1020 at 30.6k-80.4k (worst: 1002). The final return is not bounded: one
+    held-out seed (1005) collapsed after solving and was at 21 at 100k, 500 at 150k."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "a2c.py"), "--no-cuda", "--seed", "1",
-         "--eval-episodes", "5", "--output-dir", "out"],
+         "--total-timesteps", "150000", "--eval-episodes", "5", "--output-dir", "out"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["algo"] == "a2c" and summary["global_step"] == 100_000
-    assert summary["solved_at_step"] is not None and summary["solved_at_step"] <= 100_000
-    assert summary["final_mean_return"] >= 400
+    assert summary["algo"] == "a2c" and summary["global_step"] == 150_000
+    assert summary["solved_at_step"] is not None and summary["solved_at_step"] <= 150_000
     assert summary["eval_mean_return"] is not None
     assert (tmp_path / "out" / "agent.pt").exists()

@@ -894,6 +894,184 @@ def a2c_vectors(rng):
     )  # fmt: skip
 
 
+# ---------------------------------------------------------------- continuous control
+# (ppo_continuous.py: diagonal Gaussian policies)
+
+
+def gaussian_vectors(rng):
+    """Diagonal Gaussians N(μ, diag σ²) in closed form, one action dimension at a time."""
+    cases = []
+    for B, D in [(1, 1), (5, 3), (4, 6)]:
+        mean, log_std = r(rng.normal(size=(B, D))), r(rng.normal(scale=0.7, size=(B, D)))
+        action = r(np.array(mean) + np.exp(log_std) * rng.normal(scale=1.5, size=(B, D)))
+        logp = np.zeros(B)
+        for b in range(B):
+            for i in range(D):
+                mu, ls, a = mean[b][i], log_std[b][i], action[b][i]
+                sigma = np.exp(ls)
+                logp[b] += -((a - mu) ** 2) / (2 * sigma**2) - ls - 0.5 * np.log(2 * np.pi)
+        cases.append({"inputs": dict(action=action, mean=mean, log_std=log_std),
+                      "outputs": {"log_prob": logp.tolist()}})  # fmt: skip
+    write(
+        "gaussian_log_prob",
+        "log π(a|s) = −Σ_i [(a_i − μ_i)² / (2 σ_i²) + log σ_i + ½ log 2π]",
+        "All arrays [batch][action dims]; the log-density is summed over the action dims, one "
+        "value per row. log σ is given (σ = exp(log σ)).",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["ppo_continuous.gaussian_log_prob"],
+    )
+
+    log_std = r(rng.normal(size=(4, 3)))
+    ent = [sum(ls + 0.5 * np.log(2 * np.pi * np.e) for ls in row) for row in log_std]
+    write(
+        "gaussian_entropy",
+        "H = Σ_i [log σ_i + ½ log(2πe)]",
+        "log σ is [batch][action dims]; one entropy per row (it does not depend on μ).",
+        {"rtol": 1e-6, "atol": 1e-9},
+        [{"inputs": {"log_std": log_std}, "outputs": {"entropy": ent}}],
+        ["ppo_continuous.gaussian_entropy"],
+    )
+
+    cases = []
+    for B, D in [(3, 1), (5, 4)]:
+        mp, mq = r(rng.normal(size=(B, D))), r(rng.normal(size=(B, D)))
+        lp, lq = r(rng.normal(scale=0.5, size=(B, D))), r(rng.normal(scale=0.5, size=(B, D)))
+        kl = np.zeros(B)
+        for b in range(B):
+            for i in range(D):
+                sp, sq = np.exp(lp[b][i]), np.exp(lq[b][i])
+                kl[b] += np.log(sq / sp) + (sp**2 + (mp[b][i] - mq[b][i]) ** 2) / (2 * sq**2) - 0.5
+        cases.append({"inputs": dict(mean_p=mp, log_std_p=lp, mean_q=mq, log_std_q=lq),
+                      "outputs": {"kl": kl.tolist()}})  # fmt: skip
+    write(
+        "gaussian_kl",
+        "KL(p ‖ q) = Σ_i [log σ_q,i − log σ_p,i + (σ_p,i² + (μ_p,i − μ_q,i)²) / (2 σ_q,i²) − ½]",
+        "Per row of [batch][action dims] inputs (one KL per state), summed over the action "
+        "dims, not averaged. p is the first argument.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["ppo_continuous.gaussian_kl"],
+    )
+
+
+def rlhf_critic_free_vectors(rng):
+    """RLOO, GRPO and Dr. GRPO advantages, the three KL estimators and GRPO's loss."""
+    cases = []
+    for k, n_groups in [(4, 3), (2, 3), (3, 2)]:
+        rewards = rng.normal(size=(n_groups, k))
+        rewards[1] = 0.25  # a group of equal rewards: no signal, and GRPO's std is 0
+        rewards = np.array(r(rewards))
+        rloo, grpo, dr = (np.zeros_like(rewards) for _ in range(3))
+        for g in range(n_groups):
+            group = list(rewards[g])
+            mean = sum(group) / k
+            std = (sum((x - mean) ** 2 for x in group) / (k - 1)) ** 0.5
+            for i in range(k):
+                rloo[g, i] = group[i] - sum(group[:i] + group[i + 1 :]) / (k - 1)
+                dr[g, i] = group[i] - mean
+                grpo[g, i] = 0.0 if std == 0 else (group[i] - mean) / (std + 1e-4)
+        cases.append({"inputs": dict(rewards=rewards.ravel().tolist(), k=k, eps=1e-4),
+                      "outputs": dict(rloo=rloo.ravel().tolist(), grpo=grpo.ravel().tolist(),
+                                      dr_grpo=dr.ravel().tolist())})  # fmt: skip
+    write(
+        "rlhf_group_advantages",
+        "RLOO: Â_i = R_i − (1/(k−1)) Σ_{j≠i} R_j;  GRPO: Â_i = (r_i − mean(r)) / (std(r) + ε);  "
+        "Dr. GRPO: Â_i = r_i − mean(r)",
+        "rewards is flat, grouped k consecutive per prompt (rows of a [n][k] array); mean and "
+        "std are over each group, std the sample std (k − 1 in the denominator). A group of "
+        "equal rewards gets Â = 0 exactly (not NaN). For RLOO, R already holds the KL penalty "
+        "(R = r_φ − β Σ_t KL_t); GRPO and Dr. GRPO use the reward alone. Each response's Â "
+        "applies to every one of its tokens.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["rlhf_ppo_gpt2.rloo_advantages", "rlhf_ppo_gpt2.group_advantages"],
+    )
+
+    cases = []
+    for n in (3, 5):
+        logp = np.log(rng.dirichlet(np.ones(n)))
+        ref = np.log(rng.dirichlet(np.ones(n)))
+        # not rounded: full float64 (repr round-trips), so each categorical sums to 1
+        p, q = np.exp(logp), np.exp(ref)
+        log_r = ref - logp
+        k1, k2, k3 = -log_r, 0.5 * log_r**2, (np.exp(log_r) - 1) - log_r
+        cases.append({
+            "inputs": dict(logprobs=logp.tolist(), ref_logprobs=ref.tolist()),
+            "outputs": dict(k1=k1.tolist(), k2=k2.tolist(), k3=k3.tolist(),
+                            kl=float(np.sum(p * (logp - ref))),
+                            reverse_kl=float(np.sum(q * (ref - logp))),
+                            expected_k2=float(np.sum(p * k2))),
+        })  # fmt: skip
+    write(
+        "rlhf_kl_estimators",
+        "log r = log π_ref(a) − log π(a);  k1 = −log r;  k2 = ½ (log r)²;  k3 = (r − 1) − log r",
+        "Per sampled token a ~ π. Each case enumerates a whole categorical (logprobs and "
+        "ref_logprobs are normalised over its n outcomes) so the expectations can be checked: "
+        "Σ_a π(a) k1(a) = Σ_a π(a) k3(a) = kl = KL(π‖π_ref) (unbiased); Σ_a π(a) k2(a) = "
+        "expected_k2 ≠ kl (biased). reverse_kl = KL(π_ref‖π): the expected gradient of k3 used "
+        "as a loss term (samples fixed) is ∇reverse_kl, not ∇kl; that of k2 is ∇kl.",
+        {"rtol": 1e-9, "atol": 1e-12},
+        cases,
+        ["rlhf_ppo_gpt2.kl_estimators"],
+    )
+
+    B, L, lengths, eps, beta = 3, 5, [5, 2, 3], 0.2, 0.1
+    mask = prefix_mask(lengths, L)
+    m = mask.astype(bool)
+    old = np.array(r(-rng.exponential(size=(B, L))))
+    ratio = np.array([[0.5, 0.9, 1.1, 1.3, 0.75], [1.0, 1.25, 7.0, 2.0, 3.0],
+                      [0.85, 1.05, 0.1, 9.0, 1.0]])  # fmt: skip
+    logp = np.array(r(old + np.log(ratio)))
+    ref = np.array(r(-rng.exponential(size=(B, L))))
+    adv = np.repeat(np.array(r(rng.normal(size=B)))[:, None], L, 1) * mask
+    rt = np.exp(logp - old)
+    surrogate = -np.minimum(rt * adv, np.clip(rt, 1 - eps, 1 + eps) * adv)
+    active = np.where(adv >= 0, rt <= 1 + eps, rt >= 1 - eps)
+    log_r = ref - logp
+    token = surrogate + beta * ((np.exp(log_r) - 1) - log_r)
+    # ∂ℓ_t/∂log π_t = −ρ_t Â_t [unclipped] + β (1 − π_ref/π)
+    d_token = np.where(active, -rt * adv, 0.0) + beta * (1 - np.exp(log_r))
+    cases = []
+    for constant in (0, B * L):
+        if constant:
+            weights = np.full((B, L), 1 / constant)
+        else:
+            weights = np.repeat((1 / (B * np.array(lengths, float)))[:, None], L, 1)
+        cases.append(
+            {
+                "inputs": dict(constant=constant),
+                "outputs": dict(
+                    loss=float((token * weights)[m].sum()),
+                    grad_logprobs=np.where(m, d_token * weights, 0).tolist(),
+                ),
+            }
+        )
+    for c in cases:
+        c["inputs"] = dict(
+            logprobs=logp.tolist(),
+            old_logprobs=old.tolist(),
+            ref_logprobs=ref.tolist(),
+            advantages=adv.tolist(),
+            mask=mask.tolist(),
+            clip_coef=eps,
+            beta=beta,
+            **c["inputs"],
+        )
+    write(
+        "rlhf_grpo_loss",
+        "ℓ_t = −min(ρ_t Â_t, clip(ρ_t, 1−ε, 1+ε) Â_t) + β k3_t, ρ_t = exp(log π − log π_old), "
+        "k3_t = (π_ref/π − 1) − log(π_ref/π);  GRPO (constant = 0): L = mean_i (1/|y_i|) Σ_t "
+        "ℓ_{i,t};  Dr. GRPO (constant > 0): L = Σ_i Σ_t ℓ_{i,t} / constant",
+        "[B][L] over response tokens; mask is a prefix of ones (|y_i| = Σ_t mask). The "
+        "advantage of a response is the same on each of its tokens. grad_logprobs = ∂L/∂log π "
+        "(0 on padding): at ratio 1 the surrogate part is −w Â, the REINFORCE gradient.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["rlhf_ppo_gpt2.grpo_policy_loss"],
+    )  # fmt: skip
+
+
 def main():
     rng = np.random.default_rng(2026)
     gae_vectors(rng)
@@ -907,6 +1085,8 @@ def main():
     bradley_terry_vectors(np.random.default_rng(4))
     rlhf_vectors(np.random.default_rng(5))
     a2c_vectors(np.random.default_rng(13))  # A2C block
+    gaussian_vectors(np.random.default_rng(11))
+    rlhf_critic_free_vectors(np.random.default_rng(7))
     print(f"wrote {len(list(HERE.glob('*.json')))} vector files to {HERE}")
 
 

@@ -20,13 +20,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import ppo_cartpole
+import ppo_continuous
 import reinforce
 import reward_model
 import rlhf_ppo_gpt2
 import trpo
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
-SCRIPTS = {m.__name__: m for m in (ppo_cartpole, reinforce, trpo, reward_model, rlhf_ppo_gpt2)}
+SCRIPTS = {
+    m.__name__: m
+    for m in (ppo_cartpole, reinforce, trpo, reward_model, rlhf_ppo_gpt2, ppo_continuous)
+}
 CHECKED = {}  # vector name -> the script functions its tests call
 
 
@@ -447,3 +451,61 @@ def test_a2c_rmsprop(tol, inp, out):
         theta.grad = t(grad)
         optimizer.step()
         close(theta, expected, tol)
+
+
+# ---------------------------------------------------------------- continuous control (Gaussian)
+
+
+@checks("gaussian_log_prob", "ppo_continuous.gaussian_log_prob")
+@pytest.mark.parametrize("tol,inp,out", cases("gaussian_log_prob"))
+def test_gaussian_log_prob(tol, inp, out):
+    logp = ppo_continuous.gaussian_log_prob(t(inp["action"]), t(inp["mean"]), t(inp["log_std"]))
+    close(logp, out["log_prob"], tol)
+
+
+@checks("gaussian_entropy", "ppo_continuous.gaussian_entropy")
+@pytest.mark.parametrize("tol,inp,out", cases("gaussian_entropy"))
+def test_gaussian_entropy(tol, inp, out):
+    close(ppo_continuous.gaussian_entropy(t(inp["log_std"])), out["entropy"], tol)
+
+
+@checks("gaussian_kl", "ppo_continuous.gaussian_kl")
+@pytest.mark.parametrize("tol,inp,out", cases("gaussian_kl"))
+def test_gaussian_kl(tol, inp, out):
+    args = (t(inp[k]) for k in ("mean_p", "log_std_p", "mean_q", "log_std_q"))
+    close(ppo_continuous.gaussian_kl(*args), out["kl"], tol)
+
+
+@checks("rlhf_group_advantages", "rlhf_ppo_gpt2.rloo_advantages", "rlhf_ppo_gpt2.group_advantages")
+@pytest.mark.parametrize("tol,inp,out", cases("rlhf_group_advantages"))
+def test_rlhf_group_advantages(tol, inp, out):
+    rewards, k = t(inp["rewards"]), inp["k"]
+    close(rlhf_ppo_gpt2.rloo_advantages(rewards, k), out["rloo"], tol)
+    grpo = rlhf_ppo_gpt2.group_advantages(rewards, k, scale_by_std=True, eps=inp["eps"])
+    close(grpo, out["grpo"], tol)
+    close(rlhf_ppo_gpt2.group_advantages(rewards, k, scale_by_std=False), out["dr_grpo"], tol)
+
+
+@checks("rlhf_kl_estimators", "rlhf_ppo_gpt2.kl_estimators")
+@pytest.mark.parametrize("tol,inp,out", cases("rlhf_kl_estimators"))
+def test_rlhf_kl_estimators(tol, inp, out):
+    logp, ref = t(inp["logprobs"]), t(inp["ref_logprobs"])
+    k1, k2, k3 = rlhf_ppo_gpt2.kl_estimators(logp, ref)
+    for name, value in (("k1", k1), ("k2", k2), ("k3", k3)):
+        close(value, out[name], tol)
+    p = logp.exp()  # the case enumerates the whole categorical
+    close((p * k1).sum(), out["kl"], tol)
+    close((p * k3).sum(), out["kl"], tol)
+    close((p * k2).sum(), out["expected_k2"], tol)
+
+
+@checks("rlhf_grpo_loss", "rlhf_ppo_gpt2.grpo_policy_loss")
+@pytest.mark.parametrize("tol,inp,out", cases("rlhf_grpo_loss"))
+def test_rlhf_grpo_loss(tol, inp, out):
+    logp = t(inp["logprobs"]).requires_grad_(True)
+    loss, _, _ = rlhf_ppo_gpt2.grpo_policy_loss(
+        logp, t(inp["old_logprobs"]), t(inp["ref_logprobs"]), t(inp["advantages"]),
+        t(inp["mask"]), inp["clip_coef"], inp["beta"], inp["constant"],
+    )  # fmt: skip
+    close(loss, out["loss"], tol)
+    close(torch.autograd.grad(loss, logp)[0], out["grad_logprobs"], tol)

@@ -100,6 +100,11 @@ def write_readme(out, manifest):
         "`global_step`: ppo_cartpole, trpo and a2c count every vector-env step (num_envs per step, "
         "the autoreset steps included); reinforce counts real transitions only.",
         "",
+        "The seeds are the held-out seeds 1001-1020 (see benchmarks/README.md), unless a "
+        "section below says otherwise. A curve is bit-for-bit reproducible only on the same "
+        "CPU type with the same library versions (each section names both); on another CPU "
+        "the same seed diverges after a few hundred episodes, so compare against the band.",
+        "",
     ]
     for script in sorted({r["script"] for r in manifest.values()}):
         runs = sorted((r for r in manifest.values() if r["script"] == script),
@@ -110,7 +115,9 @@ def write_readme(out, manifest):
             "",
             f"Made {meta['date']} at commit `{meta['commit']}`"
             + (" (with uncommitted changes to the scripts)" if meta["dirty"] else "")
-            + f"; {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}.",
+            + f"; {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}; seeds "
+            + ", ".join(str(r["seed"]) for r in runs)
+            + ".",
             "",
         ]
         if meta["extra"]:

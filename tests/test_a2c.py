@@ -19,6 +19,16 @@ import ppo_cartpole as ppo
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """As the script runs (seed_and_device): tiny tensors are slower on several threads, and
+    much slower when the machine's cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def as_tensors(*arrays):
     return [torch.as_tensor(np.asarray(a), dtype=torch.float64) for a in arrays]
 

@@ -4,12 +4,15 @@ Mnih et al. 2016 (https://arxiv.org/abs/1602.01783) ran A3C's actors asynchronou
 its synchronous form (OpenAI baselines): N environments step together, every `--num-steps`
 steps the n-step advantages Â (here by GAE, Schulman et al. 2015; λ = 1 is the paper's n-step
 return) feed ONE gradient step on  −Σ log π(a|s) Â + c1 L^VF − c2 S,  and the rollout is
-thrown away. Read it beside ppo_cartpole.py: A2C is PPO with one epoch, one minibatch and no
-advantage normalisation (Huang et al. 2022, https://arxiv.org/abs/2205.09123), and
-tests/test_a2c.py proves that identity on these two files.
+thrown away. Read it beside ppo_cartpole.py: A2C is PPO with one epoch and one minibatch, the
+same optimizer and the same advantage normalisation (none in the paper; Huang et al. 2022,
+https://arxiv.org/abs/2205.09123), and tests/test_a2c.py proves that identity on these files.
 
-Departures from the paper: RMSprop keeps one set of statistics (not shared across threads),
-the critic is a separate network (see Agent), and the gradient norm is clipped (as in SB3).
+Departures from the paper, each chosen on the tuning seeds 1..12: RMSprop (the paper's α and
+ε) at lr 3e-3 rather than SB3's 7e-4, with the advantages normalised within each rollout
+(--no-norm-adv for the paper's form): together they solve in about half the steps, and the
+normalisation keeps the larger step from collapsing the policy after it solves. The critic is
+a separate network (see Agent), and the gradient norm is clipped, as in SB3.
 
     python a2c.py                       # RMSprop, as in the paper and in SB3; solves CartPole-v1
     python a2c.py --optimizer adam
@@ -49,8 +52,8 @@ class Args:
     cuda: bool = flag(True, "use CUDA when it is available")
     output_dir: str = flag("", "logs and checkpoints go here; default runs/<run-name>")
     env_id: str = flag("CartPole-v1", "a Gymnasium environment with a Discrete action space")
-    total_timesteps: int = flag(200_000, "environment steps to train for, over all envs")
-    learning_rate: float = flag(7e-4, "optimizer step size at the start (see --anneal-lr)")
+    total_timesteps: int = flag(100_000, "environment steps to train for, over all envs")
+    learning_rate: float = flag(3e-3, "optimizer step size at the start (see --anneal-lr)")
     anneal_lr: bool = flag(False, "decay the learning rate linearly to 0 over training")
     optimizer: str = flag("rmsprop", "rmsprop (the A2C paper, SB3) or adam")
     rms_alpha: float = flag(0.99, "RMSprop: decay α of the running mean of squared gradients")
@@ -59,7 +62,7 @@ class Args:
     num_steps: int = flag(5, "steps per environment per rollout: the n of the n-step return")
     gamma: float = flag(0.99, "discount factor γ")
     gae_lambda: float = flag(1.0, "GAE λ: 1 is the n-step return of the paper, 0 is one-step TD")
-    norm_adv: bool = flag(False, "normalise the advantages within each rollout")
+    norm_adv: bool = flag(True, "normalise the advantages within each rollout")
     ent_coef: float = flag(0.0, "c2: weight of the entropy bonus")
     vf_coef: float = flag(1.0, "c1: weight of the value loss L^VF = ½ (V − V^targ)²")
     max_grad_norm: float = flag(0.5, "clip the global gradient norm to this")
@@ -388,18 +391,20 @@ def evaluate_checkpoint(args):
     video_dir = os.path.join(run_dir(args, "eval"), "videos") if args.capture_video else None
     envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Discrete,), video_dir)
     space = envs.single_observation_space.shape[0], envs.single_action_space.n
-    agent = Agent(*space, ckpt["args"]["hidden_size"]).to(device)
     try:
+        agent = Agent(*space, ckpt["args"]["hidden_size"]).to(device)
         agent.load_state_dict(ckpt["agent"])
-        returns = evaluate_greedy(agent.actor, envs, args.seed + 10_000, device)
-    except RuntimeError as e:
-        raise ValueError(f"--eval-checkpoint {args.eval_checkpoint} does not fit: {e}") from None
-    finally:
+    except (KeyError, RuntimeError) as e:  # e.g. another observation size
         envs.close()
+        why = " ".join(str(e).split())[:200]
+        raise ValueError(f"--eval-checkpoint {args.eval_checkpoint} does not fit: {why}") from None
+    returns = evaluate_greedy(agent.actor, envs, args.seed + 10_000, device)
+    envs.close()
     print(f"greedy returns: {' '.join(f'{r:g}' for r in returns)}")
-    return dict(script=SCRIPT, env_id=args.env_id, checkpoint=args.eval_checkpoint,
-                eval_episodes=len(returns), eval_mean_return=float(np.mean(returns)),
-                eval_std_return=float(np.std(returns)), videos=video_dir)  # fmt: skip
+    summary = dict(script=SCRIPT, env_id=args.env_id, checkpoint=args.eval_checkpoint,
+                   eval_episodes=len(returns), eval_mean_return=float(np.mean(returns)),
+                   eval_std_return=float(np.std(returns)), videos=video_dir)  # fmt: skip
+    return summary
 
 
 # ---------------------------------------------------------------------------------------
@@ -457,6 +462,8 @@ def a2c_update(agent, optimizer, t, args):
     minimising a2c_loss; the rollout is then discarded. Returns the loss terms."""
     adv = t["adv"]
     if args.norm_adv and len(adv) > 1:
+        # Â ← (Â − mean Â) / (std Â + 1e-8) over the rollout: fixes the scale of the policy
+        # gradient, which lets a larger step solve sooner without collapsing after (docs).
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
     logp, logits, v = agent.evaluate(t["obs"], t["action"])
     loss, pg_loss, v_loss, entropy = a2c_loss(

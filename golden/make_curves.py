@@ -7,7 +7,7 @@ commands, the date, the git commit, the CPU model, the library versions and each
 summary. CPU runs are bit-for-bit reproducible per seed on one machine, so --jobs changes the
 wall time only; on another CPU type they diverge after a few hundred episodes (compare bands).
 
-    python -m golden.make_curves                              # 3 scripts x held-out seeds
+    python -m golden.make_curves                              # 4 scripts x held-out seeds
     python -m golden.make_curves --from-bench benchmarks/out/*_runs_with_episodes.json
     python -m golden.make_curves --scripts trpo --seeds 1 2 3 4 5 6 7 8 9 10
     python -m golden.make_curves --out /tmp/c --seeds 1 2 --extra "--total-timesteps 2000"
@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ("ppo_cartpole", "reinforce", "trpo")
+SCRIPTS = ("ppo_cartpole", "reinforce", "trpo", "a2c")
 
 
 def command(script, seed, output_dir, extra, python=sys.executable):
@@ -97,7 +97,7 @@ def write_readme(out, manifest):
         "(docs/img/<script>_band.png). To compare an implementation, compute the mean return "
         "of its last 20 finished episodes against environment steps and check that it stays "
         "inside the band these seeds span (see docs/golden.md). Steps are each script's own "
-        "`global_step`: ppo_cartpole and trpo count every vector-env step (num_envs per step, "
+        "`global_step`: ppo_cartpole, trpo and a2c count every vector-env step (num_envs per step, "
         "the autoreset steps included); reinforce counts real transitions only.",
         "",
         "The seeds are the held-out seeds 1001-1020 (see benchmarks/README.md), unless a "

@@ -366,16 +366,19 @@ def test_foreign_or_truncated_checkpoint_one_line_error(tmp_path, capsys):
 
 
 def test_learns_pendulum(tmp_path):
-    """The PENDULUM set through the command line in a fresh process, 60k steps: the mean
-    return of the last 20 training episodes must reach −600. Measured on tuning seeds 1..12
-    (60k steps): worst seed TODO; seed 1 here."""
+    """The PENDULUM set through the command line in a fresh process, cut to 50k steps (the
+    learning rate anneals over those): the mean return of the last 20 training episodes must
+    reach −800 and the deterministic evaluation −500; a random policy scores about −1200.
+    Measured on tuning seeds 1..12 at 50k steps: final_mean_return −186 to −443 (worst: seed
+    3), eval_mean_return over 5 episodes −151 to −233 (worst: seed 4)."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "ppo_continuous.py"), "--no-cuda", "--seed", "1",
-         *PENDULUM_FLAGS, "--total-timesteps", "60000", "--eval-episodes", "5",
+         *PENDULUM_FLAGS, "--total-timesteps", "50000", "--eval-episodes", "5",
          "--output-dir", "out"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["final_mean_return"] >= -600
+    assert summary["final_mean_return"] >= -800
+    assert summary["eval_mean_return"] >= -500
     assert (tmp_path / "out" / "agent.pt").exists()

@@ -22,8 +22,10 @@ import os
 import random
 import re
 import shutil
+import socket
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass
 
 import numpy as np
@@ -257,6 +259,23 @@ def train_tiny_tokenizer():
     )
 
 
+def hub_reachable(timeout=3.0):
+    """False, at once, under HF_HUB_OFFLINE=1, or when the hub's host does not accept a TCP
+    connection within `timeout` seconds. Without a network, from_pretrained() retries for
+    30-60 s before it gives up; this probe answers in a few. Behind an HTTPS proxy a direct
+    connection proves nothing, so the hub is then assumed reachable."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError:  # no route, refused, timed out, or the name does not resolve
+        return False
+    return True
+
+
 def load_gpt2(model_cls, model_name):
     """(model, tokenizer): `model_cls` (GPT2Model or GPT2LMHeadModel) with dropout off.
 
@@ -280,6 +299,8 @@ def load_gpt2(model_cls, model_name):
             model = model_cls.from_pretrained(model_name, local_files_only=True, **no_dropout)
             tokenizer = AutoTokenizer.from_pretrained(model_name, local_files_only=True)
         except OSError:
+            if not hub_reachable():
+                raise OSError("not found locally; the Hugging Face hub is unreachable") from None
             print(f"{model_name}: not found locally; trying the Hugging Face hub", file=sys.stderr)
             # Its retry warnings would bury the one-line error below.
             logging.getLogger("huggingface_hub").setLevel(logging.ERROR)

@@ -11,7 +11,19 @@ PPO is Schulman et al. 2017 (https://arxiv.org/abs/1707.06347), GAE Schulman et 
 reviews; the VADER sentiment of a review is the gold score that the simulated annotators and
 the evaluation use, and the review grammar tells whether the policy has degenerated.
 
+Stage 3 can also be one of three critic-free policy gradients that take their baseline from
+k samples of the same prompt (`--algo`), sharing every line with PPO but the ones that differ:
+RLOO (Kool et al. 2019; Ahmadian et al. 2024, https://arxiv.org/abs/2402.14740), GRPO (Shao
+et al. 2024, https://arxiv.org/abs/2402.03300) and Dr. GRPO (Liu et al. 2025,
+https://arxiv.org/abs/2503.20783). Departures from the papers, on purpose:
+- all three reuse PPO's update (clipped ratio, --ppo-epochs x minibatches; the RLOO paper
+  takes one on-policy step): the same schedule makes the comparison fair, and with
+  --ppo-epochs 1 and one minibatch the ratio is 1 and the update is plain REINFORCE;
+- GRPO's β is adapted by the same KL controller as PPO's, from --loss-kl-coef (the paper
+  keeps it fixed); Dr. GRPO keeps the k3 term (the paper drops it, with a checkable reward).
+
     python rlhf_ppo_gpt2.py --model-name tiny                  # built-in task, CPU, ~1 minute
+    python rlhf_ppo_gpt2.py --model-name tiny --algo grpo      # critic-free, 16 prompts x 4
     python rlhf_ppo_gpt2.py --reward-model-path runs/rm/reward_model  # RM of reward_model.py
     python rlhf_ppo_gpt2.py --help
 """
@@ -27,8 +39,10 @@ import os
 import random
 import re
 import shutil
+import socket
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,9 +89,12 @@ class Args:
     rm_epochs: int = flag(2, "passes over the preference pairs")
     rm_batch_size: int = flag(32, "pairs per RM step")
     rm_lr: float = flag(5e-4, "Adam step size of the RM")
-    # Stage 3: PPO
+    # Stage 3: PPO, or a critic-free policy gradient
+    algo: str = flag("ppo", "'ppo' (critic + GAE) or critic-free 'rloo', 'grpo', 'dr_grpo'")
+    reward: str = flag("rm", "stage-3 reward: 'rm' (the learned RM) or 'gold' (the task's scorer)")
+    samples_per_prompt: int = flag(0, "responses per prompt, one generate(); 0 = 1 for ppo, else 4")
     ppo_iterations: int = flag(40, "rollout-then-update iterations")
-    rollout_batch_size: int = flag(64, "prompts (one response each) per iteration")
+    rollout_batch_size: int = flag(64, "responses per iteration (prompts x --samples-per-prompt)")
     minibatch_size: int = flag(16, "responses per gradient step")
     ppo_epochs: int = flag(4, "passes over each rollout batch")
     learning_rate: float = flag(1e-4, "Adam step size of the policy and the value model")
@@ -89,7 +106,10 @@ class Args:
     max_grad_norm: float = flag(1.0, "gradient-norm clip, applied to each model separately")
     gamma: float = flag(1.0, "discount over response tokens")
     gae_lambda: float = flag(0.95, "GAE lambda over response tokens")
-    init_kl_coef: float = flag(0.2, "initial KL penalty coefficient beta")
+    init_kl_coef: float = flag(
+        0.2, "initial KL penalty coefficient beta (ppo, rloo: in the reward)"
+    )
+    loss_kl_coef: float = flag(0.5, "initial beta of the k3 KL loss term (grpo, dr_grpo)")
     kl_target: float = flag(4.0, "target KL(pi||pi_ref) in nats per response; 0 = fixed beta")
     kl_horizon: int = flag(500, "horizon (in responses) of the adaptive KL controller")
     no_eos_penalty: float = flag(1.0, "subtracted from the RM score of a response with no EOS")
@@ -287,6 +307,23 @@ def train_tiny_tokenizer():
     )
 
 
+def hub_reachable(timeout=3.0):
+    """False, at once, under HF_HUB_OFFLINE=1, or when the hub's host does not accept a TCP
+    connection within `timeout` seconds. Without a network, from_pretrained() retries for
+    30-60 s before it gives up; this probe answers in a few. Behind an HTTPS proxy a direct
+    connection proves nothing, so the hub is then assumed reachable."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError:  # no route, refused, timed out, or the name does not resolve
+        return False
+    return True
+
+
 def load_gpt2(model_cls, model_name):
     """(model, tokenizer): `model_cls` (GPT2Model or GPT2LMHeadModel) with dropout off.
 
@@ -310,6 +347,8 @@ def load_gpt2(model_cls, model_name):
             model = model_cls.from_pretrained(model_name, local_files_only=True, **no_dropout)
             tokenizer = AutoTokenizer.from_pretrained(model_name, local_files_only=True)
         except OSError:
+            if not hub_reachable():
+                raise OSError("not found locally; the Hugging Face hub is unreachable") from None
             print(f"{model_name}: not found locally; trying the Hugging Face hub", file=sys.stderr)
             # Its retry warnings would bury the one-line error below.
             logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
@@ -565,6 +604,84 @@ def adaptive_kl_coef(beta, kl, kl_target, n_steps, horizon):
     return beta * (1.0 + e * n_steps / horizon)
 
 
+def kl_estimators(logprobs, ref_logprobs):
+    """Single-sample estimators of KL(π‖π_ref) per token (Schulman 2020), for tokens sampled
+    from π, with log r = log π_ref(a_t) − log π(a_t):
+
+    k1 = −log r,   k2 = ½ (log r)²,   k3 = (r − 1) − log r.
+
+    E_π[k1] = E_π[k3] = KL(π‖π_ref); k2 is biased (right to second order), k3 never negative.
+    As loss terms, differentiated at fixed samples, their expected gradients are 0, ∇KL(π‖π_ref)
+    and ∇KL(π_ref‖π): k3 in the loss (GRPO) pulls on the forward KL, not the one it
+    estimates (equal only to first order near π_ref). PPO and RLOO sum k1 into the reward
+    instead, where the score-function gradient of E[Σ k1] is ∇KL(π‖π_ref), unbiased."""
+    log_r = ref_logprobs - logprobs
+    # k1 = −log r,  k2 = ½ (log r)²,  k3 = (r − 1) − log r
+    return -log_r, 0.5 * log_r**2, log_r.exp() - 1 - log_r
+
+
+def rloo_advantages(rewards, k):
+    """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024) for rewards grouped k
+    consecutive per prompt: the baseline of sample i is the mean reward of the other k − 1,
+
+    Â_i = R_i − 1/(k−1) Σ_{j≠i} R_j  (= k/(k−1) (R_i − mean_j R_j)).
+
+    The baseline does not depend on y_i, so the estimator stays unbiased."""
+    R = rewards.view(-1, k)
+    # Â_i = R_i − (Σ_j R_j − R_i) / (k − 1)
+    return (R - (R.sum(1, keepdim=True) - R) / (k - 1)).flatten()
+
+
+def group_advantages(rewards, k, scale_by_std, eps=1e-4):
+    """Group-relative advantages for rewards grouped k consecutive per prompt:
+
+    GRPO (Shao et al. 2024):       Â_i = (r_i − mean(r)) / (std(r) + ε)
+    Dr. GRPO (Liu et al. 2025):    Â_i = r_i − mean(r)          (scale_by_std=False)
+
+    std is the sample std (k − 1 in the denominator), as in TRL. A group whose rewards are all
+    equal carries no signal: its advantages are exactly 0 (never NaN, whatever ε is)."""
+    r = rewards.view(-1, k)
+    same = r.max(1, keepdim=True).values == r.min(1, keepdim=True).values
+    # Â_i = r_i − mean(r)
+    adv = r - r.mean(1, keepdim=True)
+    if scale_by_std:
+        # Â_i = (r_i − mean(r)) / (std(r) + ε)
+        adv = adv / (r.std(1, keepdim=True) + eps)
+    return adv.masked_fill(same, 0.0).flatten()
+
+
+def grpo_policy_loss(
+    logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_coef, beta, constant=0
+):
+    """GRPO's loss (Shao et al. 2024, eq. 3): the clipped surrogate plus a k3 KL term per token,
+
+    ℓ_t = −min(ρ_t Â_t, clip(ρ_t, 1−ε, 1+ε) Â_t) + β k3_t,   ρ_t = π/π_old,
+    L = mean_i (1/|y_i|) Σ_t ℓ_{i,t}        (per response, then over responses), or
+    L = Σ_i Σ_t ℓ_{i,t} / constant          (Dr. GRPO, Liu et al. 2025: constant > 0).
+
+    GRPO's per-response mean gives each token of a short response more weight than one of a
+    long response (a length bias); Dr. GRPO's constant does not. Also returns the clip
+    fraction and approx. KL(π_old‖π), as token_policy_loss does."""
+    log_ratio = logprobs - old_logprobs
+    ratio = log_ratio.exp()
+    # −min(ρ Â, clip(ρ) Â) = max(−ρ Â, −clip(ρ) Â)
+    surrogate = torch.max(
+        -advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)
+    )
+    # ℓ_t = surrogate_t + β k3_t
+    losses = (surrogate + beta * kl_estimators(logprobs, ref_logprobs)[2]) * mask
+    if constant > 0:
+        # L = Σ_i Σ_t ℓ_{i,t} / constant
+        loss = losses.sum() / constant
+    else:
+        # L = mean_i (1/|y_i|) Σ_t ℓ_{i,t}
+        loss = (losses.sum(1) / mask.sum(1)).mean()
+    with torch.no_grad():
+        clipfrac = masked_mean(((ratio - 1).abs() > clip_coef).float(), mask)
+        approx_kl = masked_mean(ratio - 1 - log_ratio, mask)
+    return loss, clipfrac, approx_kl
+
+
 def response_mask_after_eos(responses, eos_id):
     """m_t = 1 up to and including the first EOS, 0 after it (where generate() pads).
 
@@ -696,11 +813,13 @@ def save_pretrained_atomic(model, tokenizer, path):
 @torch.no_grad()
 def collect_rollout(policy, reference, reward_model, rm_tokenizer, tokenizer, prompts, args):
     """Sample one response per prompt and score it: the tensors PPO needs, and the metrics.
+    A prompt repeated k times in `prompts` gets k responses from the same generate() call.
 
     The RM reads the response re-encoded from its text (the form it was trained on, EOS
-    appended), so an RM from reward_model.py scores PPO samples as it scored its data. The
-    KL of a response is sum_t (log pi(a_t) - log pi_ref(a_t)): the k1 estimate of
-    KL(pi || pi_ref) in nats per response, the quantity the KL penalty and target use."""
+    appended), so an RM from reward_model.py scores PPO samples as it scored its data;
+    reward_model None means the gold score is the reward (--reward gold). The KL of a
+    response is sum_t (log pi(a_t) - log pi_ref(a_t)): the k1 estimate of KL(pi || pi_ref)
+    in nats per response, the quantity the KL penalty and target use."""
     q, qm, r, m, _ = generate_responses(
         policy, tokenizer, prompts, args.max_new_tokens, args.temperature
     )
@@ -708,12 +827,16 @@ def collect_rollout(policy, reference, reward_model, rm_tokenizer, tokenizer, pr
     logp = token_logprobs(logits, r, args.temperature) * m
     ref_logp = token_logprobs(sequence_logits(reference, q, qm, r, m), r, args.temperature) * m
     texts, ended = decode_responses(tokenizer, r, m)
-    scores = score(reward_model, rm_tokenizer, list(prompts), texts).to(r.device)
+    gold = gold_scores(texts)
+    if reward_model is None:
+        scores = torch.tensor(gold, dtype=torch.float32, device=r.device)
+    else:
+        scores = score(reward_model, rm_tokenizer, list(prompts), texts).to(r.device)
     roll = {"q": q, "qm": qm, "r": r, "m": m, "logp": logp, "ref_logp": ref_logp}
     roll |= {"scores": scores, "ended": torch.tensor(ended, device=r.device), "texts": texts}
     well_formed = [e and is_well_formed(t) for t, e in zip(texts, ended, strict=True)]
     stats = {
-        "gold": float(gold_scores(texts).mean()),
+        "gold": float(gold.mean()),
         "rm_score": scores.mean().item(),
         "kl": (logp - ref_logp).sum(1).mean().item(),
         "entropy": masked_mean(token_entropy(logits, args.temperature), m).item(),
@@ -812,11 +935,14 @@ def stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng):
     return reward_model
 
 
-def ppo_update(args, policy, value_model, optimizer, batch):
-    """--ppo-epochs passes of shuffled minibatches over one rollout batch. Returns the mean
-    losses and statistics, and the largest |rho - 1| of the very first minibatch, which must
-    be ~0: otherwise the forward pass does not reproduce the rollout (dropout on, temperature
-    or position ids differ; Huang et al. 2023)."""
+def ppo_update(args, policy, value_model, optimizer, batch, beta=0.0):
+    """--ppo-epochs passes of shuffled minibatches over one rollout batch, for every --algo:
+    the clipped surrogate with token-mean aggregation and, for PPO, the value loss (ppo,
+    rloo); or GRPO's loss with its k3 KL term, weighted by beta (grpo, dr_grpo;
+    value_model is None for the critic-free algorithms). Returns the mean losses and
+    statistics, and the largest |rho - 1| of the very first minibatch, which must be ~0:
+    otherwise the forward pass does not reproduce the rollout (dropout on, temperature or
+    position ids differ; Huang et al. 2023)."""
     q, qm, r, m = batch["q"], batch["qm"], batch["r"], batch["m"]
     stats, first_ratio_dev = [], None
     for _ in range(args.ppo_epochs):
@@ -827,31 +953,65 @@ def ppo_update(args, policy, value_model, optimizer, batch):
                 first_ratio_dev = (
                     (((logp - batch["logp"][mb]).exp() - 1) * m[mb]).abs().max().item()
                 )
-            pg_loss, clipfrac, approx_kl = token_policy_loss(
-                logp, batch["logp"][mb], batch["adv"][mb], m[mb], args.clip_coef
-            )
-            values = response_values(value_model, q[mb], qm[mb], r[mb], m[mb])
-            v_loss = token_value_loss(
-                values, batch["values"][mb], batch["returns"][mb], m[mb], args.value_clip
-            )
-            # No value-loss weight: the two networks share no parameters, and Adam's step
-            # does not depend on the scale of the gradient, so a weight would cancel out.
-            loss = pg_loss + v_loss
+            if args.algo in ("ppo", "rloo"):
+                pg_loss, clipfrac, approx_kl = token_policy_loss(
+                    logp, batch["logp"][mb], batch["adv"][mb], m[mb], args.clip_coef
+                )
+            else:
+                # Dr. GRPO's constant: the most tokens a minibatch can hold
+                constant = len(mb) * args.max_new_tokens if args.algo == "dr_grpo" else 0
+                pg_loss, clipfrac, approx_kl = grpo_policy_loss(
+                    logp, batch["logp"][mb], batch["ref_logp"][mb], batch["adv"][mb], m[mb],
+                    args.clip_coef, beta, constant,
+                )  # fmt: skip
+            if value_model is None:
+                loss, v_loss = pg_loss, torch.zeros(())
+            else:
+                values = response_values(value_model, q[mb], qm[mb], r[mb], m[mb])
+                v_loss = token_value_loss(
+                    values, batch["values"][mb], batch["returns"][mb], m[mb], args.value_clip
+                )
+                # No value-loss weight: the two networks share no parameters, and Adam's step
+                # does not depend on the scale of the gradient, so a weight would cancel out.
+                loss = pg_loss + v_loss
             if not torch.isfinite(loss):
-                raise FloatingPointError("non-finite PPO loss; lower --learning-rate")
+                raise FloatingPointError(f"non-finite {args.algo} loss; lower --learning-rate")
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
-            nn.utils.clip_grad_norm_(value_model.parameters(), args.max_grad_norm)
+            if value_model is not None:
+                nn.utils.clip_grad_norm_(value_model.parameters(), args.max_grad_norm)
             optimizer.step()
             stats.append([pg_loss.item(), v_loss.item(), clipfrac.item(), approx_kl.item()])
     pg, vl, cf, ak = np.mean(stats, 0).tolist()
-    return {"pg_loss": pg, "value_loss": vl, "clipfrac": cf, "approx_kl": ak,
-            "ratio_dev_first_mb": first_ratio_dev}  # fmt: skip
+    out = {"pg_loss": pg, "value_loss": vl, "clipfrac": cf, "approx_kl": ak,
+           "ratio_dev_first_mb": first_ratio_dev}  # fmt: skip
+    if value_model is None:
+        del out["value_loss"]
+    return out
+
+
+def responses_per_prompt(args):
+    """k of --samples-per-prompt; 0 = automatic: 1 for PPO, 4 for the group baselines."""
+    return args.samples_per_prompt or (1 if args.algo == "ppo" else 4)
 
 
 def check_rlhf_args(args):
     """ValueError, saying what to fix, for flags that would fail later or do nothing."""
+    if args.algo not in ("ppo", "rloo", "grpo", "dr_grpo"):
+        raise ValueError(f"--algo must be ppo, rloo, grpo or dr_grpo, not {args.algo!r}")
+    if args.reward not in ("rm", "gold"):
+        raise ValueError(f"--reward must be rm or gold, not {args.reward!r}")
+    k = responses_per_prompt(args)
+    if k < 1:
+        raise ValueError("--samples-per-prompt must be >= 0 (0 = automatic)")
+    if args.algo != "ppo" and k < 2:
+        raise ValueError(f"--algo {args.algo} needs --samples-per-prompt >= 2 (a group baseline)")
+    if args.rollout_batch_size % k:
+        raise ValueError(
+            f"--rollout-batch-size {args.rollout_batch_size} must be a multiple of "
+            f"--samples-per-prompt {k}"
+        )
     for name in ["sft_batch_size", "rm_batch_size", "rollout_batch_size", "minibatch_size"]:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
@@ -859,8 +1019,10 @@ def check_rlhf_args(args):
         raise ValueError("--minibatch-size must be <= --rollout-batch-size")
     if args.temperature <= 0 or args.max_new_tokens < 1 or args.eval_samples < 2:
         raise ValueError("need --temperature > 0, --max-new-tokens >= 1, --eval-samples >= 2")
-    if args.kl_target < 0 or args.kl_horizon < 1 or args.init_kl_coef < 0:
-        raise ValueError("need --kl-target >= 0, --kl-horizon >= 1, --init-kl-coef >= 0")
+    if args.kl_target < 0 or args.kl_horizon < 1 or min(args.init_kl_coef, args.loss_kl_coef) < 0:
+        raise ValueError(
+            "need --kl-target >= 0, --kl-horizon >= 1, --init-kl-coef >= 0, --loss-kl-coef >= 0"
+        )
     if (
         args.sft_data == ""
         and args.sft_demos < 1
@@ -910,7 +1072,11 @@ def train(args):
 
     # Stage 2: RM, normalised so that its scores of SFT samples have mean 0 and std 1: the
     # KL coefficient and the value clip are then on a known scale (Ziegler et al. 2019).
-    if args.reward_model_path:
+    # --reward gold needs no RM: the task's own scorer is the reward, as with checkable answers.
+    reward_model, rm_tokenizer = None, tokenizer
+    if args.reward == "gold":
+        print("[rm] --reward gold: no reward model; stage 3 is rewarded with the gold score")
+    elif args.reward_model_path:
         reward_model, rm_tokenizer = RewardModel.load(args.reward_model_path)
         if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise ValueError(
@@ -919,71 +1085,101 @@ def train(args):
             )
     else:
         reward_model = stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng)
-        rm_tokenizer = tokenizer
-    reward_model = reward_model.to(device).eval().requires_grad_(False)
-    reference_prompts = [prompts[i] for i in rng.integers(len(prompts), size=args.eval_samples)]
-    sft_texts = sample_texts(policy, tokenizer, reference_prompts, args)
-    mean, std = reward_model.normalize_(
-        score(reward_model, rm_tokenizer, reference_prompts, sft_texts)
-    )
-    print(f"[rm] normalised on {len(sft_texts)} SFT samples (mean {mean:.3f}, std {std:.3f})")
-    reward_model.save(os.path.join(out_dir, "reward_model"), rm_tokenizer)
+    if reward_model is not None:
+        reward_model = reward_model.to(device).eval().requires_grad_(False)
+        reference_prompts = [prompts[i] for i in rng.integers(len(prompts), size=args.eval_samples)]
+        sft_texts = sample_texts(policy, tokenizer, reference_prompts, args)
+        mean, std = reward_model.normalize_(
+            score(reward_model, rm_tokenizer, reference_prompts, sft_texts)
+        )
+        print(f"[rm] normalised on {len(sft_texts)} SFT samples (mean {mean:.3f}, std {std:.3f})")
+        reward_model.save(os.path.join(out_dir, "reward_model"), rm_tokenizer)
     t_rm = time.time()
 
-    # Stage 3: PPO. pi_ref is a frozen copy of the SFT policy; V is a copy of the RM.
+    # Stage 3. pi_ref is a frozen copy of the SFT policy. PPO's V is a copy of the RM (of the
+    # SFT trunk with a fresh head under --reward gold); the critic-free algorithms have none.
     reference = copy.deepcopy(policy).requires_grad_(False)
-    value_model = ValueModel(reward_model).requires_grad_(True)
-    optimizer = torch.optim.Adam(
-        [*policy.parameters(), *value_model.parameters()], lr=args.learning_rate, eps=args.adam_eps
-    )
+    value_model = None
+    if args.algo == "ppo":
+        value_model = ValueModel(
+            reward_model if reward_model is not None else RewardModel(policy.transformer)
+        )
+        value_model = value_model.to(device).requires_grad_(True)
+    trained = [*policy.parameters(), *(value_model.parameters() if value_model else [])]
+    optimizer = torch.optim.Adam(trained, lr=args.learning_rate, eps=args.adam_eps)
+    held = [policy, reference, reward_model, value_model]
+    stage3_params = sum(p.numel() for x in held if x is not None for p in x.parameters())
+    # parameters of every stage-3 model, plus a gradient and Adam's two moments per trained one
+    stage3_state_mb = 4 * (stage3_params + 3 * sum(p.numel() for p in trained)) / 2**20
     models = (policy, reference, reward_model, rm_tokenizer, tokenizer)
     sft_eval = evaluate_lm_policy(*models, prompts, args)
-    print("[ppo] SFT policy:   " + "  ".join(f"{k} {v:.3f}" for k, v in sft_eval.items()))
-    beta, start = args.init_kl_coef, time.time()
+    print(f"[{args.algo}] SFT policy:   " + "  ".join(f"{k} {v:.3f}" for k, v in sft_eval.items()))
+    k = responses_per_prompt(args)
+    # β weighs a KL penalty in the reward (ppo, rloo) or a KL term in the loss (grpo, dr_grpo):
+    # two scales, two starting values; one controller adapts either
+    beta = args.init_kl_coef if args.algo in ("ppo", "rloo") else args.loss_kl_coef
+    start, iteration_s = time.time(), []
     shown = ["gold", "rm_score", "kl", "beta", "well_formed", "entropy", "clipfrac",
              "approx_kl", "value_loss", "length"]  # fmt: skip
-    with open(os.path.join(out_dir, "ppo_metrics.csv"), "w") as csv:
+    with open(os.path.join(out_dir, f"{args.algo}_metrics.csv"), "w") as csv:
         for it in range(1, args.ppo_iterations + 1):
-            batch_prompts = [
-                prompts[i] for i in rng.integers(len(prompts), size=args.rollout_batch_size)
-            ]
+            t_it = time.time()
+            # k consecutive copies of each prompt: its group of k responses
+            chosen = rng.integers(len(prompts), size=args.rollout_batch_size // k)
+            batch_prompts = [prompts[i] for i in np.repeat(chosen, k)]
             roll, stats = collect_rollout(*models, batch_prompts, args)
             q, qm, r, m = roll["q"], roll["qm"], roll["r"], roll["m"]
             with torch.no_grad():
-                values = response_values(value_model, q, qm, r, m) * m
                 # a response cut at --max-new-tokens never ended: a fixed penalty on its score
                 scores = roll["scores"] - args.no_eos_penalty * (~roll["ended"]).float()
-                rewards = kl_shaped_rewards(scores, roll["logp"], roll["ref_logp"], m, beta)
-                adv, returns = token_gae(rewards, values, m, args.gamma, args.gae_lambda)
-                # whitened over all response tokens of the batch, after the returns are made
-                adv = masked_whiten(adv, m)
-            roll |= {"values": values, "adv": adv, "returns": returns}
+                if args.algo == "ppo":
+                    values = response_values(value_model, q, qm, r, m) * m
+                    rewards = kl_shaped_rewards(scores, roll["logp"], roll["ref_logp"], m, beta)
+                    adv, returns = token_gae(rewards, values, m, args.gamma, args.gae_lambda)
+                    # whitened over all response tokens of the batch, after the returns are made
+                    adv = masked_whiten(adv, m)
+                    roll |= {"values": values, "returns": returns}
+                elif args.algo == "rloo":
+                    # R = r_φ(x, y) − β Σ_t (log π − log π_ref): the KL (k1) in the sequence reward
+                    seq_reward = scores - beta * (roll["logp"] - roll["ref_logp"]).sum(1)
+                    adv = rloo_advantages(seq_reward, k)[:, None] * m
+                else:
+                    # the KL is a loss term (ppo_update), not part of the reward
+                    adv = group_advantages(scores, k, args.algo == "grpo")[:, None] * m
+            roll["adv"] = adv
             try:
-                stats |= ppo_update(args, policy, value_model, optimizer, roll)
+                stats |= ppo_update(args, policy, value_model, optimizer, roll, beta)
             except FloatingPointError as e:
                 raise FloatingPointError(
-                    f"{e} (PPO iteration {it}); SFT and RM are saved in {out_dir}"
+                    f"{e} ({args.algo} iteration {it}); SFT and RM are saved in {out_dir}"
                 ) from None
             stats["beta"] = beta
             beta = adaptive_kl_coef(beta, stats["kl"], args.kl_target, len(r), args.kl_horizon)
-            for k, v in stats.items():
-                writer.add_scalar(f"ppo/{k}", v, it)
+            iteration_s.append(time.time() - t_it)
+            for key, v in stats.items():
+                writer.add_scalar(f"{args.algo}/{key}", v, it)
             if it == 1:
                 csv.write("iteration," + ",".join(stats) + "\n")
             csv.write(f"{it}," + ",".join(f"{v:.6g}" for v in stats.values()) + "\n")
             csv.flush()
-            progress("ppo", it, args.ppo_iterations, start, **{k: stats[k] for k in shown})
+            progress(
+                args.algo, it, args.ppo_iterations, start,
+                **{key: stats[key] for key in shown if key in stats},
+            )  # fmt: skip
             if args.sample_every and (it % args.sample_every == 0 or it == 1):
                 for p, t, s in list(
                     zip(batch_prompts, roll["texts"], roll["scores"].tolist(), strict=True)
                 )[:3]:
-                    print(f"    {p + t!r}  gold {gold_scores([t])[0]:+.2f}  rm {s:+.2f}")
+                    print(f"    {p + t!r}  gold {gold_scores([t])[0]:+.2f}  {args.reward} {s:+.2f}")
     save_pretrained_atomic(policy, tokenizer, os.path.join(out_dir, "policy"))
     t_ppo = time.time()
     final_eval = evaluate_lm_policy(*models, prompts, args)
-    print("[ppo] final policy: " + "  ".join(f"{k} {v:.3f}" for k, v in final_eval.items()))
+    print(
+        f"[{args.algo}] final policy: " + "  ".join(f"{k} {v:.3f}" for k, v in final_eval.items())
+    )
     writer.close()
-    summary = {"algo": "rlhf_ppo", "task": task, "model_name": args.model_name, "seed": args.seed}
+    summary = {"algo": f"rlhf_{args.algo}", "task": task, "model_name": args.model_name}
+    summary |= {"seed": args.seed, "reward": args.reward, "samples_per_prompt": k}
     summary |= {f"sft_{k}": v for k, v in sft_eval.items()}
     summary |= {f"final_{k}": v for k, v in final_eval.items()}
     summary |= {
@@ -992,6 +1188,10 @@ def train(args):
         "sft_time_s": round(t_sft - t_start, 2),
         "rm_time_s": round(t_rm - t_sft, 2),
         "ppo_time_s": round(t_ppo - t_rm, 2),
+        # the rollout-and-update loop alone, without the evaluations
+        "iteration_s": round(float(np.mean(iteration_s)), 4) if iteration_s else 0.0,
+        "stage3_params": stage3_params,
+        "stage3_state_mb": round(stage3_state_mb, 2),
         "wall_time_s": round(time.time() - t_start, 2),
         "output_dir": out_dir,
     }

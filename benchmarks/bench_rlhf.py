@@ -7,11 +7,21 @@
 2. GPT-2-124M size (GPT2Config(), random weights: throughput needs no pretrained weights):
    one PPO iteration (rollout + update, default Args) in a subprocess of its own; tokens
    per second and peak memory.
+3. --algo ppo rloo grpo dr_grpo: the four stage-3 algorithms on the same seeds (each seed
+   runs them one after the other, so that they see the same load), with the same number of
+   generated responses (40 iterations x 64): gold gain over SFT, final KL, well-formed
+   fraction, time per iteration and in total, peak memory; the gold-vs-KL plot.
+4. --trl: Hugging Face TRL's GRPOTrainer and RLOOTrainer beside ours, from the SFT model of
+   the --algo run of the same seed, with the gold reward, the same prompts and the same
+   schedule (64 responses = 16 prompts x 4 per generation, 4 epochs x 4 minibatches of 16),
+   beta and bf16 set explicitly; alternated with ours seed by seed.
 
     python benchmarks/bench_rlhf.py                # seed 1, then the GPT-2-size iteration
     python benchmarks/bench_rlhf.py --seeds 1 2 3 --skip-gpt2
+    python benchmarks/bench_rlhf.py --seeds 1001 1002 1003 --algo ppo rloo grpo dr_grpo --trl
 
-Writes benchmarks/results/rlhf.json and docs/img/rlhf_curve.png.
+Writes benchmarks/results/rlhf.json and docs/img/rlhf_curve.png; with --algo,
+benchmarks/results/rlhf_algos.json and docs/img/rlhf_gold_vs_kl.png.
 """
 
 import argparse
@@ -28,6 +38,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "rlhf.json")
 PLOT = os.path.join(ROOT, "docs", "img", "rlhf_curve.png")
 STAGES = ("sft", "rm", "ppo")
+ALGOS = ("ppo", "rloo", "grpo", "dr_grpo")
+ALGOS_RESULTS = os.path.join(ROOT, "benchmarks", "results", "rlhf_algos.json")
+ALGOS_PLOT = os.path.join(ROOT, "docs", "img", "rlhf_gold_vs_kl.png")
 
 
 def rss_mb(pid):
@@ -42,11 +55,12 @@ def rss_mb(pid):
     return 0.0
 
 
-def run_tiny(seed, out_dir):
+def run_tiny(seed, out_dir, extra=()):
     """Run the script; attribute memory samples to the stage whose progress lines are
-    printing ([sft], [rm], [ppo]); return the summary with per-stage peak memory."""
+    printing ([sft], [rm], then stage 3: [ppo], [rloo], ...); return the summary with
+    per-stage peak memory (stage 3 under the key "ppo", whatever the algorithm)."""
     cmd = [sys.executable, os.path.join(ROOT, "rlhf_ppo_gpt2.py"), "--model-name", "tiny",
-           "--no-cuda", "--seed", str(seed), "--output-dir", out_dir]  # fmt: skip
+           "--no-cuda", "--seed", str(seed), "--output-dir", out_dir, *extra]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     stage, peaks, done = ["sft"], dict.fromkeys(STAGES, 0.0), threading.Event()
 
@@ -60,9 +74,9 @@ def run_tiny(seed, out_dir):
     last = ""
     for line in proc.stdout:
         print("   ", line, end="", flush=True)
-        for s in STAGES:
+        for s in STAGES + ALGOS:
             if line.startswith(f"[{s}]"):
-                stage[0] = s
+                stage[0] = "ppo" if s in ALGOS else s
         last = line
     proc.wait()
     done.set()
@@ -71,7 +85,8 @@ def run_tiny(seed, out_dir):
         sys.exit(f"error: seed {seed} exited with {proc.returncode}")
     summary = json.loads(last)
     summary |= {f"{s}_peak_rss_mb": round(peaks[s], 1) for s in STAGES}
-    with open(os.path.join(out_dir, "ppo_metrics.csv")) as f:
+    algo = summary["algo"].removeprefix("rlhf_")
+    with open(os.path.join(out_dir, f"{algo}_metrics.csv")) as f:
         summary["curve"] = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     return summary
 
@@ -138,6 +153,227 @@ def gpt2_iteration(n_iterations):
                       "minibatch_size": args.minibatch_size}))  # fmt: skip
 
 
+def trl_child(algo, seed, sft_dir, iterations, beta):
+    """Child process: TRL's GRPOTrainer or RLOOTrainer from our SFT model, gold reward, our
+    schedule; then the same evaluation as our script's (its own functions, same prompts)."""
+    import datasets
+    import numpy as np
+    import torch
+    import trl
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sys.path.insert(0, ROOT)
+    import rlhf_ppo_gpt2 as rl
+
+    torch.set_num_threads(1)  # as ours does for the tiny model
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(sft_dir)
+    tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(sft_dir)
+    rng = np.random.default_rng(seed)
+    prompts = sorted(rl.PROMPTS)
+    dataset = datasets.Dataset.from_dict(
+        {"prompt": [prompts[i] for i in rng.integers(len(prompts), size=16 * iterations)]}
+    )
+
+    def gold_reward(prompts, completions, completion_ids, **kwargs):
+        # ours: gold score minus --no-eos-penalty 1 for a response that never ended
+        ended = np.array(
+            [bool(ids) and ids[-1] == tokenizer.eos_token_id for ids in completion_ids]
+        )
+        return (rl.gold_scores(completions) - 1.0 * ~ended).tolist()
+
+    common = dict(
+        output_dir=os.path.join(ROOT, "benchmarks", "out", f"trl_{algo}_seed{seed}"),
+        per_device_train_batch_size=16, gradient_accumulation_steps=1, steps_per_generation=4,
+        num_generations=4, num_iterations=4, max_steps=16 * iterations,
+        max_completion_length=16, temperature=1.0, top_p=1.0, top_k=0,
+        learning_rate=1e-4, adam_epsilon=1e-5, max_grad_norm=1.0, weight_decay=0.0,
+        lr_scheduler_type="constant", warmup_steps=0, epsilon=0.2, beta=beta, bf16=False,
+        use_cpu=True, report_to="none", save_strategy="no", logging_steps=16, seed=seed,
+        disable_tqdm=True, disable_dropout=True,
+    )  # fmt: skip
+    if algo == "grpo":
+        config = trl.GRPOConfig(**common, loss_type="grpo", scale_rewards="group")
+        trainer_cls = trl.GRPOTrainer
+    else:
+        config = trl.RLOOConfig(**common, normalize_advantages=False)
+        trainer_cls = trl.RLOOTrainer
+    trainer = trainer_cls(
+        model=model, reward_funcs=gold_reward, args=config, train_dataset=dataset,
+        processing_class=tokenizer,
+    )  # fmt: skip
+    t0 = time.time()
+    trainer.train()
+    train_s = time.time() - t0
+    policy = trainer.model.eval()
+    reference = AutoModelForCausalLM.from_pretrained(sft_dir).eval()
+    args = rl.Args(seed=seed, reward="gold", eval_samples=256)
+    torch.manual_seed(seed)
+    sft_eval = rl.evaluate_lm_policy(
+        reference, reference, None, tokenizer, tokenizer, prompts, args
+    )
+    final_eval = rl.evaluate_lm_policy(policy, reference, None, tokenizer, tokenizer, prompts, args)
+    import resource
+
+    out = {
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "impl": f"trl_{algo}",
+        "seed": seed,
+        "trl_version": trl.__version__,
+        "beta": beta,
+        "train_s": round(train_s, 2),
+        "s_per_64_responses": round(train_s / iterations, 4),
+    }
+    out |= {f"sft_{k}": v for k, v in sft_eval.items()}
+    out |= {f"final_{k}": v for k, v in final_eval.items()}
+    print(json.dumps(out), flush=True)
+
+
+def run_child(argv):
+    """A bench child process (TRL): its last stdout line, parsed."""
+    child = subprocess.run([sys.executable, __file__, *argv], stdout=subprocess.PIPE, text=True)
+    if child.returncode != 0:
+        sys.exit(f"error: {argv} exited with {child.returncode}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def algos_main(args):
+    """--algo (and --trl): each seed runs every algorithm, then TRL and ours with the gold
+    reward from that seed's SFT model; everything into ALGOS_RESULTS and the plot."""
+    runs, trl_rows = [], []
+    for seed in args.seeds:
+        for algo in args.algo:
+            print(f"## {algo}, seed {seed} (load {loadavg():.1f})", flush=True)
+            out = os.path.join(ROOT, "benchmarks", "out", f"rlhf_{algo}_seed{seed}")
+            load = loadavg()
+            run = run_tiny(seed, out, ["--algo", algo, "--sample-every", "0"])
+            runs.append(run | {"load_before": load, "load_after": loadavg()})
+        save_partial(runs, trl_rows)
+        if not args.trl:
+            continue
+        sft_dir = os.path.join(ROOT, "benchmarks", "out", f"rlhf_{args.algo[0]}_seed{seed}", "sft")
+        for algo in ("grpo", "rloo"):
+            print(f"## ours vs TRL, {algo}, gold reward, seed {seed}", flush=True)
+            out = os.path.join(ROOT, "benchmarks", "out", f"rlhf_gold_{algo}_seed{seed}")
+            load = loadavg()
+            ours = run_tiny(seed, out, ["--algo", algo, "--sample-every", "0", "--reward",
+                                        "gold", "--model-name", sft_dir, "--sft-epochs", "0",
+                                        "--threads", "1"])  # fmt: skip
+            ours |= {"impl": f"ours_{algo}", "s_per_64_responses": ours["iteration_s"],
+                     "load_before": load, "load_after": loadavg()}  # fmt: skip
+            ours.pop("curve")
+            load = loadavg()
+            theirs = run_child(["--trl-child", algo, "--seed", str(seed), "--sft-dir", sft_dir,
+                                "--beta", str(args.trl_beta)])  # fmt: skip
+            theirs |= {"load_before": load, "load_after": loadavg()}
+            print(json.dumps(theirs), flush=True)
+            trl_rows += [ours, theirs]
+            save_partial(runs, trl_rows)
+        save_partial(runs, trl_rows)
+    report_algos(runs, trl_rows, args)
+
+
+def save_partial(runs, trl_rows):
+    """Raw results so far: a crash in the report loses no run (--report-only reads it)."""
+    os.makedirs(os.path.dirname(ALGOS_RESULTS), exist_ok=True)
+    with open(ALGOS_RESULTS + ".partial", "w") as f:
+        json.dump({"runs": runs, "trl": trl_rows}, f)
+
+
+def report_algos(runs, trl_rows, args):
+    """The tables, the per-algorithm ranges against the targets, the JSON and the plot."""
+    rows = ["| seed | algo | gold SFT → final | gain | final KL | well-formed | s/iteration "
+            "| stage 3 s | stage-3 peak RSS MiB | stage-3 state MiB | load |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in runs:
+        rows.append(
+            f"| {r['seed']} | {r['algo'].removeprefix('rlhf_')} | {r['sft_gold']:+.3f} → "
+            f"{r['final_gold']:+.3f} | {r['final_gold'] - r['sft_gold']:+.3f} | "
+            f"{r['final_kl']:.2f} | {r['final_well_formed']:.3f} | {r['iteration_s']:.3f} | "
+            f"{r['ppo_time_s']:.1f} | {r['ppo_peak_rss_mb']:.0f} | {r['stage3_state_mb']:.2f} "
+            f"| {r['load_before']:.1f}–{r['load_after']:.1f} |"
+        )
+    print("\n".join(rows))
+    by_seed = {}
+    for r in runs:
+        by_seed.setdefault(r["seed"], {})[r["algo"].removeprefix("rlhf_")] = r
+    for algo in args.algo:
+        rs = [by_seed[s][algo] for s in sorted(by_seed)]
+        line = (f"{algo}: gain {min(r['final_gold'] - r['sft_gold'] for r in rs):+.3f} .. "
+                f"{max(r['final_gold'] - r['sft_gold'] for r in rs):+.3f}, well-formed "
+                f"{min(r['final_well_formed'] for r in rs):.3f} .. "
+                f"{max(r['final_well_formed'] for r in rs):.3f}, KL "
+                f"{max(r['final_kl'] for r in rs):.2f} max")  # fmt: skip
+        if "ppo" in args.algo and algo != "ppo":
+            ratios = [by_seed[s][algo]["iteration_s"] / by_seed[s]["ppo"]["iteration_s"]
+                      for s in sorted(by_seed)]  # fmt: skip
+            line += f", time/iteration vs ppo {min(ratios):.2f} .. {max(ratios):.2f}"
+        print(line)
+    if trl_rows:
+        print(
+            "| seed | implementation | s per 64 responses | gold SFT → final | gain | "
+            "well-formed | final KL | load |\n|---|---|---|---|---|---|---|---|"
+        )
+        for r in trl_rows:
+            print(
+                f"| {r['seed']} | {r['impl']} | {r['s_per_64_responses']:.3f} | "
+                f"{r['sft_gold']:+.3f} → {r['final_gold']:+.3f} | "
+                f"{r['final_gold'] - r['sft_gold']:+.3f} | {r['final_well_formed']:.3f} | "
+                f"{r['final_kl']:.2f} | {r['load_before']:.1f}–{r['load_after']:.1f} |"
+            )
+    results = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, shared with other jobs; no GPU",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "seeds": sorted(by_seed),
+        "runs": runs,
+        "trl": trl_rows,
+    }
+    for r in runs + trl_rows:
+        r.pop("output_dir", None)  # no absolute paths in the results
+        if "model_name" in r and os.path.isabs(r["model_name"]):
+            r["model_name"] = os.path.relpath(r["model_name"], ROOT)
+    os.makedirs(os.path.dirname(ALGOS_RESULTS), exist_ok=True)
+    with open(ALGOS_RESULTS, "w") as f:
+        json.dump(results, f, indent=1)
+    plot_gold_vs_kl(runs, args.algo)
+    print(f"wrote {ALGOS_RESULTS} and {ALGOS_PLOT}")
+
+
+def plot_gold_vs_kl(runs, algos):
+    """Gold score against KL over training, one line per algorithm (mean over seeds of each
+    iteration's rollout batch), each seed faint behind it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for i, algo in enumerate(algos):
+        color = f"C{i}"
+        curves = [r["curve"] for r in runs if r["algo"] == f"rlhf_{algo}"]
+        for c in curves:
+            ax.plot([x["kl"] for x in c], [x["gold"] for x in c], color=color, alpha=0.2, lw=0.8)
+        kl = np.mean([[x["kl"] for x in c] for c in curves], 0)
+        gold = np.mean([[x["gold"] for x in c] for c in curves], 0)
+        ax.plot(kl, gold, color=color, lw=2, label=f"{algo} (mean of {len(curves)} seeds)")
+    ax.axvline(runs[0]["kl_target"], ls="--", c="k", lw=0.8, label="KL target")
+    ax.set_xlabel("KL(π‖π_ref) of the rollout batch, nats per response")
+    ax.set_ylabel("gold score (VADER) of the rollout batch")
+    seeds = sorted({r["seed"] for r in runs})
+    ax.set_title(f"--model-name tiny, 40 iterations x 64 responses, seeds {seeds}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(ALGOS_PLOT), exist_ok=True)
+    fig.savefig(ALGOS_PLOT, dpi=110)
+
+
 def plot(runs):
     import matplotlib
 
@@ -176,9 +412,41 @@ def main():
     )
     parser.add_argument("--gpt2-iterations", type=int, default=1)
     parser.add_argument("--gpt2-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--algo",
+        nargs="*",
+        default=[],
+        choices=ALGOS,
+        help="compare these stage-3 algorithms (the first one's SFT feeds --trl)",
+    )
+    parser.add_argument("--trl", action="store_true", help="with --algo: TRL beside ours")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="with --algo: tables and "
+        "plot from the saved raw results of an earlier (interrupted) run",
+    )
+    parser.add_argument(
+        "--trl-beta",
+        type=float,
+        default=0.2,
+        help="TRL's fixed beta (ours starts at --init-kl-coef 0.2 and adapts)",
+    )
+    parser.add_argument("--trl-child", choices=["grpo", "rloo"], help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--sft-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--beta", type=float, default=0.2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.gpt2_child:
         return gpt2_iteration(args.gpt2_iterations)
+    if args.trl_child:
+        return trl_child(args.trl_child, args.seed, args.sft_dir, 40, args.beta)
+    if args.algo and args.report_only:
+        with open(ALGOS_RESULTS + ".partial") as f:
+            partial = json.load(f)
+        return report_algos(partial["runs"], partial["trl"], args)
+    if args.algo:
+        return algos_main(args)
 
     runs = []
     if not args.seeds:

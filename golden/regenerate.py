@@ -799,6 +799,101 @@ def rlhf_vectors(rng):
     )  # fmt: skip
 
 
+# ---------------------------------------------------------------- A2C (a2c.py)
+
+
+def naive_n_step_advantage(rewards, values, terminated, truncated, gamma):
+    """The A2C paper's n-step advantage by explicit sums: from t to the end k of t's episode
+    or of the rollout, Â_t = Σ_{j=t..k} γ^{j−t} r_j + γ^{k+1−t} V(s_{k+1}) [k not terminal]
+    − V(s_t)."""
+    rewards, values = np.asarray(rewards), np.asarray(values)
+    done = np.logical_or(terminated, truncated)
+    T, N = rewards.shape
+    adv = np.zeros((T, N))
+    for n in range(N):
+        for t in range(T):
+            k = t
+            while not (done[k, n] or k == T - 1):
+                k += 1
+            ret = sum(gamma ** (j - t) * rewards[j, n] for j in range(t, k + 1))
+            if not terminated[k][n]:
+                ret += gamma ** (k + 1 - t) * values[k + 1, n]
+            adv[t, n] = ret - values[t, n]
+    return adv
+
+
+def a2c_vectors(rng):
+    cases = []
+    for T, N, gamma in [(5, 2, 0.99), (10, 3, 0.9)]:
+        rewards, values = r(rng.normal(size=(T, N))), r(rng.normal(size=(T + 1, N)))
+        terminated = (rng.random((T, N)) < 0.15).astype(int)
+        truncated = ((rng.random((T, N)) < 0.2) | (rng.random((T, N)) < 0.1)).astype(int)
+        adv = naive_n_step_advantage(rewards, values, terminated, truncated, gamma)
+        inputs = dict(rewards=rewards, values=values, terminated=terminated.tolist(),
+                      truncated=truncated.tolist(), gamma=gamma)  # fmt: skip
+        outputs = dict(advantages=adv.tolist(), returns=(adv + np.array(values)[:-1]).tolist())
+        cases.append({"inputs": inputs, "outputs": outputs})
+    write(
+        "a2c_n_step_return",
+        "V^targ_t = Σ_{j=t..k} γ^{j−t} r_j + γ^{k+1−t} V(s_{k+1}) [k not terminal];  "
+        "Â_t = V^targ_t − V(s_t),  k = the last step of t's episode within the rollout",
+        "GAE with λ = 1 (a2c.gae, gae_lambda=1). Arrays are time-major [T][N]; values has "
+        "T+1 rows. A step may be terminated and truncated at once: then it is terminal and "
+        "gets no bootstrap. A return cut by the rollout's end bootstraps with values[T].",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["a2c.gae"],
+    )
+
+    n, A, c1, c2 = 7, 3, 0.5, 0.01
+    logits = r(rng.normal(size=(n, A)) * 1.5)
+    actions = rng.integers(0, A, n).tolist()
+    values, adv, ret = (r(rng.normal(size=n)) for _ in range(3))
+    logpi = log_softmax(np.array(logits))
+    p = np.exp(logpi)
+    H = -(p * logpi).sum(-1)
+    a, v, g = np.array(adv), np.array(values), np.array(ret)
+    logp_a = logpi[np.arange(n), actions]
+    pg = -np.mean(logp_a * a)
+    vf = 0.5 * np.mean((v - g) ** 2)
+    # ∂/∂z_ij: policy term −Â_i (1[j = a_i] − p_ij)/n; entropy term c2 p_ij (log p_ij + H_i)/n
+    grad_logits = -a[:, None] * (np.eye(A)[actions] - p) / n + c2 * p * (logpi + H[:, None]) / n
+    write(
+        "a2c_loss",
+        "L = −mean_t log π(a_t|s_t) Â_t + c1 · ½ mean_t (V(s_t) − V^targ_t)² − c2 · "
+        "mean_t S[π(·|s_t)],  π = softmax(logits)",
+        "Â and V^targ are constants (no gradient). grad_logits is ∂L/∂logits, [batch][actions]; "
+        "grad_values is ∂L/∂V = c1 (V − V^targ)/n.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        [{"inputs": dict(logits=logits, actions=actions, values=values, advantages=adv,
+                         returns=ret, vf_coef=c1, ent_coef=c2),
+          "outputs": dict(loss=pg + c1 * vf - c2 * H.mean(), pg_loss=pg, v_loss=vf,
+                          entropy=H.mean(), grad_logits=grad_logits.tolist(),
+                          grad_values=(c1 * (v - g) / n).tolist())}],
+        ["a2c.a2c_loss"],
+    )  # fmt: skip
+
+    theta = r(rng.normal(size=4))
+    grads = [r(rng.normal(size=4) * s) for s in (1.0, 0.1, 1e-4)]
+    lr, alpha, eps = 7e-4, 0.99, 1e-5
+    th, sq, thetas = np.array(theta), np.zeros(4), []
+    for grad in map(np.array, grads):
+        sq = alpha * sq + (1 - alpha) * grad**2
+        th = th - lr * grad / (np.sqrt(sq) + eps)
+        thetas.append(th.tolist())
+    write(
+        "a2c_rmsprop",
+        "v ← α v + (1 − α) g²;  θ ← θ − lr g / (√v + ε),  v₀ = 0",
+        "The A2C paper's and SB3's optimizer settings (α = 0.99, ε = 1e-5, no momentum, no "
+        "centring), the ε outside the square root as in PyTorch. thetas[i] is θ after the "
+        "(i+1)-th gradient in grads.",
+        {"rtol": 1e-9, "atol": 1e-12},
+        [{"inputs": dict(theta=theta, grads=grads, learning_rate=lr, alpha=alpha, eps=eps),
+          "outputs": {"thetas": thetas}}],
+        ["a2c.make_optimizer"],
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------- continuous control
 # (ppo_continuous.py: diagonal Gaussian policies)
 
@@ -860,6 +955,123 @@ def gaussian_vectors(rng):
     )
 
 
+def rlhf_critic_free_vectors(rng):
+    """RLOO, GRPO and Dr. GRPO advantages, the three KL estimators and GRPO's loss."""
+    cases = []
+    for k, n_groups in [(4, 3), (2, 3), (3, 2)]:
+        rewards = rng.normal(size=(n_groups, k))
+        rewards[1] = 0.25  # a group of equal rewards: no signal, and GRPO's std is 0
+        rewards = np.array(r(rewards))
+        rloo, grpo, dr = (np.zeros_like(rewards) for _ in range(3))
+        for g in range(n_groups):
+            group = list(rewards[g])
+            mean = sum(group) / k
+            std = (sum((x - mean) ** 2 for x in group) / (k - 1)) ** 0.5
+            for i in range(k):
+                rloo[g, i] = group[i] - sum(group[:i] + group[i + 1 :]) / (k - 1)
+                dr[g, i] = group[i] - mean
+                grpo[g, i] = 0.0 if std == 0 else (group[i] - mean) / (std + 1e-4)
+        cases.append({"inputs": dict(rewards=rewards.ravel().tolist(), k=k, eps=1e-4),
+                      "outputs": dict(rloo=rloo.ravel().tolist(), grpo=grpo.ravel().tolist(),
+                                      dr_grpo=dr.ravel().tolist())})  # fmt: skip
+    write(
+        "rlhf_group_advantages",
+        "RLOO: Â_i = R_i − (1/(k−1)) Σ_{j≠i} R_j;  GRPO: Â_i = (r_i − mean(r)) / (std(r) + ε);  "
+        "Dr. GRPO: Â_i = r_i − mean(r)",
+        "rewards is flat, grouped k consecutive per prompt (rows of a [n][k] array); mean and "
+        "std are over each group, std the sample std (k − 1 in the denominator). A group of "
+        "equal rewards gets Â = 0 exactly (not NaN). For RLOO, R already holds the KL penalty "
+        "(R = r_φ − β Σ_t KL_t); GRPO and Dr. GRPO use the reward alone. Each response's Â "
+        "applies to every one of its tokens.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["rlhf_ppo_gpt2.rloo_advantages", "rlhf_ppo_gpt2.group_advantages"],
+    )
+
+    cases = []
+    for n in (3, 5):
+        logp = np.log(rng.dirichlet(np.ones(n)))
+        ref = np.log(rng.dirichlet(np.ones(n)))
+        # not rounded: full float64 (repr round-trips), so each categorical sums to 1
+        p, q = np.exp(logp), np.exp(ref)
+        log_r = ref - logp
+        k1, k2, k3 = -log_r, 0.5 * log_r**2, (np.exp(log_r) - 1) - log_r
+        cases.append({
+            "inputs": dict(logprobs=logp.tolist(), ref_logprobs=ref.tolist()),
+            "outputs": dict(k1=k1.tolist(), k2=k2.tolist(), k3=k3.tolist(),
+                            kl=float(np.sum(p * (logp - ref))),
+                            reverse_kl=float(np.sum(q * (ref - logp))),
+                            expected_k2=float(np.sum(p * k2))),
+        })  # fmt: skip
+    write(
+        "rlhf_kl_estimators",
+        "log r = log π_ref(a) − log π(a);  k1 = −log r;  k2 = ½ (log r)²;  k3 = (r − 1) − log r",
+        "Per sampled token a ~ π. Each case enumerates a whole categorical (logprobs and "
+        "ref_logprobs are normalised over its n outcomes) so the expectations can be checked: "
+        "Σ_a π(a) k1(a) = Σ_a π(a) k3(a) = kl = KL(π‖π_ref) (unbiased); Σ_a π(a) k2(a) = "
+        "expected_k2 ≠ kl (biased). reverse_kl = KL(π_ref‖π): the expected gradient of k3 used "
+        "as a loss term (samples fixed) is ∇reverse_kl, not ∇kl; that of k2 is ∇kl.",
+        {"rtol": 1e-9, "atol": 1e-12},
+        cases,
+        ["rlhf_ppo_gpt2.kl_estimators"],
+    )
+
+    B, L, lengths, eps, beta = 3, 5, [5, 2, 3], 0.2, 0.1
+    mask = prefix_mask(lengths, L)
+    m = mask.astype(bool)
+    old = np.array(r(-rng.exponential(size=(B, L))))
+    ratio = np.array([[0.5, 0.9, 1.1, 1.3, 0.75], [1.0, 1.25, 7.0, 2.0, 3.0],
+                      [0.85, 1.05, 0.1, 9.0, 1.0]])  # fmt: skip
+    logp = np.array(r(old + np.log(ratio)))
+    ref = np.array(r(-rng.exponential(size=(B, L))))
+    adv = np.repeat(np.array(r(rng.normal(size=B)))[:, None], L, 1) * mask
+    rt = np.exp(logp - old)
+    surrogate = -np.minimum(rt * adv, np.clip(rt, 1 - eps, 1 + eps) * adv)
+    active = np.where(adv >= 0, rt <= 1 + eps, rt >= 1 - eps)
+    log_r = ref - logp
+    token = surrogate + beta * ((np.exp(log_r) - 1) - log_r)
+    # ∂ℓ_t/∂log π_t = −ρ_t Â_t [unclipped] + β (1 − π_ref/π)
+    d_token = np.where(active, -rt * adv, 0.0) + beta * (1 - np.exp(log_r))
+    cases = []
+    for constant in (0, B * L):
+        if constant:
+            weights = np.full((B, L), 1 / constant)
+        else:
+            weights = np.repeat((1 / (B * np.array(lengths, float)))[:, None], L, 1)
+        cases.append(
+            {
+                "inputs": dict(constant=constant),
+                "outputs": dict(
+                    loss=float((token * weights)[m].sum()),
+                    grad_logprobs=np.where(m, d_token * weights, 0).tolist(),
+                ),
+            }
+        )
+    for c in cases:
+        c["inputs"] = dict(
+            logprobs=logp.tolist(),
+            old_logprobs=old.tolist(),
+            ref_logprobs=ref.tolist(),
+            advantages=adv.tolist(),
+            mask=mask.tolist(),
+            clip_coef=eps,
+            beta=beta,
+            **c["inputs"],
+        )
+    write(
+        "rlhf_grpo_loss",
+        "ℓ_t = −min(ρ_t Â_t, clip(ρ_t, 1−ε, 1+ε) Â_t) + β k3_t, ρ_t = exp(log π − log π_old), "
+        "k3_t = (π_ref/π − 1) − log(π_ref/π);  GRPO (constant = 0): L = mean_i (1/|y_i|) Σ_t "
+        "ℓ_{i,t};  Dr. GRPO (constant > 0): L = Σ_i Σ_t ℓ_{i,t} / constant",
+        "[B][L] over response tokens; mask is a prefix of ones (|y_i| = Σ_t mask). The "
+        "advantage of a response is the same on each of its tokens. grad_logprobs = ∂L/∂log π "
+        "(0 on padding): at ratio 1 the surrogate part is −w Â, the REINFORCE gradient.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["rlhf_ppo_gpt2.grpo_policy_loss"],
+    )  # fmt: skip
+
+
 def main():
     rng = np.random.default_rng(2026)
     gae_vectors(rng)
@@ -872,7 +1084,9 @@ def main():
     trpo_vectors(np.random.default_rng(3))
     bradley_terry_vectors(np.random.default_rng(4))
     rlhf_vectors(np.random.default_rng(5))
+    a2c_vectors(np.random.default_rng(13))  # A2C block
     gaussian_vectors(np.random.default_rng(11))
+    rlhf_critic_free_vectors(np.random.default_rng(7))
     print(f"wrote {len(list(HERE.glob('*.json')))} vector files to {HERE}")
 
 

@@ -406,6 +406,53 @@ def test_rlhf_masks(tol, inp, out):
     assert mask.tolist() == out["response_mask"]
 
 
+# ---------------------------------------------------------------- A2C (a2c.py)
+# A separate block: imported here, not at the top, so that this block merges alone.
+
+SCRIPTS["a2c"] = __import__("a2c")
+
+
+@checks("a2c_n_step_return", "a2c.gae")
+@pytest.mark.parametrize("tol,inp,out", cases("a2c_n_step_return"))
+def test_a2c_n_step_return(tol, inp, out):
+    term, trunc = t(inp["terminated"]), t(inp["truncated"])
+    values = t(inp["values"])
+    adv = impl("a2c.gae")(t(inp["rewards"]), values, term, torch.maximum(term, trunc),
+                          inp["gamma"], 1.0)  # fmt: skip
+    close(adv, out["advantages"], tol)
+    close(adv + values[:-1], out["returns"], tol)
+
+
+@checks("a2c_loss", "a2c.a2c_loss")
+@pytest.mark.parametrize("tol,inp,out", cases("a2c_loss"))
+def test_a2c_loss(tol, inp, out):
+    logits, v = t(inp["logits"]).requires_grad_(True), t(inp["values"]).requires_grad_(True)
+    logp = F.log_softmax(logits, -1).gather(-1, torch.tensor(inp["actions"])[:, None])[:, 0]
+    loss, pg, vf, ent = impl("a2c.a2c_loss")(
+        logp, logits, v, t(inp["advantages"]), t(inp["returns"]), inp["vf_coef"], inp["ent_coef"]
+    )
+    loss.backward()
+    for name, value in [("loss", loss), ("pg_loss", pg), ("v_loss", vf), ("entropy", ent)]:
+        close(value.item(), out[name], tol)
+    close(logits.grad, out["grad_logits"], tol)
+    close(v.grad, out["grad_values"], tol)
+
+
+@checks("a2c_rmsprop", "a2c.make_optimizer")
+@pytest.mark.parametrize("tol,inp,out", cases("a2c_rmsprop"))
+def test_a2c_rmsprop(tol, inp, out):
+    args = SimpleNamespace(
+        optimizer="rmsprop", learning_rate=inp["learning_rate"], rms_alpha=inp["alpha"],
+        optimizer_eps=inp["eps"],
+    )  # fmt: skip
+    theta = t(inp["theta"]).requires_grad_(True)
+    optimizer = impl("a2c.make_optimizer")([theta], args)
+    for grad, expected in zip(inp["grads"], out["thetas"], strict=True):
+        theta.grad = t(grad)
+        optimizer.step()
+        close(theta, expected, tol)
+
+
 # ---------------------------------------------------------------- continuous control (Gaussian)
 
 
@@ -427,3 +474,38 @@ def test_gaussian_entropy(tol, inp, out):
 def test_gaussian_kl(tol, inp, out):
     args = (t(inp[k]) for k in ("mean_p", "log_std_p", "mean_q", "log_std_q"))
     close(ppo_continuous.gaussian_kl(*args), out["kl"], tol)
+
+
+@checks("rlhf_group_advantages", "rlhf_ppo_gpt2.rloo_advantages", "rlhf_ppo_gpt2.group_advantages")
+@pytest.mark.parametrize("tol,inp,out", cases("rlhf_group_advantages"))
+def test_rlhf_group_advantages(tol, inp, out):
+    rewards, k = t(inp["rewards"]), inp["k"]
+    close(rlhf_ppo_gpt2.rloo_advantages(rewards, k), out["rloo"], tol)
+    grpo = rlhf_ppo_gpt2.group_advantages(rewards, k, scale_by_std=True, eps=inp["eps"])
+    close(grpo, out["grpo"], tol)
+    close(rlhf_ppo_gpt2.group_advantages(rewards, k, scale_by_std=False), out["dr_grpo"], tol)
+
+
+@checks("rlhf_kl_estimators", "rlhf_ppo_gpt2.kl_estimators")
+@pytest.mark.parametrize("tol,inp,out", cases("rlhf_kl_estimators"))
+def test_rlhf_kl_estimators(tol, inp, out):
+    logp, ref = t(inp["logprobs"]), t(inp["ref_logprobs"])
+    k1, k2, k3 = rlhf_ppo_gpt2.kl_estimators(logp, ref)
+    for name, value in (("k1", k1), ("k2", k2), ("k3", k3)):
+        close(value, out[name], tol)
+    p = logp.exp()  # the case enumerates the whole categorical
+    close((p * k1).sum(), out["kl"], tol)
+    close((p * k3).sum(), out["kl"], tol)
+    close((p * k2).sum(), out["expected_k2"], tol)
+
+
+@checks("rlhf_grpo_loss", "rlhf_ppo_gpt2.grpo_policy_loss")
+@pytest.mark.parametrize("tol,inp,out", cases("rlhf_grpo_loss"))
+def test_rlhf_grpo_loss(tol, inp, out):
+    logp = t(inp["logprobs"]).requires_grad_(True)
+    loss, _, _ = rlhf_ppo_gpt2.grpo_policy_loss(
+        logp, t(inp["old_logprobs"]), t(inp["ref_logprobs"]), t(inp["advantages"]),
+        t(inp["mask"]), inp["clip_coef"], inp["beta"], inp["constant"],
+    )  # fmt: skip
+    close(loss, out["loss"], tol)
+    close(torch.autograd.grad(loss, logp)[0], out["grad_logprobs"], tol)

@@ -417,16 +417,19 @@ def evaluate_deterministic(agent, envs, seed, device, obs_stats, clip_obs):
     `envs`, with observations normalised by the *frozen* training statistics obs_stats =
     (μ, σ²), never updated here (None: no normalisation). The returns are the env's own."""
     low, high = envs.single_action_space.low, envs.single_action_space.high
-    obs, _ = envs.reset(seed=seed)
     returns, alive = np.zeros(envs.num_envs), np.ones(envs.num_envs, bool)
-    while alive.any():
-        if obs_stats is not None:
-            obs = normalize_obs(obs, *obs_stats, clip_obs)
-        with torch.no_grad():
-            mean = agent.actor_mean(torch.as_tensor(obs, device=device))
-        obs, reward, term, trunc, _ = envs.step(np.clip(mean.cpu().numpy(), low, high))
-        returns += reward * alive
-        alive &= ~(term | trunc)
+    try:
+        obs, _ = envs.reset(seed=seed)
+        while alive.any():
+            if obs_stats is not None:
+                obs = normalize_obs(obs, *obs_stats, clip_obs)
+            with torch.no_grad():
+                mean = agent.actor_mean(torch.as_tensor(obs, device=device))
+            obs, reward, term, trunc, _ = envs.step(np.clip(mean.cpu().numpy(), low, high))
+            returns += reward * alive
+            alive &= ~(term | trunc)
+    except gym.error.DependencyNotInstalled as e:  # rendering for --capture-video (pygame)
+        raise ValueError(f"--capture-video cannot render: {e}") from None
     return returns
 
 
@@ -781,10 +784,13 @@ def train(args):
     if args.eval_episodes > 0:
         video_dir = os.path.join(out, "videos") if args.capture_video else None
         envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Box,), video_dir)
-        eval_returns = evaluate_deterministic(
-            agent, envs, args.seed + 10_000, device, normalizer.frozen_obs_stats(), args.clip_obs
-        )
-        envs.close()
+        try:
+            eval_returns = evaluate_deterministic(
+                agent, envs, args.seed + 10_000, device, normalizer.frozen_obs_stats(),
+                args.clip_obs,
+            )  # fmt: skip
+        finally:
+            envs.close()
         print(f"eval: deterministic returns over {args.eval_episodes} episodes: {eval_returns}")
     return {
         "algo": "ppo_continuous_" + args.loss_type,

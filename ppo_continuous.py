@@ -9,7 +9,7 @@ reward scaling by the running std of the discounted return, saved with the check
 frozen at evaluation. The defaults are CleanRL's MuJoCo settings (1M steps, HalfCheetah-v5);
 PENDULUM below is the tuned set for Pendulum-v1.
 
-    pip install mujoco                   # the MuJoCo environments (HalfCheetah-v5, Hopper-v5)
+    pip install "gymnasium[mujoco]"      # the MuJoCo environments (HalfCheetah-v5, Hopper-v5)
     python ppo_continuous.py             # HalfCheetah-v5, 1M steps
     python ppo_continuous.py --env-id Pendulum-v1 --total-timesteps 100000 --num-envs 4 \\
         --num-steps 256 --gamma 0.95 --num-minibatches 8 --learning-rate 1e-3

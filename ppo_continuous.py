@@ -368,7 +368,7 @@ class GaussianAgent(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------
-# Training
+# Environments, logging, checkpoints
 # ---------------------------------------------------------------------------------------
 
 
@@ -588,16 +588,16 @@ def evaluate_checkpoint_normalized(args):
     video_dir = os.path.join(run_dir(args, "eval"), "videos") if args.capture_video else None
     envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Box,), video_dir)
     space = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
-    saved = Args(**ckpt["args"])
-    agent = GaussianAgent(*space, saved.hidden_size).to(device)
-    normalizer = Normalizer(space[0], 1, saved)
     try:
+        saved = Args(**ckpt["args"])
+        agent = GaussianAgent(*space, saved.hidden_size).to(device)
+        normalizer = Normalizer(space[0], 1, saved)
         agent.load_state_dict(ckpt["agent"])
         normalizer.load_state_dict(ckpt["normalizer"])
         returns = evaluate_deterministic(
             agent, envs, args.seed + 10_000, device, normalizer.frozen_obs_stats(), saved.clip_obs
         )
-    except (RuntimeError, KeyError) as e:
+    except (RuntimeError, KeyError, TypeError) as e:
         raise ValueError(f"--eval-checkpoint {args.eval_checkpoint} does not fit: {e}") from None
     finally:
         envs.close()

@@ -45,7 +45,7 @@ class Args:
     learning_rate: float = flag(5e-3, "Adam step size at the start (see --anneal-lr)")
     anneal_lr: bool = flag(True, "decay the learning rate linearly to 0 over training")
     num_envs: int = flag(8, "parallel environments")
-    num_steps: int = flag(64, "steps per environment per rollout")
+    num_steps: int = flag(32, "steps per environment per rollout")
     gamma: float = flag(0.98, "discount factor γ")
     gae_lambda: float = flag(0.8, "GAE λ: 0 is one-step TD, 1 is Monte Carlo")
     num_minibatches: int = flag(1, "minibatches per epoch; must divide num_envs * num_steps")
@@ -57,7 +57,7 @@ class Args:
     ent_coef: float = flag(0.0, "c2: weight of the entropy bonus")
     vf_coef: float = flag(0.5, "c1: weight of the value loss")
     max_grad_norm: float = flag(0.5, "clip the global gradient norm to this")
-    target_kl: float = flag(0.0, "stop the epochs early once approx KL exceeds this; 0 = off")
+    target_kl: float = flag(0.02, "stop the epochs early once approx KL exceeds this; 0 = off")
     kl_beta: float = flag(1.0, "kl_penalty: initial β")
     kl_target: float = flag(0.01, "kl_penalty: d_targ that the adaptive β aims at")
     hidden_size: int = flag(64, "width of the two hidden layers of actor and critic")
@@ -414,24 +414,20 @@ def evaluate_checkpoint(args):
     video_dir = os.path.join(run_dir(args, "eval"), "videos") if args.capture_video else None
     envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Discrete,), video_dir)
     space = envs.single_observation_space.shape[0], envs.single_action_space.n
-    agent = Agent(*space, ckpt["args"]["hidden_size"]).to(device)
     try:
+        agent = Agent(*space, ckpt["args"]["hidden_size"]).to(device)
         agent.load_state_dict(ckpt["agent"])
-        returns = evaluate_greedy(agent.actor, envs, args.seed + 10_000, device)
-    except RuntimeError as e:
-        raise ValueError(f"--eval-checkpoint {args.eval_checkpoint} does not fit: {e}") from None
-    finally:
+    except (KeyError, RuntimeError) as e:  # e.g. another observation size
         envs.close()
+        why = " ".join(str(e).split())[:200]
+        raise ValueError(f"--eval-checkpoint {args.eval_checkpoint} does not fit: {why}") from None
+    returns = evaluate_greedy(agent.actor, envs, args.seed + 10_000, device)
+    envs.close()
     print(f"greedy returns: {' '.join(f'{r:g}' for r in returns)}")
-    return dict(
-        script=SCRIPT,
-        env_id=args.env_id,
-        checkpoint=args.eval_checkpoint,
-        eval_episodes=len(returns),
-        eval_mean_return=float(np.mean(returns)),
-        eval_std_return=float(np.std(returns)),
-        videos=video_dir,
-    )
+    summary = dict(script=SCRIPT, env_id=args.env_id, checkpoint=args.eval_checkpoint,
+                   eval_episodes=len(returns), eval_mean_return=float(np.mean(returns)),
+                   eval_std_return=float(np.std(returns)), videos=video_dir)  # fmt: skip
+    return summary
 
 
 # ---------------------------------------------------------------------------------------

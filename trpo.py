@@ -474,24 +474,20 @@ def evaluate_checkpoint(args):
     video_dir = os.path.join(run_dir(args, "eval"), "videos") if args.capture_video else None
     envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Discrete,), video_dir)
     space = envs.single_observation_space.shape[0], envs.single_action_space.n
-    agent = Agent(*space, ckpt["args"]["hidden_size"]).to(device)
     try:
+        agent = Agent(*space, ckpt["args"]["hidden_size"]).to(device)
         agent.load_state_dict(ckpt["agent"])
-        returns = evaluate_greedy(agent.actor, envs, args.seed + 10_000, device)
-    except RuntimeError as e:
-        raise ValueError(f"--eval-checkpoint {args.eval_checkpoint} does not fit: {e}") from None
-    finally:
+    except (KeyError, RuntimeError) as e:  # e.g. another observation size
         envs.close()
+        why = " ".join(str(e).split())[:200]
+        raise ValueError(f"--eval-checkpoint {args.eval_checkpoint} does not fit: {why}") from None
+    returns = evaluate_greedy(agent.actor, envs, args.seed + 10_000, device)
+    envs.close()
     print(f"greedy returns: {' '.join(f'{r:g}' for r in returns)}")
-    return dict(
-        script=SCRIPT,
-        env_id=args.env_id,
-        checkpoint=args.eval_checkpoint,
-        eval_episodes=len(returns),
-        eval_mean_return=float(np.mean(returns)),
-        eval_std_return=float(np.std(returns)),
-        videos=video_dir,
-    )
+    summary = dict(script=SCRIPT, env_id=args.env_id, checkpoint=args.eval_checkpoint,
+                   eval_episodes=len(returns), eval_mean_return=float(np.mean(returns)),
+                   eval_std_return=float(np.std(returns)), videos=video_dir)  # fmt: skip
+    return summary
 
 
 # ---------------------------------------------------------------------------------------

@@ -3,10 +3,12 @@
 Runs each CartPole script in its DEFAULT configuration (plus only --no-cuda, --seed and
 --output-dir) for several seeds, copies each run's episodes.csv (global_step,episodic_return)
 to golden/curves/<script>_seed<S>.csv, and writes golden/curves/README.md with the exact
-commands, the date, the git commit and each run's summary. CPU runs are bit-for-bit
-reproducible per seed, so --jobs changes the wall time only, never the curves.
+commands, the date, the git commit, the CPU model, the library versions and each run's
+summary. CPU runs are bit-for-bit reproducible per seed on one machine, so --jobs changes the
+wall time only; on another CPU type they diverge after a few hundred episodes (compare bands).
 
-    python -m golden.make_curves                              # 3 scripts x seeds 1..5
+    python -m golden.make_curves                              # 3 scripts x held-out seeds
+    python -m golden.make_curves --from-bench benchmarks/out/*_runs_with_episodes.json
     python -m golden.make_curves --scripts trpo --seeds 1 2 3 4 5 6 7 8 9 10
     python -m golden.make_curves --out /tmp/c --seeds 1 2 --extra "--total-timesteps 2000"
 
@@ -53,6 +55,26 @@ def run_one(script, seed, work, out, extra):
     return record
 
 
+def from_bench(script, seed, runs, out):
+    """The record of one seed's run taken from a benchmark's runs (the same command, run by
+    benchmarks/harness.py): its episodes go to out/<script>_seed<S>.csv."""
+    r = next(r for r in runs[f"{script}.py"] if r["seed"] == seed)
+    with open(out / f"{script}_seed{seed}.csv", "w") as f:
+        f.write("global_step,episodic_return\n")
+        f.writelines(f"{s},{ret:g}\n" for s, ret in r["episodes"])
+    shown = shlex.join(command(script, seed, f"runs/curves/{script}_seed{seed}", "", "python"))
+    keys = ("global_step", "solved_at_step", "final_mean_return", "wall_time_s")
+    summary = {k: r.get(k) for k in keys}
+    return dict(script=script, seed=seed, command=shown, returncode=0, summary=summary)
+
+
+def cpu_model():
+    """The CPU that made the curves: floating point, and so the curves, differ across types."""
+    with open("/proc/cpuinfo") as f:
+        return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                    platform.machine())  # fmt: skip
+
+
 def git(*args):
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
@@ -63,7 +85,8 @@ def versions():
     import torch
 
     return dict(python=platform.python_version(), torch=torch.__version__,
-                gymnasium=gymnasium.__version__, numpy=numpy.__version__)  # fmt: skip
+                gymnasium=gymnasium.__version__, numpy=numpy.__version__,
+                cpu=cpu_model())  # fmt: skip
 
 
 def write_readme(out, manifest):
@@ -79,6 +102,11 @@ def write_readme(out, manifest):
         "`global_step`: ppo_cartpole and trpo count every vector-env step (num_envs per step, "
         "the autoreset steps included); reinforce counts real transitions only.",
         "",
+        "The seeds are the held-out seeds 1001-1020 (see benchmarks/README.md), unless a "
+        "section below says otherwise. A curve is bit-for-bit reproducible only on the same "
+        "CPU type with the same library versions (each section names both); on another CPU "
+        "the same seed diverges after a few hundred episodes, so compare against the band.",
+        "",
     ]
     for script in sorted({r["script"] for r in manifest.values()}):
         runs = sorted((r for r in manifest.values() if r["script"] == script),
@@ -89,7 +117,9 @@ def write_readme(out, manifest):
             "",
             f"Made {meta['date']} at commit `{meta['commit']}`"
             + (" (with uncommitted changes to the scripts)" if meta["dirty"] else "")
-            + f"; {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}.",
+            + f"; {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}; seeds "
+            + ", ".join(str(r["seed"]) for r in runs)
+            + ".",
             "",
         ]
         if meta["extra"]:
@@ -115,7 +145,11 @@ def main(argv=None):
     parser.add_argument(
         "--scripts", nargs="+", default=list(SCRIPTS), choices=SCRIPTS + OTHER_SCRIPTS
     )
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5])
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(range(1001, 1021)),
+                        help="default: the 20 held-out seeds")  # fmt: skip
+    parser.add_argument("--from-bench", nargs="+", default=[], metavar="RUNS",
+                        help="take the runs from benchmarks/out/<name>_runs_with_episodes.json "
+                        "(made by the benchmark at this commit) instead of running")  # fmt: skip
     parser.add_argument("--out", default=str(ROOT / "golden" / "curves"))
     parser.add_argument("--extra", default="", help="flags added to every run (testing only)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (1 torch thread each)")
@@ -136,9 +170,11 @@ def main(argv=None):
         extra=args.extra,
     )
     jobs = [(script, seed) for script in args.scripts for seed in args.seeds]
+    runs = {k: v for path in args.from_bench for k, v in json.loads(Path(path).read_text()).items()}
     with tempfile.TemporaryDirectory(prefix="curves_") as work:
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-            futures = [pool.submit(run_one, s, seed, Path(work), out, args.extra)
+            futures = [pool.submit(from_bench, s, seed, runs, out) if runs else
+                       pool.submit(run_one, s, seed, Path(work), out, args.extra)
                        for s, seed in jobs]  # fmt: skip
             failed = 0
             for future in futures:

@@ -262,10 +262,17 @@ def test_same_seed_same_parameters(tmp_path):
 
 
 def test_short_run_learns(tmp_path):
-    summary, out = run_train(tmp_path, "learn", total_timesteps=40_000, seed=1)
-    assert summary["final_mean_return"] >= 200, summary
+    """A seed's exact trajectory differs across CPU types, so the bound is one that every
+    seed measured meets with room to spare: within 30k steps the best last-20 mean return
+    was 108 at worst over 21 seeds, tuning seeds 1-10 (379, 486, 498, 372, 453, 474, 150,
+    492, 450, 486) and held-out seeds 1001-1011 (500, 478, 499, 473, 494, 495, 108, 500, 493,
+    492, 464; the first 30k steps of their benchmark runs, the same since nothing depends on
+    the budget); measured 2026-11-22. A random policy scores about 22; the test asks for 50."""
+    summary, out = run_train(tmp_path, "learn", total_timesteps=30_000, seed=1)
     with open(os.path.join(out, "episodes.csv")) as f:
         rows = list(csv.DictReader(f))
+    returns = [float(r["episodic_return"]) for r in rows]
+    assert max(np.convolve(returns, np.ones(20) / 20, "valid")) >= 50, summary
     steps = [int(r["global_step"]) for r in rows]
     assert steps == sorted(steps) and steps[-1] == summary["global_step"]
     assert set(summary) >= {"algo", "solved_at_step", "solved_at_s", "eval_mean_return"}

@@ -137,7 +137,11 @@ def test_eval_checkpoint_rejects_foreign_corrupt_and_missing_files(
     other = checkpoints[RL_SCRIPTS[(RL_SCRIPTS.index(name) + 1) % 3]]
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(checkpoints[name].read_bytes()[:1000])
+    misfit = torch.load(checkpoints[name])
+    misfit["args"]["hidden_size"] = 7  # the saved weights are 64 wide
+    torch.save(misfit, tmp_path / "misfit.pt")
     cases = [
+        ([str(tmp_path / "misfit.pt")], "does not fit"),
         ([str(other)], "was made by"),
         ([str(truncated)], "cannot read --eval-checkpoint"),
         ([str(tmp_path / "missing.pt")], "cannot read --eval-checkpoint"),

@@ -9,7 +9,7 @@ reward scaling by the running std of the discounted return, saved with the check
 frozen at evaluation. The defaults are CleanRL's MuJoCo settings (1M steps, HalfCheetah-v5);
 PENDULUM below is the tuned set for Pendulum-v1.
 
-    pip install mujoco                   # the MuJoCo environments (HalfCheetah-v5, Hopper-v5)
+    pip install "gymnasium[mujoco]"      # the MuJoCo environments (HalfCheetah-v5, Hopper-v5)
     python ppo_continuous.py             # HalfCheetah-v5, 1M steps
     python ppo_continuous.py --env-id Pendulum-v1 --total-timesteps 100000 --num-envs 4 \\
         --num-steps 256 --gamma 0.95 --num-minibatches 8 --learning-rate 1e-3
@@ -20,6 +20,7 @@ PENDULUM below is the tuned set for Pendulum-v1.
 import argparse
 import copy
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -34,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.tensorboard import SummaryWriter
+
+SCRIPT = "ppo_continuous.py"  # recorded in checkpoints, checked when one is loaded
 
 
 def flag(default, help):
@@ -78,8 +81,8 @@ class Args:
         "the env's reward_threshold",
     )
     eval_episodes: int = flag(0, "after training, evaluate the deterministic policy on N episodes")
-    eval_checkpoint: str = flag("", "evaluate this saved agent.pt instead of training")
-    capture_video: bool = flag(False, "record the evaluation episodes to <output-dir>/videos")
+    eval_checkpoint: str = flag("", "evaluate this saved agent.pt on --eval-episodes; no training")
+    capture_video: bool = flag(False, "save the evaluation episodes as MP4 in <output-dir>/videos")
 
 
 # The tuned Pendulum-v1 set (tuning seeds 1..12; see docs/ppo_continuous.md):
@@ -111,7 +114,7 @@ def parse_args(argv=None) -> Args:
     return Args(**vars(parser.parse_args(argv)))
 
 
-def check_continuous_args(args):
+def check_args(args):
     """Reject settings that would fail later with an obscure error, saying what to fix."""
     sizes = ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs")
     for name in (*sizes, "hidden_size", "learning_rate", "max_grad_norm"):
@@ -126,8 +129,10 @@ def check_continuous_args(args):
         raise ValueError(f"--loss-type must be clip or kl_penalty, not {args.loss_type!r}")
     if not 0 <= args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
         raise ValueError("--gamma and --gae-lambda must lie in [0, 1]")
-    if not (args.clip_obs > 0 and args.clip_reward > 0 and args.eval_episodes >= 0):
-        raise ValueError("--clip-obs and --clip-reward must be positive, --eval-episodes >= 0")
+    if not (args.clip_obs > 0 and args.clip_reward > 0):
+        raise ValueError("--clip-obs and --clip-reward must be positive")
+    if args.eval_episodes < 0 or (args.eval_checkpoint and args.eval_episodes == 0):
+        raise ValueError("--eval-episodes must be >= 0, and > 0 with --eval-checkpoint")
     if not math.isfinite(args.init_log_std):
         raise ValueError("--init-log-std must be finite")
 
@@ -320,8 +325,7 @@ def layer_init(layer, std=2**0.5, bias=0.0):
 
 
 def mlp(in_dim, out_dim, hidden, last_std):
-    """Two tanh hidden layers of width `hidden`, initialised by layer_init; `last_std` is the
-    gain of the output layer (0.01 for a policy head, 1 for a value head)."""
+    """Two tanh hidden layers of width `hidden`; the output layer's gain is `last_std`."""
     return nn.Sequential(
         layer_init(nn.Linear(in_dim, hidden)),
         nn.Tanh(),
@@ -364,84 +368,184 @@ class GaussianAgent(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------
-# Training
+# Environments, logging, checkpoints
 # ---------------------------------------------------------------------------------------
 
 
-def make_envs(env_id, num_envs, action_spaces, **kwargs):
+def make_envs(env_id, num_envs, action_spaces, video_dir=None):
     """A Gymnasium >= 1.0 vector env with next-step autoreset: the numpy-vectorised version
-    when the environment has one, else one copy per env in this process ("sync"). Checks
-    that the action space is one of `action_spaces`, the observation space a flat Box and
-    the autoreset mode; closes the envs on any error."""
+    when the environment has one (CartPole does), else one copy per env in this process.
+
+    The action space must be one of `action_spaces`, the observation space a flat Box; other
+    dtypes than float32 (the networks') are cast to it. With `video_dir`, the envs render
+    rgb_array frames and Gymnasium's RecordVideo saves each env's first episode there as MP4.
+    Any failure is one ValueError, and envs made so far are closed.
+    """
+    if video_dir is not None and importlib.util.find_spec("moviepy") is None:
+        raise ValueError("--capture-video needs moviepy, an optional extra: pip install moviepy")
     try:
-        spec = gym.spec(env_id)
-        mode = "vector_entry_point" if spec.vector_entry_point else "sync"
-        envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, **kwargs)
-    except Exception as e:  # gym.error.Error, ModuleNotFoundError (mujoco), ...
-        raise ValueError(f"cannot make --env-id {env_id!r}: {e}") from None
-    try:
-        space, obs_space = envs.single_action_space, envs.single_observation_space
-        if not isinstance(space, action_spaces):
-            names = " or ".join(s.__name__ for s in action_spaces)
-            raise ValueError(f"--env-id {env_id} has {space}; need {names}")
-        if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-            raise ValueError(f"--env-id {env_id} has {obs_space}; need a flat Box")
-        if envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.NEXT_STEP:
-            raise ValueError(f"--env-id {env_id} does not autoreset in the next step")
-    except ValueError:
+        if video_dir is None:
+            envs = gym.make_vec(env_id, num_envs=num_envs)
+        else:  # one env object per copy, each with its own file name
+            names = iter(range(num_envs))
+            record = lambda env: gym.wrappers.RecordVideo(  # noqa: E731
+                env, video_dir, lambda episode: episode == 0, name_prefix=f"env{next(names)}"
+            )
+            envs = gym.make_vec(
+                env_id, num_envs, "sync", wrappers=[record], render_mode="rgb_array"
+            )
+    except Exception as e:  # gym.error.Error, a missing extra's ModuleNotFoundError, ...
+        raise ValueError(f"cannot make --env-id {env_id!r}: {' '.join(str(e).split())}") from None
+    act, obs = envs.single_action_space, envs.single_observation_space
+    problem = None
+    if not isinstance(act, action_spaces):
+        problem = f"has {act}; need {' or '.join(s.__name__ for s in action_spaces)}"
+    elif not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:
+        problem = f"has observations {obs}; need a flat Box"
+    elif envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.NEXT_STEP:
+        problem = "does not autoreset in the next step"
+    if problem:
         envs.close()
-        raise
+        raise ValueError(f"--env-id {env_id} {problem}")
+    if obs.dtype != np.float32:  # float64 observations would meet float32 weights
+        envs = gym.wrappers.vector.DtypeObservation(envs, np.float32)
     return envs
 
 
-def evaluate_deterministic(agent, env_id, episodes, seed, device, obs_stats, clip_obs, video=""):
-    """Mean and std of the return of the deterministic policy a = clip(μ_θ(õ)), one episode
-    in each of `episodes` parallel envs, with observations normalised by the *frozen*
-    training statistics `obs_stats` = (μ, σ²) (None: no normalisation). Returns are the
-    environment's own, unscaled. With `video`, episodes are recorded there as MP4."""
-    kwargs = {}
-    if video:
-        kwargs = dict(render_mode="rgb_array", wrappers=[record_video_wrapper(video)])
-    envs = make_envs(env_id, episodes, (gym.spaces.Box,), **kwargs)
+def evaluate_deterministic(agent, envs, seed, device, obs_stats, clip_obs):
+    """Returns of the deterministic policy a = clip(μ_θ(õ)), one episode in each env of
+    `envs`, with observations normalised by the *frozen* training statistics obs_stats =
+    (μ, σ²), never updated here (None: no normalisation). The returns are the env's own."""
     low, high = envs.single_action_space.low, envs.single_action_space.high
-    returns, alive = np.zeros(episodes), np.ones(episodes, bool)
+    returns, alive = np.zeros(envs.num_envs), np.ones(envs.num_envs, bool)
     try:
         obs, _ = envs.reset(seed=seed)
         while alive.any():
             if obs_stats is not None:
                 obs = normalize_obs(obs, *obs_stats, clip_obs)
             with torch.no_grad():
-                mean = agent.actor_mean(torch.as_tensor(obs, dtype=torch.float32, device=device))
+                mean = agent.actor_mean(torch.as_tensor(obs, device=device))
             obs, reward, term, trunc, _ = envs.step(np.clip(mean.cpu().numpy(), low, high))
             returns += reward * alive
             alive &= ~(term | trunc)
-    except gym.error.DependencyNotInstalled as e:  # rendering for --capture-video
-        raise ValueError(f"--capture-video: {e}") from None
-    finally:
-        envs.close()
-    return float(returns.mean()), float(returns.std())
+    except gym.error.DependencyNotInstalled as e:  # rendering for --capture-video (pygame)
+        raise ValueError(f"--capture-video cannot render: {e}") from None
+    return returns
 
 
-def record_video_wrapper(folder):
-    """A wrapper factory for make_vec: Gymnasium's RecordVideo on the first env only."""
+def seed_and_device(seed, cuda):
+    """Seed random, numpy and torch; one torch thread (tiny networks: threads cost more than
+    they give); the device to train on."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
+
+
+def run_dir(args, kind):
+    """--output-dir, or runs/<env>__<script>__<kind>__<seed>__<time>; created."""
+    name = f"{args.env_id}__{SCRIPT.removesuffix('.py')}__{kind}__{args.seed}__{int(time.time())}"
+    out = args.output_dir or os.path.join("runs", name)
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+class EpisodeLogThreshold:
+    """Every finished training episode as (global_step, return), and the solved rule with a
+    threshold of the environment's: the first step at which the mean return of the last 20
+    finished episodes reaches `threshold` (None: never)."""
+
+    def __init__(self, writer, threshold):
+        self.writer, self.episodes, self.recent = writer, [], deque(maxlen=20)
+        self.threshold, self.solved_at_step, self.solved_at_s = threshold, None, None
+        self.t0 = time.time()
+
+    def add(self, step, ret):
+        self.episodes.append((step, ret))
+        self.recent.append(ret)
+        self.writer.add_scalar("charts/episodic_return", ret, step)
+        if (self.solved_at_step is None and self.threshold is not None
+                and len(self.recent) == 20 and np.mean(self.recent) >= self.threshold):  # fmt: skip
+            self.solved_at_step, self.solved_at_s = step, round(time.time() - self.t0, 2)
+            print(f"solved at step {step} after {self.solved_at_s:.1f}s")
+
+    def mean(self):
+        return float(np.mean(self.recent)) if self.recent else None
+
+    def save_csv(self, path):
+        """episodes.csv, written atomically."""
+        np.savetxt(path + ".tmp", np.array(self.episodes).reshape(-1, 2), fmt="%g", delimiter=",",
+                   header="global_step,episodic_return", comments="")  # fmt: skip
+        os.replace(path + ".tmp", path)
+
+
+def solved_threshold(args):
+    """The last-20 mean return that counts as solved: --solved-return, or by default −200
+    on Pendulum-v1 (the usual mark; its spec has none) and the spec's reward_threshold
+    elsewhere (None: no mark)."""
+    if args.solved_return != 0:
+        return args.solved_return
+    if args.env_id == "Pendulum-v1":
+        return -200.0
+    return gym.spec(args.env_id).reward_threshold
+
+
+def log_rollout_episodes(log, ep_return, rewards, dones, global_step):
+    """Add the episodes that end inside a [T, N] rollout to `log`, in time order. ep_return
+    carries each env's running return across rollouts. global_step counts every vector-env
+    step (N per row, autoreset steps included); returns its new value."""
+    for reward, done in zip(rewards.cpu().numpy(), dones.cpu().numpy().astype(bool), strict=True):
+        global_step += len(reward)
+        ep_return += reward
+        for ret in ep_return[done]:
+            log.add(global_step, ret)
+        ep_return[done] = 0
+    return global_step
+
+
+def check_finite(numbers, module, iteration, hint):
+    """FloatingPointError if a loss or a parameter is NaN or infinite. Called once per
+    iteration, not once per minibatch: a NaN anywhere ends up in the mean losses or weights."""
+    params = torch.cat([p.detach().flatten() for p in module.parameters()])
+    if not (np.isfinite(numbers).all() and torch.isfinite(params).all()):
+        raise FloatingPointError(
+            f"non-finite loss at iteration {iteration}; the checkpoint keeps the parameters of "
+            f"the iteration before; try a lower {hint}"
+        )
+
+
+def save_checkpoint(path, state, args, **extra):
+    """The agent's weights with the script, the env id and every arg, written atomically."""
+    args = dataclasses.asdict(args)
+    save_atomic(dict(script=SCRIPT, env_id=args["env_id"], agent=state, args=args, **extra), path)
+
+
+def load_checkpoint(path, script, env_id):
+    """The checkpoint that `script` saved for `env_id` at `path`. A missing, corrupt or
+    truncated file, or one made by another script or for another env, is a ValueError."""
     try:
-        import moviepy  # noqa: F401  (RecordVideo writes MP4 through it)
-    except ModuleNotFoundError:
-        raise ValueError("--capture-video needs moviepy: pip install moviepy") from None
-    counter = iter(range(1 << 30))
-
-    def wrap(env):
-        if next(counter) == 0:
-            return gym.wrappers.RecordVideo(env, folder, episode_trigger=lambda _: True)
-        return env
-
-    return wrap
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # no file, a truncated zip, not a torch file at all, ...
+        why = " ".join(str(e).split())[:200]
+        raise ValueError(
+            f"cannot read --eval-checkpoint {path} (missing or corrupt?): {why}"
+        ) from None
+    made_by = ckpt.get("script") if isinstance(ckpt, dict) else None
+    if made_by != script:
+        raise ValueError(f"--eval-checkpoint {path} was made by {made_by or 'another program'}, "
+                         f"not by {script}")  # fmt: skip
+    if ckpt.get("env_id") != env_id:
+        raise ValueError(f"--eval-checkpoint {path} is an agent for {ckpt.get('env_id')}, not "
+                         f"for --env-id {env_id}")  # fmt: skip
+    return ckpt
 
 
 class Normalizer:
     """The running statistics of observations and discounted returns, with the per-env
     discounted return R. Updated from training rollouts only; frozen (never updated) at
-    evaluation. Its state_dict() goes into the checkpoint."""
+    evaluation. Its state_dict() (tensors, so that checkpoints load with weights_only) goes
+    into the checkpoint."""
 
     def __init__(self, obs_dim, num_envs, args):
         self.args = args
@@ -468,10 +572,50 @@ class Normalizer:
         return self.obs[:2] if self.args.norm_obs else None
 
     def state_dict(self):
-        return {"obs": list(self.obs), "ret": list(self.ret)}
+        return {k: [torch.as_tensor(x, dtype=torch.float64) for x in getattr(self, k)]
+                for k in ("obs", "ret")}  # fmt: skip
 
     def load_state_dict(self, state):
-        self.obs, self.ret = tuple(state["obs"]), tuple(state["ret"])
+        self.obs, self.ret = (tuple(x.numpy() for x in state[k]) for k in ("obs", "ret"))
+
+
+def evaluate_checkpoint_normalized(args):
+    """--eval-checkpoint: rebuild the saved agent and its saved normalisation statistics,
+    play --eval-episodes deterministic episodes (seed --seed + 10000) with the statistics
+    frozen, without training; return the summary."""
+    ckpt = load_checkpoint(args.eval_checkpoint, SCRIPT, args.env_id)
+    device = seed_and_device(args.seed, args.cuda)
+    video_dir = os.path.join(run_dir(args, "eval"), "videos") if args.capture_video else None
+    envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Box,), video_dir)
+    space = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+    try:
+        saved = Args(**ckpt["args"])
+        agent = GaussianAgent(*space, saved.hidden_size).to(device)
+        normalizer = Normalizer(space[0], 1, saved)
+        agent.load_state_dict(ckpt["agent"])
+        normalizer.load_state_dict(ckpt["normalizer"])
+        returns = evaluate_deterministic(
+            agent, envs, args.seed + 10_000, device, normalizer.frozen_obs_stats(), saved.clip_obs
+        )
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise ValueError(f"--eval-checkpoint {args.eval_checkpoint} does not fit: {e}") from None
+    finally:
+        envs.close()
+    print(f"deterministic returns: {' '.join(f'{r:.1f}' for r in returns)}")
+    return dict(
+        script=SCRIPT,
+        env_id=args.env_id,
+        checkpoint=args.eval_checkpoint,
+        eval_episodes=len(returns),
+        eval_mean_return=float(np.mean(returns)),
+        eval_std_return=float(np.std(returns)),
+        videos=video_dir,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------
 
 
 def rollout_normalized(agent, envs, obs, prev_done, num_steps, normalizer, device):
@@ -520,97 +664,75 @@ def rollout_normalized(agent, envs, obs, prev_done, num_steps, normalizer, devic
     return batch, obs, prev_done
 
 
-def solved_threshold(args):
-    """The last-20 mean return that counts as solved: --solved-return, or by default −200
-    on Pendulum-v1 (the usual mark; its spec has none) and the spec's reward_threshold
-    elsewhere (None: no mark)."""
-    if args.solved_return != 0:
-        return args.solved_return
-    if args.env_id == "Pendulum-v1":
-        return -200.0
-    return gym.spec(args.env_id).reward_threshold
+def valid_transitions(b, adv):
+    """The rollout's real transitions (autoreset steps dropped) as flat tensors, with Â and
+    the λ-return V^targ = Â + V(s), the critic's regression target."""
+    keep = b["valid"].flatten()
+    flat = dict(obs=b["obs"][:-1], action=b["action"], logp=b["logp"], adv=adv,
+                ret=adv + b["value"][:-1], value=b["value"][:-1])  # fmt: skip
+    return {k: v.flatten(0, 1)[keep] for k, v in flat.items()}
 
 
-def load_continuous_checkpoint(path, device):
-    """(agent, saved args, normalizer) from an agent.pt of ppo_continuous.py; ValueError for
-    a missing, corrupt or truncated file or one written by another script."""
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-        if not isinstance(ckpt, dict) or ckpt.get("script") != "ppo_continuous":
-            raise ValueError(f"--eval-checkpoint {path} was not written by ppo_continuous.py")
-        saved = Args(**ckpt["args"])
-        agent = GaussianAgent(*ckpt["dims"], saved.hidden_size).to(device)
-        agent.load_state_dict(ckpt["agent"])
-        normalizer = Normalizer(ckpt["dims"][0], 1, saved)
-        normalizer.load_state_dict(ckpt["normalizer"])
-    except ValueError:
-        raise
-    except Exception as e:  # unpickling errors of all kinds, missing keys, bad shapes
-        raise ValueError(f"cannot load --eval-checkpoint {path}: {e}") from None
-    return agent, saved, normalizer
-
-
-def evaluate_checkpoint(args):
-    """--eval-checkpoint: evaluate a saved agent with its saved statistics, without training."""
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-    agent, saved, normalizer = load_continuous_checkpoint(args.eval_checkpoint, device)
-    out = args.output_dir or os.path.dirname(os.path.abspath(args.eval_checkpoint))
-    episodes = args.eval_episodes or 10
-    video = os.path.join(out, "videos") if args.capture_video else ""
-    mean, std = evaluate_deterministic(
-        agent, saved.env_id, episodes, args.seed + 10_000, device,
-        normalizer.frozen_obs_stats(), saved.clip_obs, video,
-    )  # fmt: skip
-    print(f"eval: mean return of the deterministic policy over {episodes} episodes = {mean:.1f}")
-    return {
-        "algo": "ppo_continuous",
-        "env_id": saved.env_id,
-        "checkpoint": args.eval_checkpoint,
-        "eval_mean_return": mean,
-        "eval_std_return": std,
-        "eval_episodes": episodes,
-        "video_dir": video or None,
-    }
+def gaussian_ppo_epochs(agent, optimizer, t, args, beta):
+    """--update-epochs passes of shuffled minibatches over the transitions `t`, each step
+    minimising L = −L^CLIP (or −L^KLPEN) + c1 L^VF − c2 S, S the Gaussian's entropy.
+    Returns the mean losses. (ppo_cartpole.py's ppo_epochs, with gaussian_entropy.)"""
+    stats = []
+    for _epoch in range(args.update_epochs):
+        perm = torch.randperm(len(t["obs"]), device=t["obs"].device)
+        for mb in torch.tensor_split(perm, args.num_minibatches):
+            logp, log_std, v = agent.evaluate(t["obs"][mb], t["action"][mb])
+            mb_adv = t["adv"][mb]
+            if args.norm_adv and len(mb) > 1:
+                mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+            if args.loss_type == "clip":
+                pg_loss, clipfrac = clipped_surrogate_loss(
+                    logp, t["logp"][mb], mb_adv, args.clip_coef
+                )
+            else:  # nothing is clipped in this objective
+                pg_loss = kl_penalty_loss(logp, t["logp"][mb], mb_adv, beta)
+                clipfrac = torch.zeros((), device=logp.device)
+            v_clip = args.clip_coef if args.clip_vloss else 0.0
+            v_loss = value_loss(v, t["value"][mb], t["ret"][mb], v_clip)
+            entropy = gaussian_entropy(log_std).mean()
+            # L = L^CLIP − c1 L^VF + c2 S is maximised; we minimise its negative.
+            loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+            optimizer.step()
+            with torch.no_grad():
+                kl = approx_kl(logp, t["logp"][mb])
+            stats.append(torch.stack([pg_loss, v_loss, entropy, kl, clipfrac]))
+        if args.target_kl > 0 and kl > args.target_kl:
+            break  # early stop: the policy has moved far enough from π_θold
+    return dict(zip(("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"),
+                    torch.stack(stats).mean(0).tolist(), strict=True))  # fmt: skip
 
 
 def train(args):
-    check_continuous_args(args)
+    check_args(args)
     if args.eval_checkpoint:
-        return evaluate_checkpoint(args)
+        return evaluate_checkpoint_normalized(args)
     start = time.time()
-    run_name = f"{args.env_id}__ppo_continuous__{args.seed}__{int(start)}"
-    out = args.output_dir or os.path.join("runs", run_name)
-    os.makedirs(out, exist_ok=True)
+    out = run_dir(args, "train")
     writer = SummaryWriter(out)
     writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
-
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(1)  # tiny networks: threads cost more than they give
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-
+    device = seed_and_device(args.seed, args.cuda)
     envs = make_envs(args.env_id, args.num_envs, (gym.spaces.Box,))
-    dims = (envs.single_observation_space.shape[0], envs.single_action_space.shape[0])
-    agent = GaussianAgent(*dims, args.hidden_size, args.init_log_std).to(device)
+    space = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+    agent = GaussianAgent(*space, args.hidden_size, args.init_log_std).to(device)
     # eps=1e-5 rather than 1e-8, as in OpenAI baselines' PPO.
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
-    normalizer = Normalizer(dims[0], args.num_envs, args)
-    threshold = solved_threshold(args)
+    normalizer = Normalizer(space[0], args.num_envs, args)
 
     num_iterations = max(1, args.total_timesteps // (args.num_steps * args.num_envs))
     obs = normalizer.observe(envs.reset(seed=args.seed)[0])
-    envs.action_space.seed(args.seed)
-    prev_done = np.zeros(args.num_envs, bool)
-    ep_return = np.zeros(args.num_envs)
-    recent = deque(maxlen=20)
-    episodes = []  # (global_step, return) of every finished training episode
-    solved_at_step = solved_at_s = None
+    prev_done, ep_return = np.zeros(args.num_envs, bool), np.zeros(args.num_envs)
     global_step, beta = 0, args.kl_beta
     last_good = copy.deepcopy((agent.state_dict(), normalizer.state_dict()))
-    t0 = time.time()
+    log = EpisodeLogThreshold(writer, solved_threshold(args))
     print(f"training {args.env_id} for {args.total_timesteps} steps; logs in {out}")
-
     try:
         for iteration in range(1, num_iterations + 1):
             frac = 1.0 - (iteration - 1) / num_iterations
@@ -620,149 +742,66 @@ def train(args):
             b, obs, prev_done = rollout_normalized(
                 agent, envs, obs, prev_done, args.num_steps, normalizer, device
             )
-            for reward, done in zip(
-                b["raw_reward"].cpu().numpy(), b["done"].cpu().numpy().astype(bool), strict=True
-            ):
-                global_step += args.num_envs
-                ep_return += reward
-                for ret in ep_return[done]:
-                    episodes.append((global_step, ret))
-                    recent.append(ret)
-                    writer.add_scalar("charts/episodic_return", ret, global_step)
-                    if (
-                        solved_at_step is None
-                        and threshold is not None
-                        and len(recent) == 20
-                        and np.mean(recent) >= threshold
-                    ):
-                        solved_at_step, solved_at_s = global_step, time.time() - t0
-                        print(f"solved at step {global_step} after {solved_at_s:.1f}s")
-                ep_return[done] = 0
-
+            # Episode returns are the environment's own rewards, not the scaled ones.
+            global_step = log_rollout_episodes(
+                log, ep_return, b["raw_reward"], b["done"], global_step
+            )
             adv = gae(
                 b["reward"], b["value"], b["terminated"], b["done"], args.gamma, args.gae_lambda
             )
-            # V^targ = Â + V(s): the λ-return, the critic's regression target.
-            ret = adv + b["value"][:-1]
+            t = valid_transitions(b, adv)
+            stats = gaussian_ppo_epochs(agent, optimizer, t, args, beta)
 
-            # Train only on real transitions (drop the reset steps).
-            keep = b["valid"].flatten()
-            b_obs, b_act = b["obs"][:-1].flatten(0, 1)[keep], b["action"].flatten(0, 1)[keep]
-            b_logp, b_adv = b["logp"].flatten()[keep], adv.flatten()[keep]
-            b_ret, b_val = ret.flatten()[keep], b["value"][:-1].flatten()[keep]
-
-            # ---- Update: several epochs of shuffled minibatches ------------------------
-            stats = []
-            for _epoch in range(args.update_epochs):
-                perm = torch.randperm(len(b_obs), device=device)
-                for mb in torch.tensor_split(perm, args.num_minibatches):
-                    logp, log_std, v = agent.evaluate(b_obs[mb], b_act[mb])
-                    mb_adv = b_adv[mb]
-                    if args.norm_adv and len(mb) > 1:
-                        mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                    if args.loss_type == "clip":
-                        pg_loss, clipfrac = clipped_surrogate_loss(
-                            logp, b_logp[mb], mb_adv, args.clip_coef
-                        )
-                    else:  # nothing is clipped in this objective
-                        pg_loss = kl_penalty_loss(logp, b_logp[mb], mb_adv, beta)
-                        clipfrac = torch.zeros((), device=device)
-                    v_clip = args.clip_coef if args.clip_vloss else 0.0
-                    v_loss = value_loss(v, b_val[mb], b_ret[mb], v_clip)
-                    entropy = gaussian_entropy(log_std).mean()
-                    # L = L^CLIP − c1 L^VF + c2 S is maximised; we minimise its negative.
-                    loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                    with torch.no_grad():
-                        kl = approx_kl(logp, b_logp[mb])
-                    stats.append(torch.stack([pg_loss, v_loss, entropy, kl, clipfrac]))
-                if args.target_kl > 0 and kl > args.target_kl:
-                    break  # early stop: the policy has moved far enough from π_θold
-
-            pg_l, v_l, ent, kl_mean, clipfrac = torch.stack(stats).mean(0).tolist()
-            # One check per iteration, not a device sync per minibatch: a NaN anywhere in
-            # the losses ends up in these means and in the parameters.
-            params = torch.cat([p.detach().flatten() for p in agent.parameters()])
-            if not (np.isfinite([pg_l, v_l, ent]).all() and torch.isfinite(params).all()):
-                raise FloatingPointError(
-                    f"non-finite loss at iteration {iteration}; the checkpoint keeps the "
-                    "parameters of the iteration before; try a lower --learning-rate"
-                )
+            check_finite(list(stats.values())[:3], agent, iteration, "--learning-rate")
             last_good = copy.deepcopy((agent.state_dict(), normalizer.state_dict()))
             if args.loss_type == "kl_penalty":
                 with torch.no_grad():
-                    d = approx_kl(agent.evaluate(b_obs, b_act)[0], b_logp).item()
+                    d = approx_kl(agent.evaluate(t["obs"], t["action"])[0], t["logp"]).item()
                 beta = adapt_kl_beta(beta, d, args.kl_target)
-                writer.add_scalar("losses/kl_beta", beta, global_step)
-                writer.add_scalar("losses/kl_after_update", d, global_step)
-            sps = int(global_step / (time.time() - t0))
-            for name, value in [
-                ("losses/policy_loss", pg_l),
-                ("losses/value_loss", v_l),
-                ("losses/entropy", ent),
-                ("losses/approx_kl", kl_mean),
-                ("losses/clipfrac", clipfrac),
-                ("losses/explained_variance", explained_variance(b_val, b_ret)),
-                ("charts/action_std", agent.actor_log_std.exp().mean().item()),
-                ("charts/learning_rate", lr),
-                ("charts/SPS", sps),
-                ("charts/progress", global_step / args.total_timesteps),
-            ]:
-                writer.add_scalar(name, value, global_step)
+                stats.update(kl_beta=beta, kl_after_update=d)
+            stats["explained_variance"] = explained_variance(t["value"], t["ret"])
+            for name, value in stats.items():
+                writer.add_scalar(f"losses/{name}", value, global_step)
+            sps = int(global_step / (time.time() - log.t0))
+            writer.add_scalar("charts/action_std", agent.actor_log_std.exp().mean(), global_step)
+            writer.add_scalar("charts/learning_rate", lr, global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
             if iteration % max(1, num_iterations // 10) == 0:
-                mean = np.mean(recent) if recent else float("nan")
                 print(
-                    f"[{100 * iteration // num_iterations:3d}%] step {global_step} "
-                    f"mean_return(last 20)={mean:.1f} approx_kl={kl_mean:.4f} SPS={sps}"
+                    f"[{100 * iteration // num_iterations:3d}%] step {global_step} mean_return"
+                    f"(last 20)={np.mean(log.recent or [np.nan]):.1f} "
+                    f"approx_kl={stats['approx_kl']:.4f} SPS={sps}"
                 )
     finally:
-        # Runs on success, on a non-finite loss and on Ctrl-C alike.
-        save_atomic(
-            {
-                "script": "ppo_continuous",
-                "agent": last_good[0],
-                "normalizer": last_good[1],
-                "dims": dims,
-                "args": dataclasses.asdict(args),
-            },
-            os.path.join(out, "agent.pt"),
-        )
-        np.savetxt(
-            os.path.join(out, "episodes.csv.tmp"),
-            np.array(episodes).reshape(-1, 2),
-            fmt="%g",
-            delimiter=",",
-            header="global_step,episodic_return",
-            comments="",
-        )
-        os.replace(os.path.join(out, "episodes.csv.tmp"), os.path.join(out, "episodes.csv"))
+        # Runs on success, on a non-finite loss and on Ctrl-C alike. The statistics are
+        # saved with the weights: evaluation must see observations as training did.
+        save_checkpoint(os.path.join(out, "agent.pt"), last_good[0], args, normalizer=last_good[1])
+        log.save_csv(os.path.join(out, "episodes.csv"))
         envs.close()
         writer.close()
 
-    eval_return = eval_std = None
+    eval_returns = None
     if args.eval_episodes > 0:
-        video = os.path.join(out, "videos") if args.capture_video else ""
-        eval_return, eval_std = evaluate_deterministic(
-            agent, args.env_id, args.eval_episodes, args.seed + 10_000, device,
-            normalizer.frozen_obs_stats(), args.clip_obs, video,
-        )  # fmt: skip
-        print(
-            f"eval: mean return of the deterministic policy over {args.eval_episodes} "
-            f"episodes = {eval_return:.1f}"
-        )
+        video_dir = os.path.join(out, "videos") if args.capture_video else None
+        envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Box,), video_dir)
+        try:
+            eval_returns = evaluate_deterministic(
+                agent, envs, args.seed + 10_000, device, normalizer.frozen_obs_stats(),
+                args.clip_obs,
+            )  # fmt: skip
+        finally:
+            envs.close()
+        print(f"eval: deterministic returns over {args.eval_episodes} episodes: {eval_returns}")
     return {
         "algo": "ppo_continuous_" + args.loss_type,
         "env_id": args.env_id,
         "seed": args.seed,
         "global_step": global_step,
-        "solved_at_step": solved_at_step,
-        "solved_at_s": None if solved_at_s is None else round(solved_at_s, 2),
-        "final_mean_return": float(np.mean(recent)) if recent else None,
-        "eval_mean_return": eval_return,
-        "eval_std_return": eval_std,
+        "solved_at_step": log.solved_at_step,
+        "solved_at_s": log.solved_at_s,
+        "final_mean_return": log.mean(),
+        "eval_mean_return": None if eval_returns is None else float(np.mean(eval_returns)),
+        "eval_std_return": None if eval_returns is None else float(np.std(eval_returns)),
         "wall_time_s": round(time.time() - start, 2),
         "output_dir": out,
     }

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SOLVED = 475  # CartPole-v1's threshold, on the mean of the last 20 episodes
+SOLVED = {"CartPole-v1": 475, "Pendulum-v1": -200}  # thresholds on the last-20 mean
+YLIM = {"CartPole-v1": (0, 510), "Pendulum-v1": (-1600, 0)}
 
 
 def running_mean(path, window):
@@ -54,7 +55,7 @@ def band(paths, window=20, points=300):
         return grid, y, np.nanmin(y, 0), np.nanmedian(y, 0), np.nanmax(y, 0)
 
 
-def plot(script, paths, out, window, extra=""):
+def plot(script, paths, out, window, extra="", env_id="CartPole-v1"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,10 +67,11 @@ def plot(script, paths, out, window, extra=""):
     for row in y:
         ax.plot(grid, row, lw=0.5, alpha=0.5, color="C0")
     ax.plot(grid, med, lw=2, color="C0", label="median")
-    ax.axhline(SOLVED, ls="--", lw=1, color="gray", label=f"solved ({SOLVED})")
+    if env_id in SOLVED:
+        ax.axhline(SOLVED[env_id], ls="--", lw=1, color="gray", label=f"solved ({SOLVED[env_id]})")
     ax.set(xlabel="environment steps", ylabel=f"mean return of the last {window} episodes",
-           title=f"{script}.py on CartPole-v1, " + (extra or "default configuration"),
-           ylim=(0, 510))  # fmt: skip
+           title=f"{script}.py on {env_id}, " + (extra or "default configuration"),
+           ylim=YLIM.get(env_id))  # fmt: skip
     ax.legend(loc="lower right")
     fig.tight_layout()
     path = out / f"{script}_band.png"
@@ -94,8 +96,10 @@ def main(argv=None):
     manifest = Path(args.curves) / "manifest.json"  # written by make_curves: flags used
     made = json.loads(manifest.read_text()) if manifest.exists() else {}
     for script, paths in sorted(runs.items()):
-        extra = next((r["made"]["extra"] for r in made.values() if r["script"] == script), "")
-        path = plot(script, paths, out, args.window, extra)
+        record = next((r for r in made.values() if r["script"] == script), {})
+        extra = record.get("made", {}).get("extra", "")
+        env_id = (record.get("summary") or {}).get("env_id", "CartPole-v1")
+        path = plot(script, paths, out, args.window, extra, env_id)
         print(f"{script}: {len(paths)} seeds -> {path}")
 
 

@@ -919,7 +919,7 @@ def gaussian_vectors(rng):
         "value per row. log σ is given (σ = exp(log σ)).",
         {"rtol": 1e-6, "atol": 1e-9},
         cases,
-        ["ppo_continuous.gaussian_log_prob"],
+        ["ppo_continuous.gaussian_log_prob", "trpo_continuous.gaussian_log_prob"],
     )
 
     log_std = r(rng.normal(size=(4, 3)))
@@ -951,7 +951,7 @@ def gaussian_vectors(rng):
         "dims, not averaged. p is the first argument.",
         {"rtol": 1e-6, "atol": 1e-9},
         cases,
-        ["ppo_continuous.gaussian_kl"],
+        ["ppo_continuous.gaussian_kl", "trpo_continuous.gaussian_kl"],
     )
 
 

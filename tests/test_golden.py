@@ -25,11 +25,20 @@ import reinforce
 import reward_model
 import rlhf_ppo_gpt2
 import trpo
+import trpo_continuous
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 SCRIPTS = {
     m.__name__: m
-    for m in (ppo_cartpole, reinforce, trpo, reward_model, rlhf_ppo_gpt2, ppo_continuous)
+    for m in (
+        ppo_cartpole,
+        reinforce,
+        trpo,
+        reward_model,
+        rlhf_ppo_gpt2,
+        ppo_continuous,
+        trpo_continuous,
+    )
 }
 CHECKED = {}  # vector name -> the script functions its tests call
 
@@ -456,11 +465,15 @@ def test_a2c_rmsprop(tol, inp, out):
 # ---------------------------------------------------------------- continuous control (Gaussian)
 
 
-@checks("gaussian_log_prob", "ppo_continuous.gaussian_log_prob")
+GAUSSIAN = ["ppo_continuous", "trpo_continuous"]  # two copies, proven to agree here
+
+
+@checks("gaussian_log_prob", *(f"{m}.gaussian_log_prob" for m in GAUSSIAN))
+@pytest.mark.parametrize("module", GAUSSIAN)
 @pytest.mark.parametrize("tol,inp,out", cases("gaussian_log_prob"))
-def test_gaussian_log_prob(tol, inp, out):
-    logp = ppo_continuous.gaussian_log_prob(t(inp["action"]), t(inp["mean"]), t(inp["log_std"]))
-    close(logp, out["log_prob"], tol)
+def test_gaussian_log_prob(tol, inp, out, module):
+    fn = impl(f"{module}.gaussian_log_prob")
+    close(fn(t(inp["action"]), t(inp["mean"]), t(inp["log_std"])), out["log_prob"], tol)
 
 
 @checks("gaussian_entropy", "ppo_continuous.gaussian_entropy")
@@ -469,11 +482,12 @@ def test_gaussian_entropy(tol, inp, out):
     close(ppo_continuous.gaussian_entropy(t(inp["log_std"])), out["entropy"], tol)
 
 
-@checks("gaussian_kl", "ppo_continuous.gaussian_kl")
+@checks("gaussian_kl", *(f"{m}.gaussian_kl" for m in GAUSSIAN))
+@pytest.mark.parametrize("module", GAUSSIAN)
 @pytest.mark.parametrize("tol,inp,out", cases("gaussian_kl"))
-def test_gaussian_kl(tol, inp, out):
+def test_gaussian_kl(tol, inp, out, module):
     args = (t(inp[k]) for k in ("mean_p", "log_std_p", "mean_q", "log_std_q"))
-    close(ppo_continuous.gaussian_kl(*args), out["kl"], tol)
+    close(impl(f"{module}.gaussian_kl")(*args), out["kl"], tol)
 
 
 @checks("rlhf_group_advantages", "rlhf_ppo_gpt2.rloo_advantages", "rlhf_ppo_gpt2.group_advantages")

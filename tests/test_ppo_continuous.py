@@ -287,18 +287,23 @@ def test_checkpoint_statistics_round_trip_and_stay_frozen_at_evaluation(tmp_path
     ppo.train(short_pendulum(tmp_path))
     monkeypatch.setattr(ppo, "update_moments", real)
     stream = np.concatenate(fed)
-    agent, saved, normalizer = ppo.load_continuous_checkpoint(tmp_path / "agent.pt", CPU)
+    ckpt = ppo.load_checkpoint(str(tmp_path / "agent.pt"), ppo.SCRIPT, "Pendulum-v1")
+    normalizer = ppo.Normalizer(3, 1, ppo.Args(**ckpt["args"]))
+    normalizer.load_state_dict(ckpt["normalizer"])
     np.testing.assert_allclose(normalizer.obs[0], stream.mean(0), rtol=1e-10)
     np.testing.assert_allclose(normalizer.obs[1], stream.var(0), rtol=1e-10)
-    assert saved.env_id == "Pendulum-v1"
+    assert normalizer.obs[2] == len(stream)
+    agent = ppo.GaussianAgent(3, 1)
+    agent.load_state_dict(ckpt["agent"])
 
     def frozen(*a):
         raise AssertionError("evaluation updated the normalisation statistics")
 
     monkeypatch.setattr(ppo, "update_moments", frozen)
     summary = ppo.train(
-        ppo.Args(eval_checkpoint=str(tmp_path / "agent.pt"), eval_episodes=3, cuda=False)
-    )
+        ppo.Args(env_id="Pendulum-v1", eval_checkpoint=str(tmp_path / "agent.pt"),
+                 eval_episodes=3, cuda=False, output_dir=str(tmp_path / "eval"))
+    )  # fmt: skip
     # Independent evaluation: numpy normalisation with the saved μ, σ², mean action, clip.
     mean, var = normalizer.obs[:2]
     envs = gym.make_vec("Pendulum-v1", 3, "sync")
@@ -320,11 +325,13 @@ def test_capture_video_writes_mp4_of_the_evaluation(tmp_path):
     pytest.importorskip("pygame")  # Pendulum's rgb_array rendering
     ppo.train(short_pendulum(tmp_path / "run", total_timesteps=1024))
     summary = ppo.train(
-        ppo.Args(eval_checkpoint=str(tmp_path / "run" / "agent.pt"), eval_episodes=1,
-                 capture_video=True, cuda=False, output_dir=str(tmp_path / "eval"))
+        ppo.Args(env_id="Pendulum-v1", eval_checkpoint=str(tmp_path / "run" / "agent.pt"),
+                 eval_episodes=2, capture_video=True, cuda=False,
+                 output_dir=str(tmp_path / "eval"))
     )  # fmt: skip
-    assert list((tmp_path / "eval" / "videos").glob("*.mp4"))
-    assert summary["video_dir"] == str(tmp_path / "eval" / "videos")
+    videos = sorted(p.name for p in (tmp_path / "eval" / "videos").glob("*.mp4"))
+    assert videos == ["env0-episode-0.mp4", "env1-episode-0.mp4"]
+    assert summary["videos"] == str(tmp_path / "eval" / "videos")
 
 
 def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, capsys):
@@ -345,7 +352,8 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, capsys):
         (["--env-id", "CartPole-v1"], "need Box"),
         (["--env-id", "NoSuchEnv-v0"], "cannot make --env-id"),
         (["--seed", "x"], "invalid int value"),
-        (["--eval-checkpoint", "/nonexistent/agent.pt"], "cannot load --eval-checkpoint"),
+        (["--eval-checkpoint", "/nonexistent/agent.pt", "--eval-episodes", "2"], "cannot read"),
+        (["--eval-checkpoint", "/nonexistent/agent.pt"], "--eval-episodes must be"),
     ],
 )
 def test_bad_input_one_line_error(flags, message, tmp_path, capsys):
@@ -354,28 +362,35 @@ def test_bad_input_one_line_error(flags, message, tmp_path, capsys):
     assert err.strip().count("\n") == 0 and message in err
 
 
-def test_foreign_or_truncated_checkpoint_one_line_error(tmp_path, capsys):
-    torch.save({"agent": {}, "args": {}}, tmp_path / "other.pt")  # e.g. ppo_cartpole's
-    code, _, err = run_main(capsys, "--eval-checkpoint", str(tmp_path / "other.pt"))
-    assert code == 1 and "not written by ppo_continuous.py" in err
+def test_foreign_truncated_or_other_env_checkpoint_one_line_error(tmp_path, capsys):
+    torch.save({"script": "ppo_cartpole.py", "env_id": "Pendulum-v1"}, tmp_path / "other.pt")
     ppo.train(short_pendulum(tmp_path / "run", total_timesteps=1024))
     data = (tmp_path / "run" / "agent.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    code, _, err = run_main(capsys, "--eval-checkpoint", str(tmp_path / "cut.pt"))
-    assert code == 1 and "cannot load --eval-checkpoint" in err and err.count("\n") == 1
+    for path, env_id, message in [
+        (tmp_path / "other.pt", "Pendulum-v1", "was made by ppo_cartpole.py"),
+        (tmp_path / "cut.pt", "Pendulum-v1", "cannot read --eval-checkpoint"),
+        (tmp_path / "run" / "agent.pt", "MountainCarContinuous-v0", "is an agent for Pendulum"),
+    ]:
+        flags = ["--env-id", env_id, "--eval-episodes", "2", "--output-dir", str(tmp_path / "e")]
+        code, _, err = run_main(capsys, "--eval-checkpoint", str(path), *flags)
+        assert code == 1 and message in err and err.count("\n") == 1, err
 
 
 def test_learns_pendulum(tmp_path):
-    """The PENDULUM set through the command line in a fresh process, 60k steps: the mean
-    return of the last 20 training episodes must reach −600. Measured on tuning seeds 1..12
-    (60k steps): worst seed TODO; seed 1 here."""
+    """The PENDULUM set through the command line in a fresh process, cut to 50k steps (the
+    learning rate anneals over those): the mean return of the last 20 training episodes must
+    reach −800 and the deterministic evaluation −500; a random policy scores about −1200.
+    Measured on tuning seeds 1..12 at 50k steps: final_mean_return −186 to −443 (worst: seed
+    3), eval_mean_return over 5 episodes −151 to −233 (worst: seed 4)."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "ppo_continuous.py"), "--no-cuda", "--seed", "1",
-         *PENDULUM_FLAGS, "--total-timesteps", "60000", "--eval-episodes", "5",
+         *PENDULUM_FLAGS, "--total-timesteps", "50000", "--eval-episodes", "5",
          "--output-dir", "out"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["final_mean_return"] >= -600
+    assert summary["final_mean_return"] >= -800
+    assert summary["eval_mean_return"] >= -500
     assert (tmp_path / "out" / "agent.pt").exists()

@@ -1,0 +1,838 @@
+"""TRPO with a diagonal Gaussian policy for continuous actions (Pendulum, MuJoCo), in one file.
+
+Schulman et al. 2015, "Trust Region Policy Optimization" (https://arxiv.org/abs/1502.05477),
+with generalized advantage estimation (https://arxiv.org/abs/1506.02438), as a diff of
+trpo.py: the same conjugate gradient, Fisher-vector product by double backprop, step size
+and backtracking line search, with the policy of ppo_continuous.py (a diagonal Gaussian with
+a learned, state-independent log σ; actions clipped only on their way to the environment)
+and its running observation normalisation and reward scaling, saved with the checkpoint and
+frozen at evaluation. The trust region uses the closed-form Gaussian KL.
+
+Why a second file rather than a branch in trpo.py: the Box path needs the Gaussian math, the
+Gaussian agent, the normalisation statistics and their rollout and evaluation (about 250
+lines); in trpo.py they would double the file and put a branch in every phase of a loop that
+CartPole readers should see plain.
+
+    python trpo_continuous.py                  # Pendulum-v1, 100k steps
+    python trpo_continuous.py --env-id HalfCheetah-v5 --total-timesteps 1000000
+    python trpo_continuous.py --help
+"""
+
+import argparse
+import copy
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.utils.tensorboard import SummaryWriter
+
+SCRIPT = "trpo_continuous.py"  # recorded in checkpoints, checked when one is loaded
+
+
+def flag(default, help):
+    """A dataclass field that is also a command-line flag with help text."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Args:
+    seed: int = flag(1, "seed of random, numpy, torch and the environments")
+    cuda: bool = flag(True, "use CUDA when it is available")
+    output_dir: str = flag("", "logs and checkpoints go here; default runs/<run-name>")
+    env_id: str = flag("Pendulum-v1", "a Gymnasium environment with a Box action space")
+    total_timesteps: int = flag(100_000, "environment steps to train for, over all envs")
+    num_envs: int = flag(8, "parallel environments")
+    num_steps: int = flag(256, "steps per environment per rollout (one TRPO step each)")
+    gamma: float = flag(0.95, "discount factor γ")
+    gae_lambda: float = flag(0.95, "GAE λ: 0 is one-step TD, 1 is Monte Carlo")
+    max_kl: float = flag(0.02, "δ, the trust region: the bound on the mean KL of one update")
+    cg_iters: int = flag(10, "most conjugate-gradient iterations for F s = g")
+    cg_damping: float = flag(0.1, "added to the Fisher matrix, (F + damping·I) s = g")
+    cg_tol: float = flag(1e-8, "conjugate gradient stops once |residual| <= cg_tol·|g|")
+    line_search_steps: int = flag(10, "most backtracking steps; each halves the step")
+    learning_rate: float = flag(1e-3, "Adam step size of the critic")
+    critic_epochs: int = flag(10, "passes of critic regression over each rollout")
+    critic_minibatch_size: int = flag(256, "minibatch size of the critic regression")
+    hidden_size: int = flag(64, "width of the two hidden layers of policy and critic")
+    init_log_std: float = flag(0.0, "initial log σ of every action dimension")
+    norm_obs: bool = flag(True, "normalise observations by their running mean and std")
+    norm_reward: bool = flag(True, "divide rewards by the running std of the discounted return")
+    clip_obs: float = flag(10.0, "clip normalised observations to ±this")
+    clip_reward: float = flag(10.0, "clip scaled rewards to ±this")
+    solved_return: float = flag(
+        0.0,
+        "solved_at_step: last-20 mean return to reach; 0 = -200 on Pendulum-v1, else "
+        "the env's reward_threshold",
+    )
+    eval_episodes: int = flag(0, "after training, evaluate the deterministic policy on N episodes")
+    eval_checkpoint: str = flag("", "evaluate this saved trpo.pt on --eval-episodes; no training")
+    capture_video: bool = flag(False, "save the evaluation episodes as MP4 in <output-dir>/videos")
+
+
+def parse_args(argv=None) -> Args:
+    """Build the command line from the fields of Args: --flag-name, --x/--no-x for booleans."""
+    parser = argparse.ArgumentParser(description=sys.modules[__name__].__doc__.split("\n")[0])
+    for f in dataclasses.fields(Args):
+        kind = type(f.default)
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=None if kind is bool else kind,
+            action=argparse.BooleanOptionalAction if kind is bool else None,
+            default=f.default,
+            help=f.metadata["help"] + " (default: %(default)s)",
+        )
+    parser.error = lambda message: sys.exit(f"error: {message} (see --help)")
+    return Args(**vars(parser.parse_args(argv)))
+
+
+def check_args(args):
+    """Reject settings that would fail later with an obscure error, saying what to fix."""
+    for name in ("total_timesteps", "num_envs", "num_steps", "cg_iters", "line_search_steps"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    for name in ("critic_epochs", "critic_minibatch_size", "hidden_size", "learning_rate"):
+        if not getattr(args, name) > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    if not args.max_kl > 0:
+        raise ValueError("--max-kl must be positive")
+    if not (args.cg_damping >= 0 and args.cg_tol >= 0):
+        raise ValueError("--cg-damping and --cg-tol must be >= 0")
+    if not 0 <= args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
+        raise ValueError("--gamma and --gae-lambda must lie in [0, 1]")
+    if not (args.clip_obs > 0 and args.clip_reward > 0):
+        raise ValueError("--clip-obs and --clip-reward must be positive")
+    if not math.isfinite(args.init_log_std):
+        raise ValueError("--init-log-std must be finite")
+    if args.eval_episodes < 0 or (args.eval_checkpoint and args.eval_episodes == 0):
+        raise ValueError("--eval-episodes must be >= 0, and > 0 with --eval-checkpoint")
+
+
+# ---------------------------------------------------------------------------------------
+# The math. Each function takes all it uses as arguments, so tests can check it alone.
+# ---------------------------------------------------------------------------------------
+
+
+def gae(rewards, values, terminated, dones, gamma, lam):
+    """Generalized advantage estimation over a [T, N] rollout.
+
+    δ_t = r_t + γ V(s_{t+1}) (1 − terminated_t) − V(s_t)
+    Â_t = δ_t + γ λ (1 − done_t) Â_{t+1}
+
+    `values` has T + 1 rows: values[T] is V of the observation after the last step. With
+    Gymnasium's next-step autoreset, the row after an episode's last step holds that
+    episode's final observation, so at a truncation δ_t bootstraps with V(final obs) while
+    the recursion still stops (done = terminated or truncated). Returns Â, shape [T, N].
+    """
+    advantages = torch.zeros_like(rewards)
+    next_adv = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        # δ_t = r_t + γ V(s_{t+1}) (1 − terminated_t) − V(s_t): only a real terminal state
+        # has value 0; a time-limit cut keeps the bootstrap.
+        delta = rewards[t] + gamma * values[t + 1] * (1 - terminated[t]) - values[t]
+        # Â_t = δ_t + γλ (1 − done_t) Â_{t+1}: advantages never leak across episodes.
+        next_adv = delta + gamma * lam * (1 - dones[t]) * next_adv
+        advantages[t] = next_adv
+    return advantages
+
+
+def gaussian_log_prob(action, mean, log_std):
+    """log π(a|s) of a diagonal Gaussian N(μ, diag σ²), summed over the D action dimensions:
+
+    log π(a|s) = −Σ_i [ (a_i − μ_i)² / (2 σ_i²) + log σ_i + ½ log 2π ]
+    """
+    # −Σ_i [(a_i − μ_i)² / (2σ_i²) + log σ_i + ½ log 2π]
+    z = (action - mean) * torch.exp(-log_std)
+    return -(0.5 * z**2 + log_std + 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_kl(mean_p, log_std_p, mean_q, log_std_q):
+    """KL(p ‖ q) between two diagonal Gaussians, in closed form, summed over dimensions:
+
+    KL = Σ_i [ log σ_q,i − log σ_p,i + (σ_p,i² + (μ_p,i − μ_q,i)²) / (2 σ_q,i²) − ½ ]
+    """
+    # Σ_i [log σ_q − log σ_p + (σ_p² + (μ_p − μ_q)²) / (2σ_q²) − ½]
+    var_ratio = torch.exp(2 * (log_std_p - log_std_q))
+    mean_term = ((mean_p - mean_q) * torch.exp(-log_std_q)) ** 2
+    return (log_std_q - log_std_p + 0.5 * (var_ratio + mean_term) - 0.5).sum(-1)
+
+
+def gaussian_surrogate_advantage(mean, log_std, action, logp_old, adv):
+    """The surrogate objective of TRPO (its eq. 14) for a Gaussian policy, to be maximised:
+
+    L(θ) = E[π_θ(a|s) / π_θold(a|s) · Â],   log π_θ(a|s) = gaussian_log_prob(a, μ_θ(s), log σ)
+
+    At θ = θ_old it equals E[Â], and its gradient there is the policy gradient g.
+    """
+    logp = gaussian_log_prob(action, mean, log_std)
+    # L(θ) = mean( exp(log π_θ − log π_θold) · Â )
+    return (torch.exp(logp - logp_old) * adv).mean()
+
+
+def conjugate_gradient(matvec, b, iters, tol):
+    """Solve A x = b for a symmetric positive-definite A known only through v ↦ A v
+    (Hestenes and Stiefel 1952), starting from x_0 = 0, r_0 = p_0 = b:
+
+    α_k = r_kᵀr_k / p_kᵀA p_k,   x_{k+1} = x_k + α_k p_k,   r_{k+1} = r_k − α_k A p_k
+    p_{k+1} = r_{k+1} + (r_{k+1}ᵀr_{k+1} / r_kᵀr_k) p_k
+
+    Stops after `iters` iterations or once |r_k| <= tol·|b|. In exact arithmetic it solves an
+    n×n system in n iterations; TRPO stops after about 10, because a rough direction is enough
+    when the line search checks the step anyway.
+    """
+    x = torch.zeros_like(b)
+    r, p = b.clone(), b.clone()
+    rr = r @ r
+    for _ in range(iters):
+        if rr.sqrt() <= tol * b.norm():
+            break
+        Ap = matvec(p)
+        # α_k = r_kᵀr_k / p_kᵀA p_k
+        alpha = rr / (p @ Ap)
+        x = x + alpha * p
+        r = r - alpha * Ap
+        rr_new = r @ r
+        # p_{k+1} = r_{k+1} + (r_{k+1}ᵀr_{k+1} / r_kᵀr_k) p_k
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x
+
+
+def gaussian_policy(agent, obs):
+    """The Gaussian policy's parameters at `obs`: μ_θ(s) and log σ broadcast to its shape."""
+    mean = agent.actor_mean(obs)
+    return mean, agent.actor_log_std.expand_as(mean)
+
+
+def gaussian_fisher_vector_product(agent, obs, damping):
+    """Return v ↦ (F + damping·I) v for the Gaussian policy's parameters θ = (μ net, log σ),
+    without ever forming F (trpo.py's fisher_vector_product, with the closed-form KL):
+
+    KL̄(θ) = E_s[KL(N(μ_old, σ_old²) ‖ N(μ_θ(s), σ²))],   F = ∇²_θ KL̄ at θ = θ_old
+    F v = ∇_θ((∇_θ KL̄)ᵀ v)                   (Pearlmutter 1994: double backprop)
+
+    For this policy F has a known form (tests/test_trpo_continuous.py builds it): E_s[Jᵀ Σ⁻¹ J]
+    for the mean network's weights (J = ∂μ/∂θ), 2 on the diagonal for each log σ_i, and 0
+    between the two.
+    """
+    params = [*agent.actor_mean.parameters(), agent.actor_log_std]
+    mean, log_std = gaussian_policy(agent, obs)
+    # KL̄(θ) with π_θold frozen: its value is 0 but its first and second derivatives are not.
+    kl = gaussian_kl(mean.detach(), log_std.detach(), mean, log_std).mean()
+    grad_kl = parameters_to_vector(torch.autograd.grad(kl, params, create_graph=True))
+
+    def matvec(v):
+        # F v = ∇_θ((∇_θ KL̄)ᵀ v); every CG iteration reuses the graph of ∇_θ KL̄
+        hvp = torch.autograd.grad(grad_kl @ v, params, retain_graph=True)
+        return parameters_to_vector(hvp) + damping * v
+
+    return matvec
+
+
+def gaussian_trpo_step(agent, obs, action, adv, max_kl, cg_iters, cg_damping, cg_tol, ls_steps):
+    """One TRPO update of the Gaussian policy of `agent`, in place (trpo.py's trpo_step with
+    the Gaussian log-density and the closed-form Gaussian KL):
+
+    maximise_θ  L(θ) = E[π_θ(a|s) / π_θold(a|s) · Â]
+    subject to  KL̄(θ) = E_s[KL(π_θold(·|s) ‖ π_θ(·|s))] <= δ
+
+    θ_old + β s with F s = g (conjugate gradient) and β = sqrt(2δ / sᵀF s); a backtracking
+    line search tries β s, β s/2, ... and accepts the first with the real KL̄ <= δ and the real
+    L above L(θ_old); if none passes, θ_old is kept. Returns statistics for the logs.
+    """
+    params = [*agent.actor_mean.parameters(), agent.actor_log_std]
+    with torch.no_grad():
+        old_mean, old_log_std = gaussian_policy(agent, obs)
+        logp_old = gaussian_log_prob(action, old_mean, old_log_std)
+    surr_old = gaussian_surrogate_advantage(*gaussian_policy(agent, obs), action, logp_old, adv)
+    # g = ∇_θ L(θ) at θ_old
+    g = parameters_to_vector(torch.autograd.grad(surr_old, params))
+    fvp = gaussian_fisher_vector_product(agent, obs, cg_damping)
+    # s ≈ F⁻¹ g, the natural-gradient direction
+    s = conjugate_gradient(fvp, g, cg_iters, cg_tol)
+    sFs = s @ fvp(s)
+    stats = dict(surrogate=surr_old.item(), kl=0.0, improvement=0.0, expected_improvement=0.0)
+    stats.update(line_search_steps=0, accepted=0.0, grad_norm=g.norm().item())
+    if not sFs > 0:  # g = 0 (all Â equal): no direction to move in; NaN is left to the caller
+        return stats
+    # β = sqrt(2δ / sᵀF s)
+    full_step = torch.sqrt(2 * max_kl / sFs) * s
+    theta_old = parameters_to_vector(params).detach()
+    with torch.no_grad():
+        for k in range(ls_steps):
+            step = 0.5**k * full_step
+            vector_to_parameters(theta_old + step, params)
+            mean, log_std = gaussian_policy(agent, obs)
+            # the closed-form KL(π_θold ‖ π_θ) per state, averaged
+            kl = gaussian_kl(old_mean, old_log_std, mean, log_std).mean().item()
+            surr = gaussian_surrogate_advantage(mean, log_std, action, logp_old, adv)
+            improvement = (surr - surr_old).item()
+            # the linear model's prediction of the improvement: gᵀ step
+            expected = (g @ step).item()
+            stats.update(kl=kl, improvement=improvement, expected_improvement=expected)
+            stats["line_search_steps"] = k + 1
+            if kl <= max_kl and improvement > 0:
+                stats["accepted"] = 1.0
+                return stats
+        vector_to_parameters(theta_old, params)
+    return stats
+
+
+def fit_critic(critic, optimizer, obs, returns, epochs, minibatch_size):
+    """Regress V(s) on the λ-returns V^targ = Â + V_old(s) with Adam on shuffled minibatches:
+
+    minimise E[(V(s) − V^targ)²]
+
+    Returns the mean squared error over the last epoch.
+    """
+    for _epoch in range(epochs):
+        total = 0.0
+        for mb in torch.randperm(len(obs), device=obs.device).split(minibatch_size):
+            # E[(V(s) − V^targ)²]
+            loss = (critic(obs[mb]).squeeze(-1) - returns[mb]).pow(2).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(mb)
+    return total / len(obs)
+
+
+def update_moments(mean, var, count, batch):
+    """Merge a batch into running moments (Chan, Golub and LeVeque 1979, parallel variance):
+
+    with the batch's n_B, μ_B, σ²_B, and δ = μ_B − μ_A, n = n_A + n_B:
+    μ = μ_A + δ n_B / n
+    σ² = (σ²_A n_A + σ²_B n_B + δ² n_A n_B / n) / n
+
+    The result equals the mean and the (population) variance of every sample seen so far,
+    whatever the batch sizes; count starts at 0. Works on numpy arrays, along axis 0.
+    """
+    n_b = batch.shape[0]
+    if n_b == 0:
+        return mean, var, count
+    mean_b, var_b = batch.mean(0), batch.var(0)
+    n = count + n_b
+    delta = mean_b - mean
+    # μ = μ_A + δ n_B / n
+    new_mean = mean + delta * n_b / n
+    # σ² = (σ²_A n_A + σ²_B n_B + δ² n_A n_B / n) / n
+    new_var = (var * count + var_b * n_b + delta**2 * count * n_b / n) / n
+    return new_mean, new_var, n
+
+
+def normalize_obs(obs, mean, var, clip):
+    """õ = clip((o − μ) / sqrt(σ² + 1e-8), −c, c), with the running μ, σ² of observations."""
+    # õ = clip((o − μ) / sqrt(σ² + ε), −c, c)
+    return np.clip((obs - mean) / np.sqrt(var + 1e-8), -clip, clip).astype(np.float32)
+
+
+def discounted_return(ret, reward, valid, gamma):
+    """The running discounted return per env whose std scales the rewards:
+
+    R_t = γ R_{t−1} + r_t within an episode,   R = 0 on an autoreset step (valid = False),
+    so each episode starts again from R = r of its first step.
+    """
+    # R_t = γ R_{t−1} + r_t, zeroed where the step is the autoreset of a new episode
+    return np.where(valid, gamma * ret + reward, 0.0)
+
+
+def scale_reward(reward, ret_var, clip):
+    """r̃ = clip(r / sqrt(Var[R] + 1e-8), −c, c), with Var[R] the running variance of the
+    discounted return R (not of r). Not centred: subtracting a mean would change which
+    states are good to end in (Engstrom et al. 2020; OpenAI baselines' VecNormalize)."""
+    # r̃ = clip(r / sqrt(Var[R] + ε), −c, c)
+    return np.clip(reward / np.sqrt(ret_var + 1e-8), -clip, clip).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# The agent
+# ---------------------------------------------------------------------------------------
+
+
+def layer_init(layer, std=2**0.5, bias=0.0):
+    """Orthogonal weights with gain `std` and constant bias (PPO implementation detail #2 of
+    Huang et al. 2022: the gains √2 for hidden layers, 0.01 for the policy head so that the
+    first policy is near uniform, and 1 for the value head)."""
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+def mlp(in_dim, out_dim, hidden, last_std):
+    """Two tanh hidden layers of width `hidden`; the output layer's gain is `last_std`."""
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden, hidden)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden, out_dim), last_std),
+    )
+
+
+class GaussianAgent(nn.Module):
+    """Separate actor and critic MLPs (tanh). The actor gives the mean μ_θ(s) of a diagonal
+    Gaussian; log σ is one learned vector, the same in every state.
+
+    Why state-independent: it is what both the TRPO and the PPO papers used on MuJoCo; σ then
+    only shrinks as the whole policy grows sure, instead of collapsing in the states the
+    policy gradient happens to push on (a state-dependent σ head can drive σ → 0 or ∞ on
+    rarely-seen states); and the entropy and the log σ block of the Fisher matrix become
+    constants, simple to check."""
+
+    def __init__(self, obs_dim, act_dim, hidden=64, init_log_std=0.0):
+        super().__init__()
+        self.actor_mean = mlp(obs_dim, act_dim, hidden, 0.01)
+        self.actor_log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
+        self.critic = mlp(obs_dim, 1, hidden, 1.0)
+
+    def value(self, obs):
+        return self.critic(obs).squeeze(-1)
+
+    def sample(self, obs):
+        """a = μ_θ(s) + σ ⊙ ε, ε ~ N(0, I): unbounded; the caller clips only what the
+        environment receives, so log π_θold(a|s) is that of the sample itself."""
+        mean = self.actor_mean(obs)
+        return mean + self.actor_log_std.exp() * torch.randn_like(mean)
+
+    def evaluate(self, obs, action):
+        """log π_θ(a|s), log σ (broadcast to the batch) and V(s) for given actions."""
+        mean = self.actor_mean(obs)
+        log_std = self.actor_log_std.expand_as(mean)
+        return gaussian_log_prob(action, mean, log_std), log_std, self.value(obs)
+
+
+# ---------------------------------------------------------------------------------------
+# Environments, logging, checkpoints
+# ---------------------------------------------------------------------------------------
+
+
+def make_envs(env_id, num_envs, action_spaces, video_dir=None):
+    """A Gymnasium >= 1.0 vector env with next-step autoreset: the numpy-vectorised version
+    when the environment has one (CartPole does), else one copy per env in this process.
+
+    The action space must be one of `action_spaces`, the observation space a flat Box; other
+    dtypes than float32 (the networks') are cast to it. With `video_dir`, the envs render
+    rgb_array frames and Gymnasium's RecordVideo saves each env's first episode there as MP4.
+    Any failure is one ValueError, and envs made so far are closed.
+    """
+    if video_dir is not None and importlib.util.find_spec("moviepy") is None:
+        raise ValueError("--capture-video needs moviepy, an optional extra: pip install moviepy")
+    try:
+        if video_dir is None:
+            envs = gym.make_vec(env_id, num_envs=num_envs)
+        else:  # one env object per copy, each with its own file name
+            names = iter(range(num_envs))
+            record = lambda env: gym.wrappers.RecordVideo(  # noqa: E731
+                env, video_dir, lambda episode: episode == 0, name_prefix=f"env{next(names)}"
+            )
+            envs = gym.make_vec(
+                env_id, num_envs, "sync", wrappers=[record], render_mode="rgb_array"
+            )
+    except Exception as e:  # gym.error.Error, a missing extra's ModuleNotFoundError, ...
+        raise ValueError(f"cannot make --env-id {env_id!r}: {' '.join(str(e).split())}") from None
+    act, obs = envs.single_action_space, envs.single_observation_space
+    problem = None
+    if not isinstance(act, action_spaces):
+        problem = f"has {act}; need {' or '.join(s.__name__ for s in action_spaces)}"
+    elif not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:
+        problem = f"has observations {obs}; need a flat Box"
+    elif envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.NEXT_STEP:
+        problem = "does not autoreset in the next step"
+    if problem:
+        envs.close()
+        raise ValueError(f"--env-id {env_id} {problem}")
+    if obs.dtype != np.float32:  # float64 observations would meet float32 weights
+        envs = gym.wrappers.vector.DtypeObservation(envs, np.float32)
+    return envs
+
+
+def evaluate_deterministic(agent, envs, seed, device, obs_stats, clip_obs):
+    """Returns of the deterministic policy a = clip(μ_θ(õ)), one episode in each env of
+    `envs`, with observations normalised by the *frozen* training statistics obs_stats =
+    (μ, σ²), never updated here (None: no normalisation). The returns are the env's own."""
+    low, high = envs.single_action_space.low, envs.single_action_space.high
+    returns, alive = np.zeros(envs.num_envs), np.ones(envs.num_envs, bool)
+    try:
+        obs, _ = envs.reset(seed=seed)
+        while alive.any():
+            if obs_stats is not None:
+                obs = normalize_obs(obs, *obs_stats, clip_obs)
+            with torch.no_grad():
+                mean = agent.actor_mean(torch.as_tensor(obs, device=device))
+            obs, reward, term, trunc, _ = envs.step(np.clip(mean.cpu().numpy(), low, high))
+            returns += reward * alive
+            alive &= ~(term | trunc)
+    except gym.error.DependencyNotInstalled as e:  # rendering for --capture-video (pygame)
+        raise ValueError(f"--capture-video cannot render: {e}") from None
+    return returns
+
+
+def seed_and_device(seed, cuda):
+    """Seed random, numpy and torch; one torch thread (tiny networks: threads cost more than
+    they give); the device to train on."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
+
+
+def run_dir(args, kind):
+    """--output-dir, or runs/<env>__<script>__<kind>__<seed>__<time>; created."""
+    name = f"{args.env_id}__{SCRIPT.removesuffix('.py')}__{kind}__{args.seed}__{int(time.time())}"
+    out = args.output_dir or os.path.join("runs", name)
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+class EpisodeLogThreshold:
+    """Every finished training episode as (global_step, return), and the solved rule with a
+    threshold of the environment's: the first step at which the mean return of the last 20
+    finished episodes reaches `threshold` (None: never)."""
+
+    def __init__(self, writer, threshold):
+        self.writer, self.episodes, self.recent = writer, [], deque(maxlen=20)
+        self.threshold, self.solved_at_step, self.solved_at_s = threshold, None, None
+        self.t0 = time.time()
+
+    def add(self, step, ret):
+        self.episodes.append((step, ret))
+        self.recent.append(ret)
+        self.writer.add_scalar("charts/episodic_return", ret, step)
+        if (self.solved_at_step is None and self.threshold is not None
+                and len(self.recent) == 20 and np.mean(self.recent) >= self.threshold):  # fmt: skip
+            self.solved_at_step, self.solved_at_s = step, round(time.time() - self.t0, 2)
+            print(f"solved at step {step} after {self.solved_at_s:.1f}s")
+
+    def mean(self):
+        return float(np.mean(self.recent)) if self.recent else None
+
+    def save_csv(self, path):
+        """episodes.csv, written atomically."""
+        np.savetxt(path + ".tmp", np.array(self.episodes).reshape(-1, 2), fmt="%g", delimiter=",",
+                   header="global_step,episodic_return", comments="")  # fmt: skip
+        os.replace(path + ".tmp", path)
+
+
+def solved_threshold(args):
+    """The last-20 mean return that counts as solved: --solved-return, or by default −200
+    on Pendulum-v1 (the usual mark; its spec has none) and the spec's reward_threshold
+    elsewhere (None: no mark)."""
+    if args.solved_return != 0:
+        return args.solved_return
+    if args.env_id == "Pendulum-v1":
+        return -200.0
+    return gym.spec(args.env_id).reward_threshold
+
+
+def log_rollout_episodes(log, ep_return, rewards, dones, global_step):
+    """Add the episodes that end inside a [T, N] rollout to `log`, in time order. ep_return
+    carries each env's running return across rollouts. global_step counts every vector-env
+    step (N per row, autoreset steps included); returns its new value."""
+    for reward, done in zip(rewards.cpu().numpy(), dones.cpu().numpy().astype(bool), strict=True):
+        global_step += len(reward)
+        ep_return += reward
+        for ret in ep_return[done]:
+            log.add(global_step, ret)
+        ep_return[done] = 0
+    return global_step
+
+
+def check_finite(numbers, module, iteration, hint):
+    """FloatingPointError if a loss or a parameter is NaN or infinite. Called once per
+    iteration, not once per minibatch: a NaN anywhere ends up in the mean losses or weights."""
+    params = torch.cat([p.detach().flatten() for p in module.parameters()])
+    if not (np.isfinite(numbers).all() and torch.isfinite(params).all()):
+        raise FloatingPointError(
+            f"non-finite loss at iteration {iteration}; the checkpoint keeps the parameters of "
+            f"the iteration before; try a lower {hint}"
+        )
+
+
+def save_checkpoint(path, state, args, **extra):
+    """The agent's weights with the script, the env id and every arg, written atomically."""
+    args = dataclasses.asdict(args)
+    save_atomic(dict(script=SCRIPT, env_id=args["env_id"], agent=state, args=args, **extra), path)
+
+
+def load_checkpoint(path, script, env_id):
+    """The checkpoint that `script` saved for `env_id` at `path`. A missing, corrupt or
+    truncated file, or one made by another script or for another env, is a ValueError."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # no file, a truncated zip, not a torch file at all, ...
+        why = " ".join(str(e).split())[:200]
+        raise ValueError(
+            f"cannot read --eval-checkpoint {path} (missing or corrupt?): {why}"
+        ) from None
+    made_by = ckpt.get("script") if isinstance(ckpt, dict) else None
+    if made_by != script:
+        raise ValueError(f"--eval-checkpoint {path} was made by {made_by or 'another program'}, "
+                         f"not by {script}")  # fmt: skip
+    if ckpt.get("env_id") != env_id:
+        raise ValueError(f"--eval-checkpoint {path} is an agent for {ckpt.get('env_id')}, not "
+                         f"for --env-id {env_id}")  # fmt: skip
+    return ckpt
+
+
+class Normalizer:
+    """The running statistics of observations and discounted returns, with the per-env
+    discounted return R. Updated from training rollouts only; frozen (never updated) at
+    evaluation. Its state_dict() (tensors, so that checkpoints load with weights_only) goes
+    into the checkpoint."""
+
+    def __init__(self, obs_dim, num_envs, args):
+        self.args = args
+        self.obs = (np.zeros(obs_dim), np.ones(obs_dim), 0)  # μ, σ², count
+        self.ret = (np.zeros(()), np.ones(()), 0)
+        self.R = np.zeros(num_envs)
+
+    def observe(self, raw_obs):
+        """Update the observation moments with raw_obs [N, D]; return it normalised."""
+        if not self.args.norm_obs:
+            return raw_obs.astype(np.float32)
+        self.obs = update_moments(*self.obs, raw_obs.astype(np.float64))
+        return normalize_obs(raw_obs, *self.obs[:2], self.args.clip_obs)
+
+    def reward(self, reward, valid):
+        """Update Var[R] with the valid steps' discounted returns; return the scaled reward."""
+        if not self.args.norm_reward:
+            return reward.astype(np.float32)
+        self.R = discounted_return(self.R, reward, valid, self.args.gamma)
+        self.ret = update_moments(*self.ret, self.R[valid])
+        return scale_reward(reward, self.ret[1], self.args.clip_reward)
+
+    def frozen_obs_stats(self):
+        return self.obs[:2] if self.args.norm_obs else None
+
+    def state_dict(self):
+        return {k: [torch.as_tensor(x, dtype=torch.float64) for x in getattr(self, k)]
+                for k in ("obs", "ret")}  # fmt: skip
+
+    def load_state_dict(self, state):
+        self.obs, self.ret = (tuple(x.numpy() for x in state[k]) for k in ("obs", "ret"))
+
+
+def evaluate_checkpoint_normalized(args):
+    """--eval-checkpoint: rebuild the saved agent and its saved normalisation statistics,
+    play --eval-episodes deterministic episodes (seed --seed + 10000) with the statistics
+    frozen, without training; return the summary."""
+    ckpt = load_checkpoint(args.eval_checkpoint, SCRIPT, args.env_id)
+    device = seed_and_device(args.seed, args.cuda)
+    video_dir = os.path.join(run_dir(args, "eval"), "videos") if args.capture_video else None
+    envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Box,), video_dir)
+    space = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+    try:
+        saved = Args(**ckpt["args"])
+        agent = GaussianAgent(*space, saved.hidden_size).to(device)
+        normalizer = Normalizer(space[0], 1, saved)
+        agent.load_state_dict(ckpt["agent"])
+        normalizer.load_state_dict(ckpt["normalizer"])
+        returns = evaluate_deterministic(
+            agent, envs, args.seed + 10_000, device, normalizer.frozen_obs_stats(), saved.clip_obs
+        )
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise ValueError(f"--eval-checkpoint {args.eval_checkpoint} does not fit: {e}") from None
+    finally:
+        envs.close()
+    print(f"deterministic returns: {' '.join(f'{r:.1f}' for r in returns)}")
+    return dict(
+        script=SCRIPT,
+        env_id=args.env_id,
+        checkpoint=args.eval_checkpoint,
+        eval_episodes=len(returns),
+        eval_mean_return=float(np.mean(returns)),
+        eval_std_return=float(np.std(returns)),
+        videos=video_dir,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------
+
+
+def rollout_normalized(agent, envs, obs, prev_done, num_steps, normalizer, device):
+    """Collect num_steps steps in each env under π_θold, normalising observations and
+    scaling rewards on the way (updating the running statistics).
+
+    `obs` is the normalised observation the envs are in. Returns (batch, obs, prev_done).
+    The batch holds [T, N] tensors: "obs" and "value" have T + 1 rows, the last being the
+    observation after the final step and V of it; "action" (T, N, D) the unclipped samples,
+    "logp" their log π_θold; "reward" the scaled rewards and "raw_reward" the env's own.
+    """
+    T, N = num_steps, envs.num_envs
+    low, high = envs.single_action_space.low, envs.single_action_space.high
+    obs_buf = np.zeros((T + 1, *obs.shape), np.float32)
+    reward, raw_reward, terminated, done, valid = (np.zeros((T, N), np.float32) for _ in range(5))
+    action = torch.zeros((T, N, *envs.single_action_space.shape), device=device)
+    for t in range(T):
+        obs_buf[t] = obs
+        # Gymnasium >= 1.0 autoresets in the *next* step: the step after an episode's end
+        # ignores the action, returns reward 0 and the new episode's first observation. It
+        # is not a transition of the MDP, so it is marked invalid and gets no loss.
+        valid[t] = ~prev_done
+        with torch.no_grad():
+            action[t] = agent.sample(torch.as_tensor(obs, device=device))
+        # The Gaussian is unbounded: only the copy sent to the environment is clipped. The
+        # stored action stays the sample, so log π_θold(a|s) is its true log-density
+        # (clipping first would give actions at the bounds the wrong probability).
+        env_action = np.clip(action[t].cpu().numpy(), low, high)
+        raw_obs, raw_reward[t], terminated[t], truncated, _ = envs.step(env_action)
+        reward[t] = normalizer.reward(raw_reward[t], ~prev_done)
+        obs = normalizer.observe(raw_obs)
+        prev_done = terminated[t].astype(bool) | truncated
+        done[t] = prev_done
+    obs_buf[T] = obs
+    # log π_θold and V for the whole rollout in one batched pass, which is cheaper than one
+    # per step. After a truncation the next row holds the final observation, so V of it is
+    # the bootstrap value that gae() needs (truncation is not termination).
+    obs_all = torch.as_tensor(obs_buf, device=device)
+    with torch.no_grad():
+        logp = agent.evaluate(obs_all[:-1], action)[0]
+        value = agent.value(obs_all)
+    arrays = dict(reward=reward, raw_reward=raw_reward, terminated=terminated, done=done)
+    batch = {k: torch.as_tensor(v, device=device) for k, v in arrays.items()}
+    batch.update(obs=obs_all, action=action, logp=logp, value=value)
+    batch["valid"] = torch.as_tensor(valid > 0, device=device)
+    return batch, obs, prev_done
+
+
+def valid_transitions(b, adv):
+    """The rollout's real transitions (autoreset steps dropped) as flat tensors, with Â and
+    the λ-return V^targ = Â + V(s), the critic's regression target."""
+    keep = b["valid"].flatten()
+    flat = dict(obs=b["obs"][:-1], action=b["action"], logp=b["logp"], adv=adv,
+                ret=adv + b["value"][:-1], value=b["value"][:-1])  # fmt: skip
+    return {k: v.flatten(0, 1)[keep] for k, v in flat.items()}
+
+
+def train(args):
+    check_args(args)
+    if args.eval_checkpoint:
+        return evaluate_checkpoint_normalized(args)
+    start = time.time()
+    out = run_dir(args, "train")
+    writer = SummaryWriter(out)
+    writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
+    device = seed_and_device(args.seed, args.cuda)
+    envs = make_envs(args.env_id, args.num_envs, (gym.spaces.Box,))
+    space = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+    agent = GaussianAgent(*space, args.hidden_size, args.init_log_std).to(device)
+    # Only the critic has an optimizer: the policy moves by the TRPO step alone.
+    optimizer = torch.optim.Adam(agent.critic.parameters(), lr=args.learning_rate)
+    normalizer = Normalizer(space[0], args.num_envs, args)
+
+    num_iterations = max(1, args.total_timesteps // (args.num_steps * args.num_envs))
+    obs = normalizer.observe(envs.reset(seed=args.seed)[0])
+    prev_done, ep_return = np.zeros(args.num_envs, bool), np.zeros(args.num_envs)
+    global_step = 0
+    last_good = copy.deepcopy((agent.state_dict(), normalizer.state_dict()))
+    log = EpisodeLogThreshold(writer, solved_threshold(args))
+    print(f"training {args.env_id} for {args.total_timesteps} steps; logs in {out}")
+    try:
+        for iteration in range(1, num_iterations + 1):
+            b, obs, prev_done = rollout_normalized(
+                agent, envs, obs, prev_done, args.num_steps, normalizer, device
+            )
+            # Episode returns are the environment's own rewards, not the scaled ones.
+            global_step = log_rollout_episodes(
+                log, ep_return, b["raw_reward"], b["done"], global_step
+            )
+            adv = gae(
+                b["reward"], b["value"], b["terminated"], b["done"], args.gamma, args.gae_lambda
+            )
+            t = valid_transitions(b, adv)
+            # Normalised Â. Its scale cannot change the step (s ∝ g and β ∝ 1/|g|, so δ alone
+            # sets the length); subtracting the mean is one more baseline, against variance.
+            t_adv = (t["adv"] - t["adv"].mean()) / (t["adv"].std() + 1e-8)
+            stats = gaussian_trpo_step(
+                agent, t["obs"], t["action"], t_adv, args.max_kl, args.cg_iters,
+                args.cg_damping, args.cg_tol, args.line_search_steps,
+            )  # fmt: skip
+            stats["value_loss"] = fit_critic(
+                agent.critic, optimizer, t["obs"], t["ret"], args.critic_epochs,
+                args.critic_minibatch_size,
+            )  # fmt: skip
+
+            check_finite(list(stats.values()), agent, iteration, "--learning-rate or --max-kl")
+            last_good = copy.deepcopy((agent.state_dict(), normalizer.state_dict()))
+            sps = int(global_step / (time.time() - log.t0))
+            for name, value in stats.items():
+                writer.add_scalar(f"trpo/{name}", value, global_step)
+            writer.add_scalar("charts/action_std", agent.actor_log_std.exp().mean(), global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            print(
+                f"iter {iteration:3d} step {global_step:6d} mean_return(last 20)="
+                f"{np.mean(log.recent or [np.nan]):7.1f} kl={stats['kl']:.4f} "
+                f"improvement={stats['improvement']:+.4f} "
+                f"(expected {stats['expected_improvement']:+.4f}) "
+                f"line_search_steps={stats['line_search_steps']}"
+                f"{'' if stats['accepted'] else ' (rejected: θ_old kept)'} SPS={sps}"
+            )
+    finally:
+        # Runs on success, on a non-finite loss and on Ctrl-C alike. The statistics are
+        # saved with the weights: evaluation must see observations as training did.
+        save_checkpoint(os.path.join(out, "trpo.pt"), last_good[0], args, normalizer=last_good[1])
+        log.save_csv(os.path.join(out, "episodes.csv"))
+        envs.close()
+        writer.close()
+
+    eval_returns = None
+    if args.eval_episodes > 0:
+        video_dir = os.path.join(out, "videos") if args.capture_video else None
+        envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Box,), video_dir)
+        try:
+            eval_returns = evaluate_deterministic(
+                agent, envs, args.seed + 10_000, device, normalizer.frozen_obs_stats(),
+                args.clip_obs,
+            )  # fmt: skip
+        finally:
+            envs.close()
+        print(f"eval: deterministic returns over {args.eval_episodes} episodes: {eval_returns}")
+    return {
+        "algo": "trpo_continuous",
+        "env_id": args.env_id,
+        "seed": args.seed,
+        "global_step": global_step,
+        "solved_at_step": log.solved_at_step,
+        "solved_at_s": log.solved_at_s,
+        "final_mean_return": log.mean(),
+        "eval_mean_return": None if eval_returns is None else float(np.mean(eval_returns)),
+        "eval_std_return": None if eval_returns is None else float(np.std(eval_returns)),
+        "wall_time_s": round(time.time() - start, 2),
+        "output_dir": out,
+    }
+
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
+    torch.save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def main(argv=None):
+    """Run train(), print its summary as the last stdout line; bad input exits with one line."""
+    try:
+        summary = train(parse_args(argv))
+    except (ValueError, OSError, FloatingPointError) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        print("error: interrupted; checkpoints written so far are kept", file=sys.stderr)
+        sys.exit(130)
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()

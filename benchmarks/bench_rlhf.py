@@ -15,10 +15,13 @@
    the --algo run of the same seed, with the gold reward, the same prompts and the same
    schedule (64 responses = 16 prompts x 4 per generation, 4 epochs x 4 minibatches of 16),
    beta and bf16 set explicitly; alternated with ours seed by seed.
+5. --ddp: the tiny default in one process and under torchrun with 2 gloo ranks (issue 16):
+   wall time and final scores; benchmarks/results/rlhf_ddp.json.
 
     python benchmarks/bench_rlhf.py                # seed 1, then the GPT-2-size iteration
     python benchmarks/bench_rlhf.py --seeds 1 2 3 --skip-gpt2
     python benchmarks/bench_rlhf.py --seeds 1001 1002 1003 --algo ppo rloo grpo dr_grpo --trl
+    python benchmarks/bench_rlhf.py --seeds 1001 --ddp   # 5. torchrun, 2 gloo ranks vs 1
 
 Writes benchmarks/results/rlhf.json and docs/img/rlhf_curve.png; with --algo,
 benchmarks/results/rlhf_algos.json and docs/img/rlhf_gold_vs_kl.png.
@@ -374,6 +377,57 @@ def plot_gold_vs_kl(runs, algos):
     fig.savefig(ALGOS_PLOT, dpi=110)
 
 
+def ddp_main(args):
+    """--ddp: the tiny default in one process, then under torchrun with 2 gloo ranks (same
+    seed, same global batch sizes): wall time and final scores, into rlhf_ddp.json."""
+    rows = []
+    for seed in args.seeds:
+        for nproc in (1, 2):
+            out = os.path.join(ROOT, "benchmarks", "out", f"rlhf_ddp{nproc}_seed{seed}")
+            script = [
+                os.path.join(ROOT, "rlhf_ppo_gpt2.py"),
+                "--model-name",
+                "tiny",
+                "--no-cuda",
+                "--seed",
+                str(seed),
+                "--output-dir",
+                out,
+                "--sample-every",
+                "0",
+            ]
+            launcher = [sys.executable]
+            if nproc > 1:
+                launcher += ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
+            load, t0 = loadavg(), time.time()
+            child = subprocess.run(
+                launcher + script,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+                env=os.environ | {"OMP_NUM_THREADS": "1"},
+                check=True,
+            )
+            summary = json.loads(child.stdout.strip().splitlines()[-1])
+            row = {"seed": seed, "processes": nproc, "wall_s": round(time.time() - t0, 1),
+                   "load_before": load, "load_after": loadavg()}  # fmt: skip
+            row |= {k: summary[k] for k in ("sft_gold", "final_gold", "final_well_formed",
+                                            "final_kl", "wall_time_s")}  # fmt: skip
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    print(
+        "| seed | processes | wall s (incl. start-up) | gold SFT → final | well-formed | KL "
+        "| load |\n|---|---|---|---|---|---|---|"
+    )
+    for r in rows:
+        print(f"| {r['seed']} | {r['processes']} | {r['wall_s']:.0f} | {r['sft_gold']:+.3f} → "
+              f"{r['final_gold']:+.3f} | {r['final_well_formed']:.3f} | {r['final_kl']:.2f} "
+              f"| {r['load_before']:.1f}–{r['load_after']:.1f} |")  # fmt: skip
+    with open(os.path.join(ROOT, "benchmarks", "results", "rlhf_ddp.json"), "w") as f:
+        json.dump({"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, shared; gloo",
+                   "date": time.strftime("%Y-%m-%d %H:%M"), "runs": rows}, f, indent=1)  # fmt: skip
+
+
 def plot(runs):
     import matplotlib
 
@@ -420,6 +474,7 @@ def main():
         help="compare these stage-3 algorithms (the first one's SFT feeds --trl)",
     )
     parser.add_argument("--trl", action="store_true", help="with --algo: TRL beside ours")
+    parser.add_argument("--ddp", action="store_true", help="1 process vs torchrun, 2 gloo ranks")
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -441,6 +496,8 @@ def main():
         return gpt2_iteration(args.gpt2_iterations)
     if args.trl_child:
         return trl_child(args.trl_child, args.seed, args.sft_dir, 40, args.beta)
+    if args.ddp:
+        return ddp_main(args)
     if args.algo and args.report_only:
         with open(ALGOS_RESULTS + ".partial") as f:
             partial = json.load(f)

@@ -1348,6 +1348,11 @@ def train(args):
         save_pretrained_atomic(policy, tokenizer, os.path.join(out_dir, "policy"))
     t_ppo = time.time()
     if world_size > 1:
+        # DDP's reducers hold the process group: drop them while every rank is still here,
+        # then leave together (a reducer freed after destroy_process_group can hang in
+        # gloo's teardown once the other ranks have exited; seen here)
+        del train_policy, train_value
+        dist.barrier()
         dist.destroy_process_group()  # the other ranks are done; rank 0 evaluates alone
     if rank > 0:
         return {}

@@ -11,6 +11,7 @@ generalized advantage estimation, Schulman et al. 2015 (https://arxiv.org/abs/15
 import argparse
 import copy
 import dataclasses
+import importlib.util
 import json
 import os
 import random
@@ -25,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
+
+SCRIPT = "ppo_cartpole.py"  # recorded in checkpoints, checked when one is loaded
 
 
 def flag(default, help):
@@ -59,6 +62,8 @@ class Args:
     kl_target: float = flag(0.01, "kl_penalty: d_targ that the adaptive β aims at")
     hidden_size: int = flag(64, "width of the two hidden layers of actor and critic")
     eval_episodes: int = flag(0, "after training, evaluate the greedy policy on N episodes")
+    eval_checkpoint: str = flag("", "evaluate this saved agent.pt on --eval-episodes; no training")
+    capture_video: bool = flag(False, "save the evaluation episodes as MP4 in <output-dir>/videos")
 
 
 def parse_args(argv=None) -> Args:
@@ -92,6 +97,8 @@ def check_args(args):
         raise ValueError(f"--loss-type must be clip or kl_penalty, not {args.loss_type!r}")
     if not 0 <= args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
         raise ValueError("--gamma and --gae-lambda must lie in [0, 1]")
+    if args.eval_episodes < 0 or (args.eval_checkpoint and args.eval_episodes == 0):
+        raise ValueError("--eval-episodes must be >= 0, and > 0 with --eval-checkpoint")
 
 
 # ---------------------------------------------------------------------------------------
@@ -212,23 +219,24 @@ def layer_init(layer, std=2**0.5, bias=0.0):
     return layer
 
 
+def mlp(in_dim, out_dim, hidden, last_std):
+    """Two tanh hidden layers of width `hidden`; the output layer's gain is `last_std`."""
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden, hidden)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden, out_dim), last_std),
+    )
+
+
 class Agent(nn.Module):
     """Separate actor and critic MLPs (tanh). Sharing a trunk would couple the two losses."""
 
     def __init__(self, obs_dim, n_actions, hidden=64):
         super().__init__()
-
-        def mlp(out, std):
-            return nn.Sequential(
-                layer_init(nn.Linear(obs_dim, hidden)),
-                nn.Tanh(),
-                layer_init(nn.Linear(hidden, hidden)),
-                nn.Tanh(),
-                layer_init(nn.Linear(hidden, out), std),
-            )
-
-        self.actor = mlp(n_actions, 0.01)
-        self.critic = mlp(1, 1.0)
+        self.actor = mlp(obs_dim, n_actions, hidden, 0.01)
+        self.critic = mlp(obs_dim, 1, hidden, 1.0)
 
     def value(self, obs):
         return self.critic(obs).squeeze(-1)
@@ -245,41 +253,190 @@ class Agent(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------
-# Training
+# Environments, logging, checkpoints
 # ---------------------------------------------------------------------------------------
 
 
-def make_envs(env_id, num_envs, seed):
+def make_envs(env_id, num_envs, action_spaces, video_dir=None):
     """A Gymnasium >= 1.0 vector env with next-step autoreset: the numpy-vectorised version
-    when the environment has one (CartPole does), else one copy per env in this process."""
+    when the environment has one (CartPole does), else one copy per env in this process.
+
+    The action space must be one of `action_spaces`, the observation space a flat Box; other
+    dtypes than float32 (the networks') are cast to it. With `video_dir`, the envs render
+    rgb_array frames and Gymnasium's RecordVideo saves each env's first episode there as MP4.
+    Any failure is one ValueError, and envs made so far are closed.
+    """
+    if video_dir is not None and importlib.util.find_spec("moviepy") is None:
+        raise ValueError("--capture-video needs moviepy, an optional extra: pip install moviepy")
     try:
-        spec = gym.spec(env_id)
-        mode = "vector_entry_point" if spec.vector_entry_point else "sync"
-        envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode)
-    except gym.error.Error as e:
-        raise ValueError(f"cannot make --env-id {env_id!r}: {e}") from None
-    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
-        raise ValueError(f"--env-id {env_id} has {envs.single_action_space}; need Discrete")
-    if envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.NEXT_STEP:
-        raise ValueError(f"--env-id {env_id} does not autoreset in the next step")
-    envs.action_space.seed(seed)
+        if video_dir is None:
+            envs = gym.make_vec(env_id, num_envs=num_envs)
+        else:  # one env object per copy, each with its own file name
+            names = iter(range(num_envs))
+            record = lambda env: gym.wrappers.RecordVideo(  # noqa: E731
+                env, video_dir, lambda episode: episode == 0, name_prefix=f"env{next(names)}"
+            )
+            envs = gym.make_vec(
+                env_id, num_envs, "sync", wrappers=[record], render_mode="rgb_array"
+            )
+    except Exception as e:  # gym.error.Error, a missing extra's ModuleNotFoundError, ...
+        raise ValueError(f"cannot make --env-id {env_id!r}: {' '.join(str(e).split())}") from None
+    act, obs = envs.single_action_space, envs.single_observation_space
+    problem = None
+    if not isinstance(act, action_spaces):
+        problem = f"has {act}; need {' or '.join(s.__name__ for s in action_spaces)}"
+    elif not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:
+        problem = f"has observations {obs}; need a flat Box"
+    elif envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.NEXT_STEP:
+        problem = "does not autoreset in the next step"
+    if problem:
+        envs.close()
+        raise ValueError(f"--env-id {env_id} {problem}")
+    if obs.dtype != np.float32:  # float64 observations would meet float32 weights
+        envs = gym.wrappers.vector.DtypeObservation(envs, np.float32)
     return envs
 
 
-def evaluate_greedy(agent, env_id, episodes, seed, device):
-    """Mean return of the greedy policy, one episode in each of `episodes` parallel envs
-    (taking the first `episodes` finishers of fewer envs would favour short episodes)."""
-    envs = make_envs(env_id, episodes, seed)
+def evaluate_greedy(policy, envs, seed, device):
+    """Returns of the greedy policy a = argmax_a π(a|s), one episode in each env of `envs`
+    (taking the first finishers of fewer envs would favour short episodes)."""
     obs, _ = envs.reset(seed=seed)
-    returns, alive = np.zeros(episodes), np.ones(episodes, bool)
+    returns, alive = np.zeros(envs.num_envs), np.ones(envs.num_envs, bool)
     while alive.any():
         with torch.no_grad():
-            action = agent.actor(torch.as_tensor(obs, device=device)).argmax(-1)
+            action = policy(torch.as_tensor(obs, device=device)).argmax(-1)
         obs, reward, term, trunc, _ = envs.step(action.cpu().numpy())
         returns += reward * alive
         alive &= ~(term | trunc)
-    envs.close()
-    return float(returns.mean())
+    return returns
+
+
+def seed_and_device(seed, cuda):
+    """Seed random, numpy and torch; one torch thread (tiny networks: threads cost more than
+    they give); the device to train on."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
+
+
+def run_dir(args, kind):
+    """--output-dir, or runs/<env>__<script>__<kind>__<seed>__<time>; created."""
+    name = f"{args.env_id}__{SCRIPT.removesuffix('.py')}__{kind}__{args.seed}__{int(time.time())}"
+    out = args.output_dir or os.path.join("runs", name)
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+class EpisodeLog:
+    """Every finished training episode as (global_step, return), and the solved rule: the
+    first step at which the mean return of the last 20 finished episodes reaches 475."""
+
+    def __init__(self, writer):
+        self.writer, self.episodes, self.recent = writer, [], deque(maxlen=20)
+        self.solved_at_step = self.solved_at_s = None
+        self.t0 = time.time()
+
+    def add(self, step, ret):
+        self.episodes.append((step, ret))
+        self.recent.append(ret)
+        self.writer.add_scalar("charts/episodic_return", ret, step)
+        if self.solved_at_step is None and len(self.recent) == 20 and np.mean(self.recent) >= 475:
+            self.solved_at_step, self.solved_at_s = step, round(time.time() - self.t0, 2)
+            print(f"solved at step {step} after {self.solved_at_s:.1f}s")
+
+    def mean(self):
+        return float(np.mean(self.recent)) if self.recent else None
+
+    def save_csv(self, path):
+        """episodes.csv, written atomically."""
+        np.savetxt(path + ".tmp", np.array(self.episodes).reshape(-1, 2), fmt="%g", delimiter=",",
+                   header="global_step,episodic_return", comments="")  # fmt: skip
+        os.replace(path + ".tmp", path)
+
+
+def log_rollout_episodes(log, ep_return, rewards, dones, global_step):
+    """Add the episodes that end inside a [T, N] rollout to `log`, in time order. ep_return
+    carries each env's running return across rollouts. global_step counts every vector-env
+    step (N per row, autoreset steps included); returns its new value."""
+    for reward, done in zip(rewards.cpu().numpy(), dones.cpu().numpy().astype(bool), strict=True):
+        global_step += len(reward)
+        ep_return += reward
+        for ret in ep_return[done]:
+            log.add(global_step, ret)
+        ep_return[done] = 0
+    return global_step
+
+
+def check_finite(numbers, module, iteration, hint):
+    """FloatingPointError if a loss or a parameter is NaN or infinite. Called once per
+    iteration, not once per minibatch: a NaN anywhere ends up in the mean losses or weights."""
+    params = torch.cat([p.detach().flatten() for p in module.parameters()])
+    if not (np.isfinite(numbers).all() and torch.isfinite(params).all()):
+        raise FloatingPointError(
+            f"non-finite loss at iteration {iteration}; the checkpoint keeps the parameters of "
+            f"the iteration before; try a lower {hint}"
+        )
+
+
+def save_checkpoint(path, state, args, **extra):
+    """The agent's weights with the script, the env id and every arg, written atomically."""
+    args = dataclasses.asdict(args)
+    save_atomic(dict(script=SCRIPT, env_id=args["env_id"], agent=state, args=args, **extra), path)
+
+
+def load_checkpoint(path, script, env_id):
+    """The checkpoint that `script` saved for `env_id` at `path`. A missing, corrupt or
+    truncated file, or one made by another script or for another env, is a ValueError."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # no file, a truncated zip, not a torch file at all, ...
+        why = " ".join(str(e).split())[:200]
+        raise ValueError(
+            f"cannot read --eval-checkpoint {path} (missing or corrupt?): {why}"
+        ) from None
+    made_by = ckpt.get("script") if isinstance(ckpt, dict) else None
+    if made_by != script:
+        raise ValueError(f"--eval-checkpoint {path} was made by {made_by or 'another program'}, "
+                         f"not by {script}")  # fmt: skip
+    if ckpt.get("env_id") != env_id:
+        raise ValueError(f"--eval-checkpoint {path} is an agent for {ckpt.get('env_id')}, not "
+                         f"for --env-id {env_id}")  # fmt: skip
+    return ckpt
+
+
+def evaluate_checkpoint(args):
+    """--eval-checkpoint: rebuild the saved agent from its saved args, play --eval-episodes
+    greedy episodes (seed --seed + 10000) without training, return the summary."""
+    ckpt = load_checkpoint(args.eval_checkpoint, SCRIPT, args.env_id)
+    device = seed_and_device(args.seed, args.cuda)
+    video_dir = os.path.join(run_dir(args, "eval"), "videos") if args.capture_video else None
+    envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Discrete,), video_dir)
+    space = envs.single_observation_space.shape[0], envs.single_action_space.n
+    agent = Agent(*space, ckpt["args"]["hidden_size"]).to(device)
+    try:
+        agent.load_state_dict(ckpt["agent"])
+        returns = evaluate_greedy(agent.actor, envs, args.seed + 10_000, device)
+    except RuntimeError as e:
+        raise ValueError(f"--eval-checkpoint {args.eval_checkpoint} does not fit: {e}") from None
+    finally:
+        envs.close()
+    print(f"greedy returns: {' '.join(f'{r:g}' for r in returns)}")
+    return dict(
+        script=SCRIPT,
+        env_id=args.env_id,
+        checkpoint=args.eval_checkpoint,
+        eval_episodes=len(returns),
+        eval_mean_return=float(np.mean(returns)),
+        eval_std_return=float(np.std(returns)),
+        videos=video_dir,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------
 
 
 def rollout(agent, envs, obs, prev_done, num_steps, device):
@@ -318,39 +475,73 @@ def rollout(agent, envs, obs, prev_done, num_steps, device):
     return batch, obs, prev_done
 
 
+def valid_transitions(b, adv):
+    """The rollout's real transitions (autoreset steps dropped) as flat tensors, with Â and
+    the λ-return V^targ = Â + V(s), the critic's regression target."""
+    keep = b["valid"].flatten()
+    flat = dict(obs=b["obs"][:-1], action=b["action"], logp=b["logp"], adv=adv,
+                ret=adv + b["value"][:-1], value=b["value"][:-1])  # fmt: skip
+    return {k: v.flatten(0, 1)[keep] for k, v in flat.items()}
+
+
+def ppo_epochs(agent, optimizer, t, args, beta):
+    """--update-epochs passes of shuffled minibatches over the transitions `t`, each step
+    minimising L = −L^CLIP (or −L^KLPEN) + c1 L^VF − c2 S. Returns the mean losses."""
+    stats = []
+    for _epoch in range(args.update_epochs):
+        perm = torch.randperm(len(t["obs"]), device=t["obs"].device)
+        for mb in torch.tensor_split(perm, args.num_minibatches):
+            logp, logits, v = agent.evaluate(t["obs"][mb], t["action"][mb])
+            mb_adv = t["adv"][mb]
+            if args.norm_adv and len(mb) > 1:
+                mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+            if args.loss_type == "clip":
+                pg_loss, clipfrac = clipped_surrogate_loss(
+                    logp, t["logp"][mb], mb_adv, args.clip_coef
+                )
+            else:  # nothing is clipped in this objective
+                pg_loss = kl_penalty_loss(logp, t["logp"][mb], mb_adv, beta)
+                clipfrac = torch.zeros((), device=logp.device)
+            v_clip = args.clip_coef if args.clip_vloss else 0.0
+            v_loss = value_loss(v, t["value"][mb], t["ret"][mb], v_clip)
+            entropy = categorical_entropy(logits)
+            # L = L^CLIP − c1 L^VF + c2 S is maximised; we minimise its negative.
+            loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+            optimizer.step()
+            with torch.no_grad():
+                kl = approx_kl(logp, t["logp"][mb])
+            stats.append(torch.stack([pg_loss, v_loss, entropy, kl, clipfrac]))
+        if args.target_kl > 0 and kl > args.target_kl:
+            break  # early stop: the policy has moved far enough from π_θold
+    return dict(zip(("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"),
+                    torch.stack(stats).mean(0).tolist(), strict=True))  # fmt: skip
+
+
 def train(args):
     check_args(args)
+    if args.eval_checkpoint:
+        return evaluate_checkpoint(args)
     start = time.time()
-    run_name = f"{args.env_id}__ppo_cartpole__{args.seed}__{int(start)}"
-    out = args.output_dir or os.path.join("runs", run_name)
-    os.makedirs(out, exist_ok=True)
+    out = run_dir(args, "train")
     writer = SummaryWriter(out)
     writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
-
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(1)  # tiny networks: threads cost more than they give
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-
-    envs = make_envs(args.env_id, args.num_envs, args.seed)
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
-    agent = Agent(obs_dim, envs.single_action_space.n, args.hidden_size).to(device)
+    device = seed_and_device(args.seed, args.cuda)
+    envs = make_envs(args.env_id, args.num_envs, (gym.spaces.Discrete,))
+    space = envs.single_observation_space.shape[0], envs.single_action_space.n
+    agent = Agent(*space, args.hidden_size).to(device)
     # eps=1e-5 rather than 1e-8, as in OpenAI baselines' PPO.
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
 
     num_iterations = max(1, args.total_timesteps // (args.num_steps * args.num_envs))
     obs, _ = envs.reset(seed=args.seed)
-    prev_done = np.zeros(args.num_envs, bool)
-    ep_return = np.zeros(args.num_envs)
-    recent = deque(maxlen=20)
-    episodes = []  # (global_step, return) of every finished training episode
-    solved_at_step = solved_at_s = None
+    prev_done, ep_return = np.zeros(args.num_envs, bool), np.zeros(args.num_envs)
     global_step, beta = 0, args.kl_beta
     last_good = copy.deepcopy(agent.state_dict())
-    t0 = time.time()
+    log = EpisodeLog(writer)
     print(f"training {args.env_id} for {args.total_timesteps} steps; logs in {out}")
-
     try:
         for iteration in range(1, num_iterations + 1):
             frac = 1.0 - (iteration - 1) / num_iterations
@@ -358,135 +549,55 @@ def train(args):
             optimizer.param_groups[0]["lr"] = lr
 
             b, obs, prev_done = rollout(agent, envs, obs, prev_done, args.num_steps, device)
-            for reward, done in zip(
-                b["reward"].cpu().numpy(), b["done"].cpu().numpy().astype(bool), strict=True
-            ):
-                global_step += args.num_envs
-                ep_return += reward
-                for ret in ep_return[done]:
-                    episodes.append((global_step, ret))
-                    recent.append(ret)
-                    print(f"global_step={global_step} episodic_return={ret:.0f}")
-                    writer.add_scalar("charts/episodic_return", ret, global_step)
-                    if solved_at_step is None and len(recent) == 20 and np.mean(recent) >= 475:
-                        solved_at_step, solved_at_s = global_step, time.time() - t0
-                        print(f"solved at step {global_step} after {solved_at_s:.1f}s")
-                ep_return[done] = 0
-
+            global_step = log_rollout_episodes(log, ep_return, b["reward"], b["done"], global_step)
             adv = gae(
                 b["reward"], b["value"], b["terminated"], b["done"], args.gamma, args.gae_lambda
             )
-            # V^targ = Â + V(s): the λ-return, the critic's regression target.
-            ret = adv + b["value"][:-1]
+            t = valid_transitions(b, adv)
+            stats = ppo_epochs(agent, optimizer, t, args, beta)
 
-            # Train only on real transitions (drop the reset steps).
-            keep = b["valid"].flatten()
-            b_obs, b_act = b["obs"][:-1].flatten(0, 1)[keep], b["action"].flatten()[keep]
-            b_logp, b_adv = b["logp"].flatten()[keep], adv.flatten()[keep]
-            b_ret, b_val = ret.flatten()[keep], b["value"][:-1].flatten()[keep]
-
-            # ---- Update: several epochs of shuffled minibatches ------------------------
-            stats = []
-            for _epoch in range(args.update_epochs):
-                perm = torch.randperm(len(b_obs), device=device)
-                for mb in torch.tensor_split(perm, args.num_minibatches):
-                    logp, logits, v = agent.evaluate(b_obs[mb], b_act[mb])
-                    mb_adv = b_adv[mb]
-                    if args.norm_adv and len(mb) > 1:
-                        mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                    if args.loss_type == "clip":
-                        pg_loss, clipfrac = clipped_surrogate_loss(
-                            logp, b_logp[mb], mb_adv, args.clip_coef
-                        )
-                    else:  # nothing is clipped in this objective
-                        pg_loss = kl_penalty_loss(logp, b_logp[mb], mb_adv, beta)
-                        clipfrac = torch.zeros((), device=device)
-                    v_clip = args.clip_coef if args.clip_vloss else 0.0
-                    v_loss = value_loss(v, b_val[mb], b_ret[mb], v_clip)
-                    entropy = categorical_entropy(logits)
-                    # L = L^CLIP − c1 L^VF + c2 S is maximised; we minimise its negative.
-                    loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-                    optimizer.step()
-                    with torch.no_grad():
-                        kl = approx_kl(logp, b_logp[mb])
-                    stats.append(torch.stack([pg_loss, v_loss, entropy, kl, clipfrac]))
-                if args.target_kl > 0 and kl > args.target_kl:
-                    break  # early stop: the policy has moved far enough from π_θold
-
-            pg_l, v_l, ent, kl_mean, clipfrac = torch.stack(stats).mean(0).tolist()
-            # One check per iteration, not a device sync per minibatch: a NaN anywhere in
-            # the losses ends up in these means and in the parameters.
-            params = torch.cat([p.detach().flatten() for p in agent.parameters()])
-            if not (np.isfinite([pg_l, v_l, ent]).all() and torch.isfinite(params).all()):
-                raise FloatingPointError(
-                    f"non-finite loss at iteration {iteration}; the checkpoint keeps the "
-                    "parameters of the iteration before; try a lower --learning-rate"
-                )
+            check_finite(list(stats.values())[:3], agent, iteration, "--learning-rate")
             last_good = copy.deepcopy(agent.state_dict())
             if args.loss_type == "kl_penalty":
                 with torch.no_grad():
-                    d = approx_kl(agent.evaluate(b_obs, b_act)[0], b_logp).item()
+                    d = approx_kl(agent.evaluate(t["obs"], t["action"])[0], t["logp"]).item()
                 beta = adapt_kl_beta(beta, d, args.kl_target)
-                writer.add_scalar("losses/kl_beta", beta, global_step)
-                writer.add_scalar("losses/kl_after_update", d, global_step)
-            sps = int(global_step / (time.time() - t0))
-            for name, value in [
-                ("losses/policy_loss", pg_l),
-                ("losses/value_loss", v_l),
-                ("losses/entropy", ent),
-                ("losses/approx_kl", kl_mean),
-                ("losses/clipfrac", clipfrac),
-                ("losses/explained_variance", explained_variance(b_val, b_ret)),
-                ("charts/learning_rate", lr),
-                ("charts/SPS", sps),
-                ("charts/progress", global_step / args.total_timesteps),
-            ]:
-                writer.add_scalar(name, value, global_step)
+                stats.update(kl_beta=beta, kl_after_update=d)
+            stats["explained_variance"] = explained_variance(t["value"], t["ret"])
+            for name, value in stats.items():
+                writer.add_scalar(f"losses/{name}", value, global_step)
+            sps = int(global_step / (time.time() - log.t0))
+            writer.add_scalar("charts/learning_rate", lr, global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
             if iteration % max(1, num_iterations // 10) == 0:
-                mean = np.mean(recent) if recent else float("nan")
                 print(
-                    f"[{100 * iteration // num_iterations:3d}%] step {global_step} "
-                    f"mean_return(last 20)={mean:.1f} approx_kl={kl_mean:.4f} SPS={sps}"
+                    f"[{100 * iteration // num_iterations:3d}%] step {global_step} mean_return"
+                    f"(last 20)={np.mean(log.recent or [np.nan]):.1f} "
+                    f"approx_kl={stats['approx_kl']:.4f} SPS={sps}"
                 )
     finally:
         # Runs on success, on a non-finite loss and on Ctrl-C alike.
-        save_atomic(
-            {"agent": last_good, "args": dataclasses.asdict(args)},
-            os.path.join(out, "agent.pt"),
-        )
-        np.savetxt(
-            os.path.join(out, "episodes.csv.tmp"),
-            np.array(episodes).reshape(-1, 2),
-            fmt="%g",
-            delimiter=",",
-            header="global_step,episodic_return",
-            comments="",
-        )
-        os.replace(os.path.join(out, "episodes.csv.tmp"), os.path.join(out, "episodes.csv"))
+        save_checkpoint(os.path.join(out, "agent.pt"), last_good, args)
+        log.save_csv(os.path.join(out, "episodes.csv"))
         envs.close()
         writer.close()
 
-    eval_return = None
+    eval_returns = None
     if args.eval_episodes > 0:
-        eval_return = evaluate_greedy(
-            agent, args.env_id, args.eval_episodes, args.seed + 10_000, device
-        )
-        print(
-            f"eval: mean return of the greedy policy over {args.eval_episodes} episodes "
-            f"= {eval_return:.1f}"
-        )
+        video_dir = os.path.join(out, "videos") if args.capture_video else None
+        envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Discrete,), video_dir)
+        eval_returns = evaluate_greedy(agent.actor, envs, args.seed + 10_000, device)
+        envs.close()
+        print(f"eval: greedy returns over {args.eval_episodes} episodes: {eval_returns}")
     return {
         "algo": "ppo_" + args.loss_type,
         "env_id": args.env_id,
         "seed": args.seed,
         "global_step": global_step,
-        "solved_at_step": solved_at_step,
-        "solved_at_s": None if solved_at_s is None else round(solved_at_s, 2),
-        "final_mean_return": float(np.mean(recent)) if recent else None,
-        "eval_mean_return": eval_return,
+        "solved_at_step": log.solved_at_step,
+        "solved_at_s": log.solved_at_s,
+        "final_mean_return": log.mean(),
+        "eval_mean_return": None if eval_returns is None else float(np.mean(eval_returns)),
         "wall_time_s": round(time.time() - start, 2),
         "output_dir": out,
     }

@@ -11,6 +11,7 @@ uses exactly one complete episode per environment, all collected with the curren
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import random
@@ -23,8 +24,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.distributions import Categorical
 from torch.utils.tensorboard import SummaryWriter
+
+SCRIPT = "reinforce.py"  # recorded in checkpoints, checked when one is loaded
 
 
 def flag(default, help):
@@ -56,6 +60,10 @@ class Args:
     max_grad_norm: float = flag(0.5, "clip each network's gradient norm to this; 0 turns it off")
     hidden_size: int = flag(64, "width of the two hidden layers of the policy and of V(s)")
     eval_episodes: int = flag(0, "greedy evaluation episodes after training; 0 skips it")
+    eval_checkpoint: str = flag(
+        "", "evaluate this saved checkpoint.pt on --eval-episodes; no training"
+    )
+    capture_video: bool = flag(False, "save the evaluation episodes as MP4 in <output-dir>/videos")
 
 
 def parse_args(argv=None) -> Args:
@@ -74,11 +82,27 @@ def parse_args(argv=None) -> Args:
     return Args(**vars(parser.parse_args(argv)))
 
 
-def save_atomic(obj, path):
-    """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
-    torch.save(obj, path + ".tmp")
-    os.replace(path + ".tmp", path)
+def check_args(args):
+    """Reject settings that would fail later with an obscure error, saying what to fix."""
+    for name in ("total_timesteps", "num_envs", "hidden_size", "learning_rate"):
+        if not getattr(args, name) > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    if not args.value_learning_rate > 0:
+        raise ValueError("--value-learning-rate must be positive")
+    for name in ("ent_coef", "max_grad_norm", "eval_episodes"):
+        if not getattr(args, name) >= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
+    if not 0 <= args.gamma <= 1:
+        raise ValueError(f"--gamma must lie in [0, 1], not {args.gamma}")
+    if args.baseline not in ("none", "mean", "value"):
+        raise ValueError(f"--baseline must be none, mean or value, not {args.baseline!r}")
+    if args.eval_checkpoint and args.eval_episodes == 0:
+        raise ValueError("--eval-episodes must be > 0 with --eval-checkpoint")
 
+
+# ---------------------------------------------------------------------------------------
+# The math
+# ---------------------------------------------------------------------------------------
 
 # The policy gradient theorem (Sutton et al. 2000), in its Monte Carlo form (Williams 1992):
 #     ∇θ J(θ) = E_τ~πθ [ Σ_t ∇θ log πθ(a_t|s_t) · G_t ],   G_t = Σ_k γ^k r_{t+k+1}.
@@ -152,40 +176,228 @@ def value_regression_loss(values, returns):
     return 0.5 * (values - returns).pow(2).mean()
 
 
-def reinforce_mlp(in_dim, out_dim, hidden, last_std):
-    """Two tanh hidden layers; orthogonal init, the last layer scaled by last_std (a policy
-    head of 0.01 starts near uniform, Andrychowicz et al. 2021)."""
-    layers = [nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh()]
-    layers.append(nn.Linear(hidden, out_dim))
-    for layer, std in zip(layers[::2], (np.sqrt(2), np.sqrt(2), last_std), strict=True):
-        nn.init.orthogonal_(layer.weight, std)
-        nn.init.zeros_(layer.bias)
-    return nn.Sequential(*layers)
+# ---------------------------------------------------------------------------------------
+# The agent
+# ---------------------------------------------------------------------------------------
 
 
-def make_reinforce_envs(env_id, num_envs):
-    """A Gymnasium vector env: the numpy-vectorised implementation where the environment has
-    one (CartPole does), else one copy per env in this process."""
+def layer_init(layer, std=2**0.5, bias=0.0):
+    """Orthogonal weights with gain `std` and constant bias (PPO implementation detail #2 of
+    Huang et al. 2022: the gains √2 for hidden layers, 0.01 for the policy head so that the
+    first policy is near uniform, and 1 for the value head)."""
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+def mlp(in_dim, out_dim, hidden, last_std):
+    """Two tanh hidden layers of width `hidden`; the output layer's gain is `last_std`."""
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden, hidden)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden, out_dim), last_std),
+    )
+
+
+class Agent(nn.Module):
+    """Separate actor and critic MLPs (tanh). Sharing a trunk would couple the two losses."""
+
+    def __init__(self, obs_dim, n_actions, hidden=64):
+        super().__init__()
+        self.actor = mlp(obs_dim, n_actions, hidden, 0.01)
+        self.critic = mlp(obs_dim, 1, hidden, 1.0)
+
+    def value(self, obs):
+        return self.critic(obs).squeeze(-1)
+
+    def sample(self, obs):
+        """a ~ π_θ(·|s)."""
+        return torch.multinomial(self.actor(obs).softmax(-1), 1).squeeze(-1)
+
+    def evaluate(self, obs, action):
+        """log π_θ(a|s), the logits and V(s) for given actions (any leading shape)."""
+        logits = self.actor(obs)
+        logp = F.log_softmax(logits, -1).gather(-1, action[..., None]).squeeze(-1)
+        return logp, logits, self.value(obs)
+
+
+# ---------------------------------------------------------------------------------------
+# Environments, logging, checkpoints
+# ---------------------------------------------------------------------------------------
+
+
+def make_envs(env_id, num_envs, action_spaces, video_dir=None):
+    """A Gymnasium >= 1.0 vector env with next-step autoreset: the numpy-vectorised version
+    when the environment has one (CartPole does), else one copy per env in this process.
+
+    The action space must be one of `action_spaces`, the observation space a flat Box; other
+    dtypes than float32 (the networks') are cast to it. With `video_dir`, the envs render
+    rgb_array frames and Gymnasium's RecordVideo saves each env's first episode there as MP4.
+    Any failure is one ValueError, and envs made so far are closed.
+    """
+    if video_dir is not None and importlib.util.find_spec("moviepy") is None:
+        raise ValueError("--capture-video needs moviepy, an optional extra: pip install moviepy")
     try:
-        spec = gym.spec(env_id)
-        mode = "vector_entry_point" if spec.vector_entry_point is not None else "sync"
-        envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode)
-    except gym.error.Error as e:
-        raise ValueError(f"cannot make --env-id {env_id!r}: {e}") from None
-    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
+        if video_dir is None:
+            envs = gym.make_vec(env_id, num_envs=num_envs)
+        else:  # one env object per copy, each with its own file name
+            names = iter(range(num_envs))
+            record = lambda env: gym.wrappers.RecordVideo(  # noqa: E731
+                env, video_dir, lambda episode: episode == 0, name_prefix=f"env{next(names)}"
+            )
+            envs = gym.make_vec(
+                env_id, num_envs, "sync", wrappers=[record], render_mode="rgb_array"
+            )
+    except Exception as e:  # gym.error.Error, a missing extra's ModuleNotFoundError, ...
+        raise ValueError(f"cannot make --env-id {env_id!r}: {' '.join(str(e).split())}") from None
+    act, obs = envs.single_action_space, envs.single_observation_space
+    problem = None
+    if not isinstance(act, action_spaces):
+        problem = f"has {act}; need {' or '.join(s.__name__ for s in action_spaces)}"
+    elif not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:
+        problem = f"has observations {obs}; need a flat Box"
+    elif envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.NEXT_STEP:
+        problem = "does not autoreset in the next step"
+    if problem:
         envs.close()
-        raise ValueError(
-            f"--env-id {env_id} has action space {envs.single_action_space}; "
-            "this script needs a Discrete one (e.g. CartPole-v1)"
-        )
-    if not isinstance(envs.single_observation_space, gym.spaces.Box):
-        envs.close()
-        raise ValueError(f"--env-id {env_id} needs a Box observation space")
+        raise ValueError(f"--env-id {env_id} {problem}")
+    if obs.dtype != np.float32:  # float64 observations would meet float32 weights
+        envs = gym.wrappers.vector.DtypeObservation(envs, np.float32)
     return envs
 
 
-@torch.no_grad()
-def collect_episodes(envs, policy, device, greedy=False, seed=None):
+def evaluate_greedy(policy, envs, seed, device):
+    """Returns of the greedy policy a = argmax_a π(a|s), one episode in each env of `envs`
+    (taking the first finishers of fewer envs would favour short episodes)."""
+    obs, _ = envs.reset(seed=seed)
+    returns, alive = np.zeros(envs.num_envs), np.ones(envs.num_envs, bool)
+    while alive.any():
+        with torch.no_grad():
+            action = policy(torch.as_tensor(obs, device=device)).argmax(-1)
+        obs, reward, term, trunc, _ = envs.step(action.cpu().numpy())
+        returns += reward * alive
+        alive &= ~(term | trunc)
+    return returns
+
+
+def seed_and_device(seed, cuda):
+    """Seed random, numpy and torch; one torch thread (tiny networks: threads cost more than
+    they give); the device to train on."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
+
+
+def run_dir(args, kind):
+    """--output-dir, or runs/<env>__<script>__<kind>__<seed>__<time>; created."""
+    name = f"{args.env_id}__{SCRIPT.removesuffix('.py')}__{kind}__{args.seed}__{int(time.time())}"
+    out = args.output_dir or os.path.join("runs", name)
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+class EpisodeLog:
+    """Every finished training episode as (global_step, return), and the solved rule: the
+    first step at which the mean return of the last 20 finished episodes reaches 475."""
+
+    def __init__(self, writer):
+        self.writer, self.episodes, self.recent = writer, [], deque(maxlen=20)
+        self.solved_at_step = self.solved_at_s = None
+        self.t0 = time.time()
+
+    def add(self, step, ret):
+        self.episodes.append((step, ret))
+        self.recent.append(ret)
+        self.writer.add_scalar("charts/episodic_return", ret, step)
+        if self.solved_at_step is None and len(self.recent) == 20 and np.mean(self.recent) >= 475:
+            self.solved_at_step, self.solved_at_s = step, round(time.time() - self.t0, 2)
+            print(f"solved at step {step} after {self.solved_at_s:.1f}s")
+
+    def mean(self):
+        return float(np.mean(self.recent)) if self.recent else None
+
+    def save_csv(self, path):
+        """episodes.csv, written atomically."""
+        np.savetxt(path + ".tmp", np.array(self.episodes).reshape(-1, 2), fmt="%g", delimiter=",",
+                   header="global_step,episodic_return", comments="")  # fmt: skip
+        os.replace(path + ".tmp", path)
+
+
+def check_finite(numbers, module, iteration, hint):
+    """FloatingPointError if a loss or a parameter is NaN or infinite. Called once per
+    iteration, not once per minibatch: a NaN anywhere ends up in the mean losses or weights."""
+    params = torch.cat([p.detach().flatten() for p in module.parameters()])
+    if not (np.isfinite(numbers).all() and torch.isfinite(params).all()):
+        raise FloatingPointError(
+            f"non-finite loss at iteration {iteration}; the checkpoint keeps the parameters of "
+            f"the iteration before; try a lower {hint}"
+        )
+
+
+def save_checkpoint(path, state, args, **extra):
+    """The agent's weights with the script, the env id and every arg, written atomically."""
+    args = dataclasses.asdict(args)
+    save_atomic(dict(script=SCRIPT, env_id=args["env_id"], agent=state, args=args, **extra), path)
+
+
+def load_checkpoint(path, script, env_id):
+    """The checkpoint that `script` saved for `env_id` at `path`. A missing, corrupt or
+    truncated file, or one made by another script or for another env, is a ValueError."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # no file, a truncated zip, not a torch file at all, ...
+        why = " ".join(str(e).split())[:200]
+        raise ValueError(
+            f"cannot read --eval-checkpoint {path} (missing or corrupt?): {why}"
+        ) from None
+    made_by = ckpt.get("script") if isinstance(ckpt, dict) else None
+    if made_by != script:
+        raise ValueError(f"--eval-checkpoint {path} was made by {made_by or 'another program'}, "
+                         f"not by {script}")  # fmt: skip
+    if ckpt.get("env_id") != env_id:
+        raise ValueError(f"--eval-checkpoint {path} is an agent for {ckpt.get('env_id')}, not "
+                         f"for --env-id {env_id}")  # fmt: skip
+    return ckpt
+
+
+def evaluate_checkpoint(args):
+    """--eval-checkpoint: rebuild the saved agent from its saved args, play --eval-episodes
+    greedy episodes (seed --seed + 10000) without training, return the summary."""
+    ckpt = load_checkpoint(args.eval_checkpoint, SCRIPT, args.env_id)
+    device = seed_and_device(args.seed, args.cuda)
+    video_dir = os.path.join(run_dir(args, "eval"), "videos") if args.capture_video else None
+    envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Discrete,), video_dir)
+    space = envs.single_observation_space.shape[0], envs.single_action_space.n
+    agent = Agent(*space, ckpt["args"]["hidden_size"]).to(device)
+    try:
+        agent.load_state_dict(ckpt["agent"])
+        returns = evaluate_greedy(agent.actor, envs, args.seed + 10_000, device)
+    except RuntimeError as e:
+        raise ValueError(f"--eval-checkpoint {args.eval_checkpoint} does not fit: {e}") from None
+    finally:
+        envs.close()
+    print(f"greedy returns: {' '.join(f'{r:g}' for r in returns)}")
+    return dict(
+        script=SCRIPT,
+        env_id=args.env_id,
+        checkpoint=args.eval_checkpoint,
+        eval_episodes=len(returns),
+        eval_mean_return=float(np.mean(returns)),
+        eval_std_return=float(np.std(returns)),
+        videos=video_dir,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------
+
+
+def collect_episodes(envs, policy, device, seed=None):
     """Play exactly one episode in every env, from a fresh reset, with the current policy.
 
     One episode per env makes the batch an i.i.d. sample of episodes (keeping every episode
@@ -193,18 +405,21 @@ def collect_episodes(envs, policy, device, greedy=False, seed=None):
     and on-policy. An env whose episode is over is still stepped by the vector env, but
     nothing it returns is kept: its autoreset step and next episode never enter the batch,
     so the autoreset mode does not matter here. Returns [T, N] tensors (obs: [T, N, obs_dim]);
-    `alive` marks the steps that belong to an episode.
+    `alive` marks the steps that belong to an episode; `truncated` the last steps of episodes cut
+    by the time limit that did not also terminate.
     """
     obs, _ = envs.reset(seed=seed)
     alive = np.ones(envs.num_envs, dtype=bool)
     steps = []
     while alive.any():
-        logits = policy(torch.as_tensor(obs, dtype=torch.float32, device=device).flatten(1))
-        action = logits.argmax(-1) if greedy else Categorical(logits=logits).sample()
-        action = action.cpu().numpy()
+        logits = policy(torch.as_tensor(obs, device=device))
+        action = Categorical(logits=logits).sample().cpu().numpy()
         next_obs, reward, terminated, truncated, _ = envs.step(action)
         end = terminated | truncated
-        steps.append((obs, action, reward * alive, end & alive, truncated & alive, next_obs, alive))
+        # Cut by the time limit only: the pole can fall on the limit's step, and Gymnasium
+        # then reports terminated and truncated together. That is a real terminal state.
+        cut = truncated & ~terminated
+        steps.append((obs, action, reward * alive, end & alive, cut & alive, next_obs, alive))
         alive = alive & ~end
         obs = next_obs
     keys = ("obs", "actions", "rewards", "ends", "truncated", "final_obs", "alive")
@@ -212,177 +427,135 @@ def collect_episodes(envs, policy, device, greedy=False, seed=None):
     batch = {
         k: torch.as_tensor(np.stack(v), device=device) for k, v in zip(keys, columns, strict=True)
     }
-    for k in ("obs", "final_obs"):
-        batch[k] = batch[k].float().flatten(2)
     batch["rewards"] = batch["rewards"].float()
     return batch
 
 
-def check_reinforce_args(args):
-    """Reject settings that would fail later with an obscure error, saying what to fix."""
-    for name in ("total_timesteps", "num_envs", "hidden_size", "learning_rate"):
-        if not getattr(args, name) > 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive")
-    if not args.value_learning_rate > 0:
-        raise ValueError("--value-learning-rate must be positive")
-    for name in ("ent_coef", "max_grad_norm", "eval_episodes"):
-        if not getattr(args, name) >= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
-    if not 0 <= args.gamma <= 1:
-        raise ValueError(f"--gamma must lie in [0, 1], not {args.gamma}")
-    if args.baseline not in ("none", "mean", "value"):
-        raise ValueError(f"--baseline must be none, mean or value, not {args.baseline!r}")
+def episode_returns(batch, critic, gamma):
+    """G_t of every live step of a collect_episodes batch, flattened in [T, N] order. With a
+    critic, an episode cut by the time limit (and not terminated) adds γ^k V(s_final)."""
+    # CartPole stops at 500 steps by truncation, not failure. Pure Monte Carlo counts the
+    # missing tail as 0, which tells the policy that the last actions of a perfect episode
+    # were bad, and gives V a target that depends on the time step, which V cannot see. With
+    # the value baseline we add γ^k V(s_final) instead, V as fitted before this batch: the one
+    # place V enters G_t itself (a bootstrap, so G_t is then biased by V's error there).
+    # Without V the cut is treated as an ending, as in the textbook.
+    bootstrap = torch.zeros_like(batch["rewards"])
+    cut = batch["truncated"]
+    if critic is not None and cut.any():
+        with torch.no_grad():
+            bootstrap[cut] = critic(batch["final_obs"][cut]).squeeze(-1)
+    return reward_to_go(batch["rewards"], batch["ends"], bootstrap, gamma)[batch["alive"]]
+
+
+def reinforce_update(agent, optimizer, obs, actions, returns, args, iteration):
+    """One gradient step on L = −mean_t log π(a_t|s_t) Â_t − c_ent S (+ L_V with --baseline
+    value) over all live steps of the batch. Returns the statistics to log."""
+    values = agent.value(obs) if args.baseline == "value" else None
+    adv = advantage_estimate(returns, values, args.baseline, args.normalize_advantages)
+    dist = Categorical(logits=agent.actor(obs))
+    entropy = dist.entropy().mean()
+    pg_loss = reinforce_loss(dist.log_prob(actions), adv)
+    v_loss = value_regression_loss(values, returns) if values is not None else torch.zeros(())
+    loss = pg_loss - args.ent_coef * entropy + v_loss
+    optimizer.zero_grad()
+    loss.backward()
+    # Clip each network on its own: V's squared error on returns of order 1/(1−γ) has a far
+    # larger gradient than the policy's, and would dominate a joint norm.
+    grad_norm = torch.zeros(())
+    if args.max_grad_norm > 0:
+        grad_norm = nn.utils.clip_grad_norm_(agent.actor.parameters(), args.max_grad_norm)
+        nn.utils.clip_grad_norm_(agent.critic.parameters(), args.max_grad_norm)
+    optimizer.step()
+    stats = dict(policy_loss=pg_loss.item(), value_loss=v_loss.item(), entropy=entropy.item())
+    check_finite(list(stats.values()), agent, iteration, "--learning-rate")
+    return stats | dict(policy_grad_norm=float(grad_norm))
 
 
 def train(args):
-    check_reinforce_args(args)
+    check_args(args)
+    if args.eval_checkpoint:
+        return evaluate_checkpoint(args)
     start = time.time()
-    run_name = f"{args.env_id}__reinforce__{args.seed}__{int(start)}"
-    out_dir = args.output_dir or os.path.join("runs", run_name)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(1)
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-
-    envs = make_reinforce_envs(args.env_id, args.num_envs)
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
-    n_actions = int(envs.single_action_space.n)
-    policy = reinforce_mlp(obs_dim, n_actions, args.hidden_size, 0.01).to(device)
-    value = reinforce_mlp(obs_dim, 1, args.hidden_size, 1.0).to(device)
+    device = seed_and_device(args.seed, args.cuda)
+    envs = make_envs(args.env_id, args.num_envs, (gym.spaces.Discrete,))
+    space = envs.single_observation_space.shape[0], envs.single_action_space.n
+    agent = Agent(*space, args.hidden_size).to(device)
     optimizer = torch.optim.Adam(
         [
-            {"params": policy.parameters(), "lr": args.learning_rate},
-            {"params": value.parameters(), "lr": args.value_learning_rate},
+            {"params": agent.actor.parameters(), "lr": args.learning_rate},
+            {"params": agent.critic.parameters(), "lr": args.value_learning_rate},
         ]
     )
-
-    os.makedirs(out_dir, exist_ok=True)
-    writer = SummaryWriter(out_dir)
-    writer.add_text("args", json.dumps(dataclasses.asdict(args)))
-    ckpt_path = os.path.join(out_dir, "checkpoint.pt")
-    episodes_csv = open(os.path.join(out_dir, "episodes.csv"), "w")
-    episodes_csv.write("global_step,episodic_return\n")
-    print(f"reinforce on {args.env_id}: {device}, output in {out_dir}", flush=True)
-
+    out = run_dir(args, "train")  # made only once the envs exist: bad input leaves nothing
+    writer = SummaryWriter(out)
+    writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
+    log = EpisodeLog(writer)
     global_step, iteration, simulated = 0, 0, 0
-    recent = deque(maxlen=20)
-    solved_at_step = solved_at_s = None
-    t0 = time.time()
-    while global_step < args.total_timesteps:
-        iteration += 1
-        batch = collect_episodes(envs, policy, device, seed=args.seed if iteration == 1 else None)
-        alive, ends = batch["alive"], batch["ends"]
+    critic = agent.critic if args.baseline == "value" and args.bootstrap_truncated else None
+    print(f"reinforce on {args.env_id}: {device}, output in {out}", flush=True)
+    try:
+        while global_step < args.total_timesteps:
+            iteration += 1
+            seed = args.seed if iteration == 1 else None
+            batch = collect_episodes(envs, agent.actor, device, seed)
+            # Episodes in finishing order; global_step counts live transitions only, i.e.
+            # exactly the steps a one-env implementation would take for the same episodes.
+            live_per_step = batch["alive"].sum(1).cpu().numpy()
+            ep_return = batch["rewards"].sum(0).cpu().numpy()
+            for t, env_idx in batch["ends"].nonzero().cpu().numpy():
+                log.add(global_step + int(live_per_step[: t + 1].sum()), float(ep_return[env_idx]))
+            global_step += int(live_per_step.sum())
+            simulated += batch["alive"].numel()  # including the idle steps of envs already done
 
-        # Episode bookkeeping in finishing order; global_step counts live transitions only,
-        # i.e. exactly the steps a one-env implementation would take for the same episodes.
-        live_per_step = alive.sum(1).cpu().numpy()
-        ep_return = batch["rewards"].sum(0).cpu().numpy()
-        for t, env_idx in ends.nonzero().cpu().numpy():
-            step_at_end = global_step + int(live_per_step[: t + 1].sum())
-            recent.append(float(ep_return[env_idx]))
-            episodes_csv.write(f"{step_at_end},{ep_return[env_idx]:g}\n")
-            writer.add_scalar("charts/episodic_return", ep_return[env_idx], step_at_end)
-            if solved_at_step is None and len(recent) == 20 and np.mean(recent) >= 475:
-                solved_at_step, solved_at_s = step_at_end, round(time.time() - t0, 2)
-                print(f"solved at step {solved_at_step} ({solved_at_s} s)", flush=True)
-        global_step += int(live_per_step.sum())
-        simulated += alive.numel()  # including the idle steps of envs already done
-        episodes_csv.flush()
+            returns = episode_returns(batch, critic, args.gamma)
+            obs, actions = batch["obs"][batch["alive"]], batch["actions"][batch["alive"]]
+            stats = reinforce_update(agent, optimizer, obs, actions, returns, args, iteration)
 
-        # CartPole stops at 500 steps by truncation, not failure. Pure Monte Carlo counts the
-        # missing tail as 0, which tells the policy that the last actions of a perfect
-        # episode were bad, and gives V a target that depends on the time step, which V cannot
-        # see. With the value baseline we add γ^k V(s_final) instead, V as fitted before this
-        # batch: the one place V enters G_t itself (a bootstrap, so G_t is then biased by V's
-        # error there). Without V the cut is treated as an ending, as in the textbook.
-        bootstrap = torch.zeros_like(batch["rewards"])
-        truncated = batch["truncated"]
-        if args.baseline == "value" and args.bootstrap_truncated and truncated.any():
-            with torch.no_grad():
-                bootstrap[truncated] = value(batch["final_obs"][truncated]).squeeze(-1)
-        returns = reward_to_go(batch["rewards"], ends, bootstrap, args.gamma)[alive]
-        obs = batch["obs"][alive]
-        values = value(obs).squeeze(-1) if args.baseline == "value" else None
-        adv = advantage_estimate(returns, values, args.baseline, args.normalize_advantages)
-        dist = Categorical(logits=policy(obs))
-        entropy = dist.entropy().mean()
-        pg_loss = reinforce_loss(dist.log_prob(batch["actions"][alive]), adv)
-        v_loss = value_regression_loss(values, returns) if values is not None else None
-        loss = pg_loss - args.ent_coef * entropy + (v_loss if v_loss is not None else 0)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite loss at iteration {iteration} (step {global_step}); the last good "
-                f"checkpoint is {ckpt_path}; try a lower --learning-rate"
-            )
-        optimizer.zero_grad()
-        loss.backward()
-        # Clip each network on its own: V's squared error on returns of order 1/(1−γ) has a
-        # far larger gradient than the policy's, and would dominate a joint norm.
-        grad_norm = torch.zeros(())
-        if args.max_grad_norm > 0:
-            grad_norm = nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
-            nn.utils.clip_grad_norm_(value.parameters(), args.max_grad_norm)
-        optimizer.step()
-        if not all(torch.isfinite(p).all() for p in [*policy.parameters(), *value.parameters()]):
-            raise FloatingPointError(
-                f"non-finite parameters after the update of iteration {iteration}; the last "
-                f"good checkpoint is {ckpt_path}; try a lower --learning-rate"
-            )
-        save_atomic(
-            {
-                "policy": policy.state_dict(),
-                "value": value.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "args": dataclasses.asdict(args),
-                "iteration": iteration,
-                "global_step": global_step,
-            },
-            ckpt_path,
-        )
+            save_checkpoint(os.path.join(out, "checkpoint.pt"), agent.state_dict(), args,
+                            optimizer=optimizer.state_dict(), iteration=iteration)  # fmt: skip
+            stats.update(episodes_per_update=int(batch["ends"].sum()))
+            for tag, val in stats.items():
+                writer.add_scalar(f"losses/{tag}", val, global_step)
+            sps = int(global_step / (time.time() - log.t0))
+            writer.add_scalar("charts/SPS", sps, global_step)
+            if iteration % 10 == 0:
+                print(
+                    f"iter {iteration:4d}  step {global_step:7d}  return(last 20) "
+                    f"{np.mean(log.recent):6.1f}  entropy {stats['entropy']:.3f}  {sps} steps/s",
+                    flush=True,
+                )
+    finally:
+        log.save_csv(os.path.join(out, "episodes.csv"))
+        envs.close()
 
-        sps = int(global_step / (time.time() - t0))
-        for tag, val in (
-            ("losses/policy_loss", pg_loss.item()),
-            ("losses/value_loss", v_loss.item() if v_loss is not None else 0.0),
-            ("losses/entropy", entropy.item()),
-            ("losses/policy_grad_norm", float(grad_norm)),
-            ("charts/episodes_per_update", int(ends.sum())),
-            ("charts/SPS", sps),
-        ):
-            writer.add_scalar(tag, val, global_step)
-        if iteration % 10 == 0:
-            print(
-                f"iter {iteration:4d}  step {global_step:7d}  return(last 20) "
-                f"{np.mean(recent):6.1f}  entropy {entropy.item():.3f}  {sps} steps/s",
-                flush=True,
-            )
-    episodes_csv.close()
-    envs.close()
-
-    eval_mean = None
+    eval_returns = None
     if args.eval_episodes:
-        eval_envs = make_reinforce_envs(args.env_id, args.eval_episodes)
-        eval_batch = collect_episodes(
-            eval_envs, policy, device, greedy=True, seed=args.seed + 10_000
-        )
-        eval_mean = float(eval_batch["rewards"].sum(0).double().mean())
-        eval_envs.close()
-        writer.add_scalar("charts/eval_mean_return", eval_mean, global_step)
+        video_dir = os.path.join(out, "videos") if args.capture_video else None
+        envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Discrete,), video_dir)
+        eval_returns = evaluate_greedy(agent.actor, envs, args.seed + 10_000, device)
+        envs.close()
+        writer.add_scalar("charts/eval_mean_return", np.mean(eval_returns), global_step)
     writer.close()
     return {
         "algo": "reinforce",
         "env_id": args.env_id,
         "seed": args.seed,
         "global_step": global_step,
-        "solved_at_step": solved_at_step,
-        "solved_at_s": solved_at_s,
-        "final_mean_return": float(np.mean(recent)) if recent else None,
-        "eval_mean_return": eval_mean,
+        "solved_at_step": log.solved_at_step,
+        "solved_at_s": log.solved_at_s,
+        "final_mean_return": log.mean(),
+        "eval_mean_return": None if eval_returns is None else float(np.mean(eval_returns)),
         "wall_time_s": round(time.time() - start, 2),
         "env_steps_simulated": simulated,
-        "output_dir": out_dir,
+        "output_dir": out,
     }
+
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
+    torch.save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)
 
 
 def main(argv=None):

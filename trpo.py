@@ -13,6 +13,7 @@ products, scaled to the edge of a KL trust region and checked by a backtracking 
 import argparse
 import copy
 import dataclasses
+import importlib.util
 import json
 import os
 import random
@@ -28,6 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torch.utils.tensorboard import SummaryWriter
+
+SCRIPT = "trpo.py"  # recorded in checkpoints, checked when one is loaded
 
 
 def flag(default, help):
@@ -56,6 +59,8 @@ class Args:
     critic_minibatch_size: int = flag(512, "minibatch size of the critic regression")
     hidden_size: int = flag(64, "width of the two hidden layers of policy and critic")
     eval_episodes: int = flag(0, "after training, evaluate the greedy policy on N episodes")
+    eval_checkpoint: str = flag("", "evaluate this saved trpo.pt on --eval-episodes; no training")
+    capture_video: bool = flag(False, "save the evaluation episodes as MP4 in <output-dir>/videos")
 
 
 def parse_args(argv=None) -> Args:
@@ -74,7 +79,7 @@ def parse_args(argv=None) -> Args:
     return Args(**vars(parser.parse_args(argv)))
 
 
-def check_trpo_args(args):
+def check_args(args):
     """Reject settings that would fail later with an obscure error, saying what to fix."""
     for name in ("total_timesteps", "num_envs", "num_steps", "cg_iters", "line_search_steps"):
         if getattr(args, name) <= 0:
@@ -84,10 +89,12 @@ def check_trpo_args(args):
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     if not args.max_kl > 0:
         raise ValueError("--max-kl must be positive")
-    if not (args.cg_damping >= 0 and args.cg_tol >= 0 and args.eval_episodes >= 0):
-        raise ValueError("--cg-damping, --cg-tol and --eval-episodes must be >= 0")
+    if not (args.cg_damping >= 0 and args.cg_tol >= 0):
+        raise ValueError("--cg-damping and --cg-tol must be >= 0")
     if not 0 <= args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
         raise ValueError("--gamma and --gae-lambda must lie in [0, 1]")
+    if args.eval_episodes < 0 or (args.eval_checkpoint and args.eval_episodes == 0):
+        raise ValueError("--eval-episodes must be >= 0, and > 0 with --eval-checkpoint")
 
 
 # ---------------------------------------------------------------------------------------
@@ -259,23 +266,232 @@ def fit_critic(critic, optimizer, obs, returns, epochs, minibatch_size):
 
 
 # ---------------------------------------------------------------------------------------
-# The networks
+# The agent
 # ---------------------------------------------------------------------------------------
 
 
-def trpo_mlp(in_dim, out_dim, hidden, last_std):
-    """Two tanh hidden layers, orthogonal weights with gain √2 and zero biases; the last layer's
-    gain is 0.01 for the policy, so that the first policy is near uniform, and 1 for the critic
-    (implementation details #2 of Huang et al. 2022, "The 37 implementation details of PPO").
-    The policy outputs logits; the critic, a separate network, outputs V(s)."""
-    net = nn.Sequential(
-        nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-        nn.Linear(hidden, out_dim),
-    )  # fmt: skip
-    for layer, std in zip(net[::2], (2**0.5, 2**0.5, last_std), strict=True):
-        nn.init.orthogonal_(layer.weight, std)
-        nn.init.zeros_(layer.bias)
-    return net
+def layer_init(layer, std=2**0.5, bias=0.0):
+    """Orthogonal weights with gain `std` and constant bias (PPO implementation detail #2 of
+    Huang et al. 2022: the gains √2 for hidden layers, 0.01 for the policy head so that the
+    first policy is near uniform, and 1 for the value head)."""
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+def mlp(in_dim, out_dim, hidden, last_std):
+    """Two tanh hidden layers of width `hidden`; the output layer's gain is `last_std`."""
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden, hidden)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden, out_dim), last_std),
+    )
+
+
+class Agent(nn.Module):
+    """Separate actor and critic MLPs (tanh). Sharing a trunk would couple the two losses."""
+
+    def __init__(self, obs_dim, n_actions, hidden=64):
+        super().__init__()
+        self.actor = mlp(obs_dim, n_actions, hidden, 0.01)
+        self.critic = mlp(obs_dim, 1, hidden, 1.0)
+
+    def value(self, obs):
+        return self.critic(obs).squeeze(-1)
+
+    def sample(self, obs):
+        """a ~ π_θ(·|s)."""
+        return torch.multinomial(self.actor(obs).softmax(-1), 1).squeeze(-1)
+
+    def evaluate(self, obs, action):
+        """log π_θ(a|s), the logits and V(s) for given actions (any leading shape)."""
+        logits = self.actor(obs)
+        logp = F.log_softmax(logits, -1).gather(-1, action[..., None]).squeeze(-1)
+        return logp, logits, self.value(obs)
+
+
+# ---------------------------------------------------------------------------------------
+# Environments, logging, checkpoints
+# ---------------------------------------------------------------------------------------
+
+
+def make_envs(env_id, num_envs, action_spaces, video_dir=None):
+    """A Gymnasium >= 1.0 vector env with next-step autoreset: the numpy-vectorised version
+    when the environment has one (CartPole does), else one copy per env in this process.
+
+    The action space must be one of `action_spaces`, the observation space a flat Box; other
+    dtypes than float32 (the networks') are cast to it. With `video_dir`, the envs render
+    rgb_array frames and Gymnasium's RecordVideo saves each env's first episode there as MP4.
+    Any failure is one ValueError, and envs made so far are closed.
+    """
+    if video_dir is not None and importlib.util.find_spec("moviepy") is None:
+        raise ValueError("--capture-video needs moviepy, an optional extra: pip install moviepy")
+    try:
+        if video_dir is None:
+            envs = gym.make_vec(env_id, num_envs=num_envs)
+        else:  # one env object per copy, each with its own file name
+            names = iter(range(num_envs))
+            record = lambda env: gym.wrappers.RecordVideo(  # noqa: E731
+                env, video_dir, lambda episode: episode == 0, name_prefix=f"env{next(names)}"
+            )
+            envs = gym.make_vec(
+                env_id, num_envs, "sync", wrappers=[record], render_mode="rgb_array"
+            )
+    except Exception as e:  # gym.error.Error, a missing extra's ModuleNotFoundError, ...
+        raise ValueError(f"cannot make --env-id {env_id!r}: {' '.join(str(e).split())}") from None
+    act, obs = envs.single_action_space, envs.single_observation_space
+    problem = None
+    if not isinstance(act, action_spaces):
+        problem = f"has {act}; need {' or '.join(s.__name__ for s in action_spaces)}"
+    elif not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:
+        problem = f"has observations {obs}; need a flat Box"
+    elif envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.NEXT_STEP:
+        problem = "does not autoreset in the next step"
+    if problem:
+        envs.close()
+        raise ValueError(f"--env-id {env_id} {problem}")
+    if obs.dtype != np.float32:  # float64 observations would meet float32 weights
+        envs = gym.wrappers.vector.DtypeObservation(envs, np.float32)
+    return envs
+
+
+def evaluate_greedy(policy, envs, seed, device):
+    """Returns of the greedy policy a = argmax_a π(a|s), one episode in each env of `envs`
+    (taking the first finishers of fewer envs would favour short episodes)."""
+    obs, _ = envs.reset(seed=seed)
+    returns, alive = np.zeros(envs.num_envs), np.ones(envs.num_envs, bool)
+    while alive.any():
+        with torch.no_grad():
+            action = policy(torch.as_tensor(obs, device=device)).argmax(-1)
+        obs, reward, term, trunc, _ = envs.step(action.cpu().numpy())
+        returns += reward * alive
+        alive &= ~(term | trunc)
+    return returns
+
+
+def seed_and_device(seed, cuda):
+    """Seed random, numpy and torch; one torch thread (tiny networks: threads cost more than
+    they give); the device to train on."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
+
+
+def run_dir(args, kind):
+    """--output-dir, or runs/<env>__<script>__<kind>__<seed>__<time>; created."""
+    name = f"{args.env_id}__{SCRIPT.removesuffix('.py')}__{kind}__{args.seed}__{int(time.time())}"
+    out = args.output_dir or os.path.join("runs", name)
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+class EpisodeLog:
+    """Every finished training episode as (global_step, return), and the solved rule: the
+    first step at which the mean return of the last 20 finished episodes reaches 475."""
+
+    def __init__(self, writer):
+        self.writer, self.episodes, self.recent = writer, [], deque(maxlen=20)
+        self.solved_at_step = self.solved_at_s = None
+        self.t0 = time.time()
+
+    def add(self, step, ret):
+        self.episodes.append((step, ret))
+        self.recent.append(ret)
+        self.writer.add_scalar("charts/episodic_return", ret, step)
+        if self.solved_at_step is None and len(self.recent) == 20 and np.mean(self.recent) >= 475:
+            self.solved_at_step, self.solved_at_s = step, round(time.time() - self.t0, 2)
+            print(f"solved at step {step} after {self.solved_at_s:.1f}s")
+
+    def mean(self):
+        return float(np.mean(self.recent)) if self.recent else None
+
+    def save_csv(self, path):
+        """episodes.csv, written atomically."""
+        np.savetxt(path + ".tmp", np.array(self.episodes).reshape(-1, 2), fmt="%g", delimiter=",",
+                   header="global_step,episodic_return", comments="")  # fmt: skip
+        os.replace(path + ".tmp", path)
+
+
+def log_rollout_episodes(log, ep_return, rewards, dones, global_step):
+    """Add the episodes that end inside a [T, N] rollout to `log`, in time order. ep_return
+    carries each env's running return across rollouts. global_step counts every vector-env
+    step (N per row, autoreset steps included); returns its new value."""
+    for reward, done in zip(rewards.cpu().numpy(), dones.cpu().numpy().astype(bool), strict=True):
+        global_step += len(reward)
+        ep_return += reward
+        for ret in ep_return[done]:
+            log.add(global_step, ret)
+        ep_return[done] = 0
+    return global_step
+
+
+def check_finite(numbers, module, iteration, hint):
+    """FloatingPointError if a loss or a parameter is NaN or infinite. Called once per
+    iteration, not once per minibatch: a NaN anywhere ends up in the mean losses or weights."""
+    params = torch.cat([p.detach().flatten() for p in module.parameters()])
+    if not (np.isfinite(numbers).all() and torch.isfinite(params).all()):
+        raise FloatingPointError(
+            f"non-finite loss at iteration {iteration}; the checkpoint keeps the parameters of "
+            f"the iteration before; try a lower {hint}"
+        )
+
+
+def save_checkpoint(path, state, args, **extra):
+    """The agent's weights with the script, the env id and every arg, written atomically."""
+    args = dataclasses.asdict(args)
+    save_atomic(dict(script=SCRIPT, env_id=args["env_id"], agent=state, args=args, **extra), path)
+
+
+def load_checkpoint(path, script, env_id):
+    """The checkpoint that `script` saved for `env_id` at `path`. A missing, corrupt or
+    truncated file, or one made by another script or for another env, is a ValueError."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # no file, a truncated zip, not a torch file at all, ...
+        why = " ".join(str(e).split())[:200]
+        raise ValueError(
+            f"cannot read --eval-checkpoint {path} (missing or corrupt?): {why}"
+        ) from None
+    made_by = ckpt.get("script") if isinstance(ckpt, dict) else None
+    if made_by != script:
+        raise ValueError(f"--eval-checkpoint {path} was made by {made_by or 'another program'}, "
+                         f"not by {script}")  # fmt: skip
+    if ckpt.get("env_id") != env_id:
+        raise ValueError(f"--eval-checkpoint {path} is an agent for {ckpt.get('env_id')}, not "
+                         f"for --env-id {env_id}")  # fmt: skip
+    return ckpt
+
+
+def evaluate_checkpoint(args):
+    """--eval-checkpoint: rebuild the saved agent from its saved args, play --eval-episodes
+    greedy episodes (seed --seed + 10000) without training, return the summary."""
+    ckpt = load_checkpoint(args.eval_checkpoint, SCRIPT, args.env_id)
+    device = seed_and_device(args.seed, args.cuda)
+    video_dir = os.path.join(run_dir(args, "eval"), "videos") if args.capture_video else None
+    envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Discrete,), video_dir)
+    space = envs.single_observation_space.shape[0], envs.single_action_space.n
+    agent = Agent(*space, ckpt["args"]["hidden_size"]).to(device)
+    try:
+        agent.load_state_dict(ckpt["agent"])
+        returns = evaluate_greedy(agent.actor, envs, args.seed + 10_000, device)
+    except RuntimeError as e:
+        raise ValueError(f"--eval-checkpoint {args.eval_checkpoint} does not fit: {e}") from None
+    finally:
+        envs.close()
+    print(f"greedy returns: {' '.join(f'{r:g}' for r in returns)}")
+    return dict(
+        script=SCRIPT,
+        env_id=args.env_id,
+        checkpoint=args.eval_checkpoint,
+        eval_episodes=len(returns),
+        eval_mean_return=float(np.mean(returns)),
+        eval_std_return=float(np.std(returns)),
+        videos=video_dir,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -283,53 +499,17 @@ def trpo_mlp(in_dim, out_dim, hidden, last_std):
 # ---------------------------------------------------------------------------------------
 
 
-def make_trpo_envs(env_id, num_envs):
-    """A Gymnasium >= 1.0 vector env with next-step autoreset. make_vec's default picks the
-    numpy-vectorised version when the environment has one (CartPole does), else "sync"."""
-    try:
-        envs = gym.make_vec(env_id, num_envs=num_envs)
-    except gym.error.Error as e:
-        raise ValueError(f"cannot make --env-id {env_id!r}: {e}") from None
-    space, obs_space = envs.single_action_space, envs.single_observation_space
-    if not isinstance(space, gym.spaces.Discrete):
-        envs.close()
-        raise ValueError(f"--env-id {env_id} has {space}; TRPO here needs a Discrete one")
-    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        envs.close()
-        raise ValueError(f"--env-id {env_id} has {obs_space}; need a flat Box")
-    if envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.NEXT_STEP:
-        envs.close()
-        raise ValueError(f"--env-id {env_id} does not autoreset in the next step")
-    return envs
+def rollout(agent, envs, obs, prev_done, num_steps, device):
+    """Collect num_steps steps in each env under the current policy π_θold.
 
-
-def greedy_mean_return(policy, env_id, episodes, seed, device):
-    """Mean return of the greedy policy, one episode in each of `episodes` parallel envs
-    (taking the first `episodes` finishers of fewer envs would favour short episodes)."""
-    envs = make_trpo_envs(env_id, episodes)
-    obs, _ = envs.reset(seed=seed)
-    returns, alive = np.zeros(episodes), np.ones(episodes, bool)
-    while alive.any():
-        with torch.no_grad():
-            action = policy(torch.as_tensor(obs, device=device)).argmax(-1)
-        obs, reward, term, trunc, _ = envs.step(action.cpu().numpy())
-        returns += reward * alive
-        alive &= ~(term | trunc)
-    envs.close()
-    return float(returns.mean())
-
-
-def trpo_rollout(policy, envs, obs, prev_done, num_steps, device):
-    """Collect num_steps steps in each env with actions sampled from π_θold.
-
-    Returns (batch, obs, prev_done). The batch holds [T, N] tensors; "obs" has T + 1 rows, the
-    last being the observation after the final step. prev_done says which envs ended an
-    episode in their last step and so will reset in their next.
+    Returns (batch, obs, prev_done). The batch holds [T, N] tensors; "obs" and "value" have
+    T + 1 rows, the last being the observation after the final step and V of it. prev_done
+    says which envs ended an episode in their last step and so will reset in their next.
     """
     T, N = num_steps, envs.num_envs
     obs_buf = np.zeros((T + 1, *obs.shape), np.float32)
     reward, terminated, done, valid = (np.zeros((T, N), np.float32) for _ in range(4))
-    action = np.zeros((T, N), np.int64)
+    action = torch.zeros((T, N), dtype=torch.long, device=device)
     for t in range(T):
         obs_buf[t] = obs
         # Gymnasium >= 1.0 autoresets in the *next* step: the step after an episode's end
@@ -337,145 +517,112 @@ def trpo_rollout(policy, envs, obs, prev_done, num_steps, device):
         # is not a transition of the MDP, so it is marked invalid and gets no loss.
         valid[t] = ~prev_done
         with torch.no_grad():
-            probs = F.softmax(policy(torch.as_tensor(obs, device=device)), -1)
-        action[t] = torch.multinomial(probs, 1).squeeze(-1).cpu().numpy()
-        obs, reward[t], terminated[t], truncated, _ = envs.step(action[t])
+            action[t] = agent.sample(torch.as_tensor(obs, device=device))
+        obs, reward[t], terminated[t], truncated, _ = envs.step(action[t].cpu().numpy())
         prev_done = terminated[t].astype(bool) | truncated
         done[t] = prev_done
-    # After a truncation the next row holds the final observation, so V of it is the
-    # bootstrap value that gae() needs (truncation is not termination).
     obs_buf[T] = obs
-    arrays = dict(obs=obs_buf, action=action, reward=reward, terminated=terminated, done=done)
+    # log π_θold and V for the whole rollout in one batched pass, which is cheaper than one
+    # per step. After a truncation the next row holds the final observation, so V of it is
+    # the bootstrap value that gae() needs (truncation is not termination).
+    obs_all = torch.as_tensor(obs_buf, device=device)
+    with torch.no_grad():
+        logp = agent.evaluate(obs_all[:-1], action)[0]
+        value = agent.value(obs_all)
+    arrays = dict(reward=reward, terminated=terminated, done=done, valid=valid > 0)
     batch = {k: torch.as_tensor(v, device=device) for k, v in arrays.items()}
-    batch["valid"] = torch.as_tensor(valid > 0, device=device)
+    batch.update(obs=obs_all, action=action, logp=logp, value=value)
     return batch, obs, prev_done
 
 
+def valid_transitions(b, adv):
+    """The rollout's real transitions (autoreset steps dropped) as flat tensors, with Â and
+    the λ-return V^targ = Â + V(s), the critic's regression target."""
+    keep = b["valid"].flatten()
+    flat = dict(obs=b["obs"][:-1], action=b["action"], logp=b["logp"], adv=adv,
+                ret=adv + b["value"][:-1], value=b["value"][:-1])  # fmt: skip
+    return {k: v.flatten(0, 1)[keep] for k, v in flat.items()}
+
+
 def train(args):
-    check_trpo_args(args)
+    check_args(args)
+    if args.eval_checkpoint:
+        return evaluate_checkpoint(args)
     start = time.time()
-    run_name = f"{args.env_id}__trpo__{args.seed}__{int(start)}"
-    out = args.output_dir or os.path.join("runs", run_name)
-    os.makedirs(out, exist_ok=True)
+    out = run_dir(args, "train")
     writer = SummaryWriter(out)
     writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
-
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(1)  # tiny networks: threads cost more than they give
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-
-    envs = make_trpo_envs(args.env_id, args.num_envs)
-    obs_dim = envs.single_observation_space.shape[0]
-    policy = trpo_mlp(obs_dim, envs.single_action_space.n, args.hidden_size, 0.01).to(device)
-    critic = trpo_mlp(obs_dim, 1, args.hidden_size, 1.0).to(device)
+    device = seed_and_device(args.seed, args.cuda)
+    envs = make_envs(args.env_id, args.num_envs, (gym.spaces.Discrete,))
+    space = envs.single_observation_space.shape[0], envs.single_action_space.n
+    agent = Agent(*space, args.hidden_size).to(device)
     # Only the critic has an optimizer: the policy moves by the TRPO step alone.
-    optimizer = torch.optim.Adam(critic.parameters(), lr=args.learning_rate)
+    optimizer = torch.optim.Adam(agent.critic.parameters(), lr=args.learning_rate)
 
     num_iterations = max(1, args.total_timesteps // (args.num_steps * args.num_envs))
     obs, _ = envs.reset(seed=args.seed)
-    prev_done = np.zeros(args.num_envs, bool)
-    ep_return = np.zeros(args.num_envs)
-    recent = deque(maxlen=20)
-    episodes = []  # (global_step, return) of every finished training episode
-    solved_at_step = solved_at_s = None
+    prev_done, ep_return = np.zeros(args.num_envs, bool), np.zeros(args.num_envs)
     global_step = 0
-    last_good = copy.deepcopy(dict(policy=policy.state_dict(), critic=critic.state_dict()))
-    t0 = time.time()
+    last_good = copy.deepcopy(agent.state_dict())
+    log = EpisodeLog(writer)
     print(f"training {args.env_id} for {args.total_timesteps} steps; logs in {out}")
-
     try:
         for iteration in range(1, num_iterations + 1):
-            b, obs, prev_done = trpo_rollout(policy, envs, obs, prev_done, args.num_steps, device)
-            for reward, done in zip(
-                b["reward"].cpu().numpy(), b["done"].cpu().numpy().astype(bool), strict=True
-            ):
-                global_step += args.num_envs
-                ep_return += reward
-                for ret in ep_return[done]:
-                    episodes.append((global_step, ret))
-                    recent.append(ret)
-                    writer.add_scalar("charts/episodic_return", ret, global_step)
-                    if solved_at_step is None and len(recent) == 20 and np.mean(recent) >= 475:
-                        solved_at_step, solved_at_s = global_step, time.time() - t0
-                        print(f"solved at step {global_step} after {solved_at_s:.1f}s")
-                ep_return[done] = 0
-
-            with torch.no_grad():
-                value = critic(b["obs"]).squeeze(-1)
-            adv = gae(b["reward"], value, b["terminated"], b["done"], args.gamma, args.gae_lambda)
-            # V^targ = Â + V(s): the λ-return, the critic's regression target.
-            ret = adv + value[:-1]
-
-            # Train only on real transitions (drop the reset steps).
-            keep = b["valid"].flatten()
-            b_obs, b_act = b["obs"][:-1].flatten(0, 1)[keep], b["action"].flatten()[keep]
-            b_adv, b_ret = adv.flatten()[keep], ret.flatten()[keep]
+            b, obs, prev_done = rollout(agent, envs, obs, prev_done, args.num_steps, device)
+            global_step = log_rollout_episodes(log, ep_return, b["reward"], b["done"], global_step)
+            adv = gae(
+                b["reward"], b["value"], b["terminated"], b["done"], args.gamma, args.gae_lambda
+            )
+            t = valid_transitions(b, adv)
             # Normalised Â. Its scale cannot change the step (s ∝ g and β ∝ 1/|g|, so δ alone
             # sets the length); subtracting the mean is one more baseline, against variance.
-            b_adv = (b_adv - b_adv.mean()) / (b_adv.std() + 1e-8)
-
+            t_adv = (t["adv"] - t["adv"].mean()) / (t["adv"].std() + 1e-8)
             stats = trpo_step(
-                policy, b_obs, b_act, b_adv, args.max_kl, args.cg_iters, args.cg_damping,
-                args.cg_tol, args.line_search_steps,
+                agent.actor, t["obs"], t["action"], t_adv, args.max_kl, args.cg_iters,
+                args.cg_damping, args.cg_tol, args.line_search_steps,
             )  # fmt: skip
             stats["value_loss"] = fit_critic(
-                critic, optimizer, b_obs, b_ret, args.critic_epochs, args.critic_minibatch_size
-            )
-            params = torch.cat([p.detach().flatten() for p in policy.parameters()])
-            params = torch.cat([params, *(p.detach().flatten() for p in critic.parameters())])
-            if not (np.isfinite(list(stats.values())).all() and torch.isfinite(params).all()):
-                raise FloatingPointError(
-                    f"non-finite loss at iteration {iteration}; the checkpoint keeps the "
-                    "parameters of the iteration before; try a lower --learning-rate or --max-kl"
-                )
-            last_good = copy.deepcopy(dict(policy=policy.state_dict(), critic=critic.state_dict()))
-            sps = int(global_step / (time.time() - t0))
+                agent.critic, optimizer, t["obs"], t["ret"], args.critic_epochs,
+                args.critic_minibatch_size,
+            )  # fmt: skip
+
+            check_finite(list(stats.values()), agent, iteration, "--learning-rate or --max-kl")
+            last_good = copy.deepcopy(agent.state_dict())
+            sps = int(global_step / (time.time() - log.t0))
             for name, value in stats.items():
                 writer.add_scalar(f"trpo/{name}", value, global_step)
             writer.add_scalar("charts/SPS", sps, global_step)
-            mean = np.mean(recent) if recent else float("nan")
             print(
-                f"iter {iteration:3d} step {global_step:6d} mean_return(last 20)={mean:5.1f} "
-                f"kl={stats['kl']:.4f} improvement={stats['improvement']:+.4f} "
+                f"iter {iteration:3d} step {global_step:6d} mean_return(last 20)="
+                f"{np.mean(log.recent or [np.nan]):5.1f} kl={stats['kl']:.4f} "
+                f"improvement={stats['improvement']:+.4f} "
                 f"(expected {stats['expected_improvement']:+.4f}) "
                 f"line_search_steps={stats['line_search_steps']}"
                 f"{'' if stats['accepted'] else ' (rejected: θ_old kept)'} SPS={sps}"
             )
     finally:
         # Runs on success, on a non-finite loss and on Ctrl-C alike.
-        save_atomic({**last_good, "args": dataclasses.asdict(args)}, os.path.join(out, "trpo.pt"))
-        np.savetxt(
-            os.path.join(out, "episodes.csv.tmp"),
-            np.array(episodes).reshape(-1, 2),
-            fmt="%g",
-            delimiter=",",
-            header="global_step,episodic_return",
-            comments="",
-        )
-        os.replace(os.path.join(out, "episodes.csv.tmp"), os.path.join(out, "episodes.csv"))
+        save_checkpoint(os.path.join(out, "trpo.pt"), last_good, args)
+        log.save_csv(os.path.join(out, "episodes.csv"))
         envs.close()
         writer.close()
 
-    eval_return = None
+    eval_returns = None
     if args.eval_episodes > 0:
-        eval_return = greedy_mean_return(
-            policy, args.env_id, args.eval_episodes, args.seed + 10_000, device
-        )
-        print(
-            f"eval: mean return of the greedy policy over {args.eval_episodes} episodes "
-            f"= {eval_return:.1f}"
-        )
+        video_dir = os.path.join(out, "videos") if args.capture_video else None
+        envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Discrete,), video_dir)
+        eval_returns = evaluate_greedy(agent.actor, envs, args.seed + 10_000, device)
+        envs.close()
+        print(f"eval: greedy returns over {args.eval_episodes} episodes: {eval_returns}")
     return {
         "algo": "trpo",
         "env_id": args.env_id,
         "seed": args.seed,
         "global_step": global_step,
-        "solved_at_step": solved_at_step,
-        "solved_at_s": None if solved_at_s is None else round(solved_at_s, 2),
-        "final_mean_return": float(np.mean(recent)) if recent else None,
-        "eval_mean_return": eval_return,
+        "solved_at_step": log.solved_at_step,
+        "solved_at_s": log.solved_at_s,
+        "final_mean_return": log.mean(),
+        "eval_mean_return": None if eval_returns is None else float(np.mean(eval_returns)),
         "wall_time_s": round(time.time() - start, 2),
         "output_dir": out,
     }

@@ -799,6 +799,162 @@ def rlhf_vectors(rng):
     )  # fmt: skip
 
 
+# ---------------------------------------------------------------- A2C (a2c.py)
+
+
+def naive_n_step_advantage(rewards, values, terminated, truncated, gamma):
+    """The A2C paper's n-step advantage by explicit sums: from t to the end k of t's episode
+    or of the rollout, Â_t = Σ_{j=t..k} γ^{j−t} r_j + γ^{k+1−t} V(s_{k+1}) [k not terminal]
+    − V(s_t)."""
+    rewards, values = np.asarray(rewards), np.asarray(values)
+    done = np.logical_or(terminated, truncated)
+    T, N = rewards.shape
+    adv = np.zeros((T, N))
+    for n in range(N):
+        for t in range(T):
+            k = t
+            while not (done[k, n] or k == T - 1):
+                k += 1
+            ret = sum(gamma ** (j - t) * rewards[j, n] for j in range(t, k + 1))
+            if not terminated[k][n]:
+                ret += gamma ** (k + 1 - t) * values[k + 1, n]
+            adv[t, n] = ret - values[t, n]
+    return adv
+
+
+def a2c_vectors(rng):
+    cases = []
+    for T, N, gamma in [(5, 2, 0.99), (10, 3, 0.9)]:
+        rewards, values = r(rng.normal(size=(T, N))), r(rng.normal(size=(T + 1, N)))
+        terminated = (rng.random((T, N)) < 0.15).astype(int)
+        truncated = ((rng.random((T, N)) < 0.2) | (rng.random((T, N)) < 0.1)).astype(int)
+        adv = naive_n_step_advantage(rewards, values, terminated, truncated, gamma)
+        inputs = dict(rewards=rewards, values=values, terminated=terminated.tolist(),
+                      truncated=truncated.tolist(), gamma=gamma)  # fmt: skip
+        outputs = dict(advantages=adv.tolist(), returns=(adv + np.array(values)[:-1]).tolist())
+        cases.append({"inputs": inputs, "outputs": outputs})
+    write(
+        "a2c_n_step_return",
+        "V^targ_t = Σ_{j=t..k} γ^{j−t} r_j + γ^{k+1−t} V(s_{k+1}) [k not terminal];  "
+        "Â_t = V^targ_t − V(s_t),  k = the last step of t's episode within the rollout",
+        "GAE with λ = 1 (a2c.gae, gae_lambda=1). Arrays are time-major [T][N]; values has "
+        "T+1 rows. A step may be terminated and truncated at once: then it is terminal and "
+        "gets no bootstrap. A return cut by the rollout's end bootstraps with values[T].",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["a2c.gae"],
+    )
+
+    n, A, c1, c2 = 7, 3, 0.5, 0.01
+    logits = r(rng.normal(size=(n, A)) * 1.5)
+    actions = rng.integers(0, A, n).tolist()
+    values, adv, ret = (r(rng.normal(size=n)) for _ in range(3))
+    logpi = log_softmax(np.array(logits))
+    p = np.exp(logpi)
+    H = -(p * logpi).sum(-1)
+    a, v, g = np.array(adv), np.array(values), np.array(ret)
+    logp_a = logpi[np.arange(n), actions]
+    pg = -np.mean(logp_a * a)
+    vf = 0.5 * np.mean((v - g) ** 2)
+    # ∂/∂z_ij: policy term −Â_i (1[j = a_i] − p_ij)/n; entropy term c2 p_ij (log p_ij + H_i)/n
+    grad_logits = -a[:, None] * (np.eye(A)[actions] - p) / n + c2 * p * (logpi + H[:, None]) / n
+    write(
+        "a2c_loss",
+        "L = −mean_t log π(a_t|s_t) Â_t + c1 · ½ mean_t (V(s_t) − V^targ_t)² − c2 · "
+        "mean_t S[π(·|s_t)],  π = softmax(logits)",
+        "Â and V^targ are constants (no gradient). grad_logits is ∂L/∂logits, [batch][actions]; "
+        "grad_values is ∂L/∂V = c1 (V − V^targ)/n.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        [{"inputs": dict(logits=logits, actions=actions, values=values, advantages=adv,
+                         returns=ret, vf_coef=c1, ent_coef=c2),
+          "outputs": dict(loss=pg + c1 * vf - c2 * H.mean(), pg_loss=pg, v_loss=vf,
+                          entropy=H.mean(), grad_logits=grad_logits.tolist(),
+                          grad_values=(c1 * (v - g) / n).tolist())}],
+        ["a2c.a2c_loss"],
+    )  # fmt: skip
+
+    theta = r(rng.normal(size=4))
+    grads = [r(rng.normal(size=4) * s) for s in (1.0, 0.1, 1e-4)]
+    lr, alpha, eps = 7e-4, 0.99, 1e-5
+    th, sq, thetas = np.array(theta), np.zeros(4), []
+    for grad in map(np.array, grads):
+        sq = alpha * sq + (1 - alpha) * grad**2
+        th = th - lr * grad / (np.sqrt(sq) + eps)
+        thetas.append(th.tolist())
+    write(
+        "a2c_rmsprop",
+        "v ← α v + (1 − α) g²;  θ ← θ − lr g / (√v + ε),  v₀ = 0",
+        "The A2C paper's and SB3's optimizer settings (α = 0.99, ε = 1e-5, no momentum, no "
+        "centring), the ε outside the square root as in PyTorch. thetas[i] is θ after the "
+        "(i+1)-th gradient in grads.",
+        {"rtol": 1e-9, "atol": 1e-12},
+        [{"inputs": dict(theta=theta, grads=grads, learning_rate=lr, alpha=alpha, eps=eps),
+          "outputs": {"thetas": thetas}}],
+        ["a2c.make_optimizer"],
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- continuous control
+# (ppo_continuous.py: diagonal Gaussian policies)
+
+
+def gaussian_vectors(rng):
+    """Diagonal Gaussians N(μ, diag σ²) in closed form, one action dimension at a time."""
+    cases = []
+    for B, D in [(1, 1), (5, 3), (4, 6)]:
+        mean, log_std = r(rng.normal(size=(B, D))), r(rng.normal(scale=0.7, size=(B, D)))
+        action = r(np.array(mean) + np.exp(log_std) * rng.normal(scale=1.5, size=(B, D)))
+        logp = np.zeros(B)
+        for b in range(B):
+            for i in range(D):
+                mu, ls, a = mean[b][i], log_std[b][i], action[b][i]
+                sigma = np.exp(ls)
+                logp[b] += -((a - mu) ** 2) / (2 * sigma**2) - ls - 0.5 * np.log(2 * np.pi)
+        cases.append({"inputs": dict(action=action, mean=mean, log_std=log_std),
+                      "outputs": {"log_prob": logp.tolist()}})  # fmt: skip
+    write(
+        "gaussian_log_prob",
+        "log π(a|s) = −Σ_i [(a_i − μ_i)² / (2 σ_i²) + log σ_i + ½ log 2π]",
+        "All arrays [batch][action dims]; the log-density is summed over the action dims, one "
+        "value per row. log σ is given (σ = exp(log σ)).",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["ppo_continuous.gaussian_log_prob"],
+    )
+
+    log_std = r(rng.normal(size=(4, 3)))
+    ent = [sum(ls + 0.5 * np.log(2 * np.pi * np.e) for ls in row) for row in log_std]
+    write(
+        "gaussian_entropy",
+        "H = Σ_i [log σ_i + ½ log(2πe)]",
+        "log σ is [batch][action dims]; one entropy per row (it does not depend on μ).",
+        {"rtol": 1e-6, "atol": 1e-9},
+        [{"inputs": {"log_std": log_std}, "outputs": {"entropy": ent}}],
+        ["ppo_continuous.gaussian_entropy"],
+    )
+
+    cases = []
+    for B, D in [(3, 1), (5, 4)]:
+        mp, mq = r(rng.normal(size=(B, D))), r(rng.normal(size=(B, D)))
+        lp, lq = r(rng.normal(scale=0.5, size=(B, D))), r(rng.normal(scale=0.5, size=(B, D)))
+        kl = np.zeros(B)
+        for b in range(B):
+            for i in range(D):
+                sp, sq = np.exp(lp[b][i]), np.exp(lq[b][i])
+                kl[b] += np.log(sq / sp) + (sp**2 + (mp[b][i] - mq[b][i]) ** 2) / (2 * sq**2) - 0.5
+        cases.append({"inputs": dict(mean_p=mp, log_std_p=lp, mean_q=mq, log_std_q=lq),
+                      "outputs": {"kl": kl.tolist()}})  # fmt: skip
+    write(
+        "gaussian_kl",
+        "KL(p ‖ q) = Σ_i [log σ_q,i − log σ_p,i + (σ_p,i² + (μ_p,i − μ_q,i)²) / (2 σ_q,i²) − ½]",
+        "Per row of [batch][action dims] inputs (one KL per state), summed over the action "
+        "dims, not averaged. p is the first argument.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["ppo_continuous.gaussian_kl"],
+    )
+
+
 def rlhf_critic_free_vectors(rng):
     """RLOO, GRPO and Dr. GRPO advantages, the three KL estimators and GRPO's loss."""
     cases = []
@@ -928,6 +1084,8 @@ def main():
     trpo_vectors(np.random.default_rng(3))
     bradley_terry_vectors(np.random.default_rng(4))
     rlhf_vectors(np.random.default_rng(5))
+    a2c_vectors(np.random.default_rng(13))  # A2C block
+    gaussian_vectors(np.random.default_rng(11))
     rlhf_critic_free_vectors(np.random.default_rng(7))
     print(f"wrote {len(list(HERE.glob('*.json')))} vector files to {HERE}")
 

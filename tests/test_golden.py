@@ -20,13 +20,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import ppo_cartpole
+import ppo_continuous
 import reinforce
 import reward_model
 import rlhf_ppo_gpt2
 import trpo
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
-SCRIPTS = {m.__name__: m for m in (ppo_cartpole, reinforce, trpo, reward_model, rlhf_ppo_gpt2)}
+SCRIPTS = {
+    m.__name__: m
+    for m in (ppo_cartpole, reinforce, trpo, reward_model, rlhf_ppo_gpt2, ppo_continuous)
+}
 CHECKED = {}  # vector name -> the script functions its tests call
 
 
@@ -400,6 +404,76 @@ def test_rlhf_masks(tol, inp, out):
     assert positions.tolist() == out["positions"]
     mask = rlhf_ppo_gpt2.response_mask_after_eos(torch.tensor(inp["responses"]), inp["eos_id"])
     assert mask.tolist() == out["response_mask"]
+
+
+# ---------------------------------------------------------------- A2C (a2c.py)
+# A separate block: imported here, not at the top, so that this block merges alone.
+
+SCRIPTS["a2c"] = __import__("a2c")
+
+
+@checks("a2c_n_step_return", "a2c.gae")
+@pytest.mark.parametrize("tol,inp,out", cases("a2c_n_step_return"))
+def test_a2c_n_step_return(tol, inp, out):
+    term, trunc = t(inp["terminated"]), t(inp["truncated"])
+    values = t(inp["values"])
+    adv = impl("a2c.gae")(t(inp["rewards"]), values, term, torch.maximum(term, trunc),
+                          inp["gamma"], 1.0)  # fmt: skip
+    close(adv, out["advantages"], tol)
+    close(adv + values[:-1], out["returns"], tol)
+
+
+@checks("a2c_loss", "a2c.a2c_loss")
+@pytest.mark.parametrize("tol,inp,out", cases("a2c_loss"))
+def test_a2c_loss(tol, inp, out):
+    logits, v = t(inp["logits"]).requires_grad_(True), t(inp["values"]).requires_grad_(True)
+    logp = F.log_softmax(logits, -1).gather(-1, torch.tensor(inp["actions"])[:, None])[:, 0]
+    loss, pg, vf, ent = impl("a2c.a2c_loss")(
+        logp, logits, v, t(inp["advantages"]), t(inp["returns"]), inp["vf_coef"], inp["ent_coef"]
+    )
+    loss.backward()
+    for name, value in [("loss", loss), ("pg_loss", pg), ("v_loss", vf), ("entropy", ent)]:
+        close(value.item(), out[name], tol)
+    close(logits.grad, out["grad_logits"], tol)
+    close(v.grad, out["grad_values"], tol)
+
+
+@checks("a2c_rmsprop", "a2c.make_optimizer")
+@pytest.mark.parametrize("tol,inp,out", cases("a2c_rmsprop"))
+def test_a2c_rmsprop(tol, inp, out):
+    args = SimpleNamespace(
+        optimizer="rmsprop", learning_rate=inp["learning_rate"], rms_alpha=inp["alpha"],
+        optimizer_eps=inp["eps"],
+    )  # fmt: skip
+    theta = t(inp["theta"]).requires_grad_(True)
+    optimizer = impl("a2c.make_optimizer")([theta], args)
+    for grad, expected in zip(inp["grads"], out["thetas"], strict=True):
+        theta.grad = t(grad)
+        optimizer.step()
+        close(theta, expected, tol)
+
+
+# ---------------------------------------------------------------- continuous control (Gaussian)
+
+
+@checks("gaussian_log_prob", "ppo_continuous.gaussian_log_prob")
+@pytest.mark.parametrize("tol,inp,out", cases("gaussian_log_prob"))
+def test_gaussian_log_prob(tol, inp, out):
+    logp = ppo_continuous.gaussian_log_prob(t(inp["action"]), t(inp["mean"]), t(inp["log_std"]))
+    close(logp, out["log_prob"], tol)
+
+
+@checks("gaussian_entropy", "ppo_continuous.gaussian_entropy")
+@pytest.mark.parametrize("tol,inp,out", cases("gaussian_entropy"))
+def test_gaussian_entropy(tol, inp, out):
+    close(ppo_continuous.gaussian_entropy(t(inp["log_std"])), out["entropy"], tol)
+
+
+@checks("gaussian_kl", "ppo_continuous.gaussian_kl")
+@pytest.mark.parametrize("tol,inp,out", cases("gaussian_kl"))
+def test_gaussian_kl(tol, inp, out):
+    args = (t(inp[k]) for k in ("mean_p", "log_std_p", "mean_q", "log_std_q"))
+    close(ppo_continuous.gaussian_kl(*args), out["kl"], tol)
 
 
 @checks("rlhf_group_advantages", "rlhf_ppo_gpt2.rloo_advantages", "rlhf_ppo_gpt2.group_advantages")

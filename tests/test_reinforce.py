@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
@@ -172,8 +174,8 @@ def test_baselines_keep_the_mean_and_lower_the_variance():
 
 def test_collect_episodes_one_complete_episode_per_env():
     torch.manual_seed(0)
-    envs = reinforce.make_reinforce_envs("CartPole-v1", 6)
-    policy = reinforce.reinforce_mlp(4, 2, 16, 0.01)
+    envs = reinforce.make_envs("CartPole-v1", 6, (gym.spaces.Discrete,))
+    policy = reinforce.mlp(4, 2, 16, 0.01)
     b = reinforce.collect_episodes(envs, policy, torch.device("cpu"), seed=3)
     lengths = b["alive"].sum(0)
     for i in range(6):
@@ -190,6 +192,54 @@ def test_collect_episodes_one_complete_episode_per_env():
     envs.close()
 
 
+class ThreeStepEnv(gym.Env):
+    """Pays 1 per step. With fall=True it terminates on step 3, the very step on which the
+    time limit (max_episode_steps=3) truncates too, as when CartPole's pole falls on step 500.
+    Its observations are float64 on purpose."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float64)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, fall):
+        self.fall, self.t = fall, 0
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.full(4, 0.5), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.full(4, 0.5), 1.0, self.fall and self.t == 3, False, {}
+
+
+gym.register("test/FallsOnLimitStep-v0", ThreeStepEnv, max_episode_steps=3, kwargs={"fall": True})
+gym.register("test/CutAtLimit-v0", ThreeStepEnv, max_episode_steps=3, kwargs={"fall": False})
+
+
+@pytest.mark.parametrize("env_id,falls", [("test/FallsOnLimitStep-v0", True),
+                                          ("test/CutAtLimit-v0", False)])  # fmt: skip
+def test_terminal_step_on_the_time_limit_gets_no_bootstrap(env_id, falls):
+    """Gymnasium reports terminated and truncated together when an episode ends on the limit's
+    step: that state is terminal, so G_t adds no γ V(s_final); a pure time-limit cut does.
+    Checked against G_t written out by hand for V ≡ 100, γ = 0.5, three steps."""
+    envs = reinforce.make_envs(env_id, 2, (gym.spaces.Discrete,))
+    b = reinforce.collect_episodes(envs, reinforce.mlp(4, 2, 8, 0.01), torch.device("cpu"), 0)
+    envs.close()
+    assert b["obs"].dtype == torch.float32  # float64 observations are cast for the networks
+    g = reinforce.episode_returns(b, lambda obs: torch.full((len(obs), 1), 100.0), 0.5)
+    g3 = 1.0 if falls else 1.0 + 0.5 * 100.0  # G of the last step: r, plus γ V only if cut
+    expected = [1 + 0.5 * (1 + 0.5 * g3), 1 + 0.5 * g3, g3]
+    np.testing.assert_allclose(g.view(3, 2).numpy(), np.array([expected, expected]).T)
+
+
+def test_trains_on_float64_observations(tmp_path):
+    summary, _ = run_train(
+        tmp_path, "f64", env_id="test/CutAtLimit-v0", num_envs=2, total_timesteps=6
+    )
+    assert summary["global_step"] == 6 and summary["final_mean_return"] == 3.0
+
+
 def run_train(tmp_path, name, **overrides):
     args = reinforce.Args(output_dir=str(tmp_path / name), cuda=False, **overrides)
     return reinforce.train(args), args.output_dir
@@ -197,7 +247,7 @@ def run_train(tmp_path, name, **overrides):
 
 def read_params(out_dir):
     ckpt = torch.load(os.path.join(out_dir, "checkpoint.pt"))
-    return ckpt["policy"] | {"v." + k: v for k, v in ckpt["value"].items()}
+    return ckpt["agent"]  # actor.* (the policy) and critic.* (V)
 
 
 def test_same_seed_same_parameters(tmp_path):

@@ -30,7 +30,7 @@ def one_thread():
 def tiny_policy(seed=0, in_dim=3, n_actions=4, hidden=5):
     """A small float64 policy with non-trivial logits (last-layer gain 1, not 0.01)."""
     torch.manual_seed(seed)
-    return trpo.trpo_mlp(in_dim, n_actions, hidden, 1.0).double()
+    return trpo.mlp(in_dim, n_actions, hidden, 1.0).double()
 
 
 def logits_of(policy, theta, obs):
@@ -197,7 +197,7 @@ def test_update_stays_in_trust_region_and_improves_surrogate(seed):
     """On a fixed batch, the real mean KL after one update is <= δ, and the surrogate did not
     decrease; both measured here with torch.distributions and probability ratios."""
     torch.manual_seed(seed)
-    policy = trpo.trpo_mlp(4, 2, 64, 0.01)
+    policy = trpo.mlp(4, 2, 64, 0.01)
     obs, action, adv = cartpole_batch(policy, n=1024, seed=seed, dtype=torch.float32)
     with torch.no_grad():
         old = torch.distributions.Categorical(logits=policy(obs))
@@ -216,7 +216,7 @@ def test_failed_line_search_keeps_parameters():
     """With a tiny δ no candidate changes the float32 surrogate, so none improves it: every
     candidate is rejected and θ_old comes back bit for bit."""
     torch.manual_seed(0)
-    policy = trpo.trpo_mlp(4, 2, 64, 0.01)
+    policy = trpo.mlp(4, 2, 64, 0.01)
     obs, action, adv = cartpole_batch(policy, n=256, dtype=torch.float32)
     before = theta_of(policy).clone()
     stats = trpo.trpo_step(policy, obs, action, adv, 1e-30, 10, 0.1, 1e-8, 5)
@@ -227,7 +227,7 @@ def test_failed_line_search_keeps_parameters():
 def test_zero_advantages_give_no_step():
     """A contrived batch with Â = 0: g = 0, no direction, and the parameters stay."""
     torch.manual_seed(0)
-    policy = trpo.trpo_mlp(4, 2, 64, 0.01)
+    policy = trpo.mlp(4, 2, 64, 0.01)
     obs, action, adv = cartpole_batch(policy, n=128, dtype=torch.float32)
     before = theta_of(policy).clone()
     stats = trpo.trpo_step(policy, obs, action, torch.zeros_like(adv), 0.01, 10, 0.1, 1e-8, 10)
@@ -239,14 +239,14 @@ def test_zero_advantages_give_no_step():
 
 
 def test_rollout_masks_reset_steps_and_keeps_final_observation():
-    """Replay the same seeded environment step by step, independently of trpo_rollout(): the
+    """Replay the same seeded environment step by step, independently of rollout(): the
     step after every episode end is invalid (the autoreset step), every real transition is
     valid, and at a truncation the next buffer row is the true final observation."""
     torch.manual_seed(0)
     envs = gym.make_vec("CartPole-v1", 4, "vector_entry_point", max_episode_steps=7)
-    policy = trpo.trpo_mlp(4, 2, 8, 0.01)
+    agent = trpo.Agent(4, 2, 8)
     obs, _ = envs.reset(seed=3)
-    b, _, _ = trpo.trpo_rollout(policy, envs, obs, np.zeros(4, bool), 30, torch.device("cpu"))
+    b, _, _ = trpo.rollout(agent, envs, obs, np.zeros(4, bool), 30, torch.device("cpu"))
 
     replay = gym.make_vec("CartPole-v1", 4, "vector_entry_point", max_episode_steps=7)
     o, _ = replay.reset(seed=3)
@@ -270,7 +270,7 @@ def test_rollout_masks_reset_steps_and_keeps_final_observation():
 def test_update_batch_excludes_reset_steps(monkeypatch, tmp_path):
     """The rows that reach trpo_step and fit_critic are exactly the valid ones."""
     sizes, valid_counts = [], []
-    real_step, real_rollout, real_fit = trpo.trpo_step, trpo.trpo_rollout, trpo.fit_critic
+    real_step, real_rollout, real_fit = trpo.trpo_step, trpo.rollout, trpo.fit_critic
 
     def counting_rollout(*a, **k):
         b, obs, prev_done = real_rollout(*a, **k)
@@ -285,7 +285,7 @@ def test_update_batch_excludes_reset_steps(monkeypatch, tmp_path):
         assert len(obs) == len(returns) == sizes[-1]
         return real_fit(critic, optimizer, obs, returns, *a)
 
-    monkeypatch.setattr(trpo, "trpo_rollout", counting_rollout)
+    monkeypatch.setattr(trpo, "rollout", counting_rollout)
     monkeypatch.setattr(trpo, "trpo_step", recording_step)
     monkeypatch.setattr(trpo, "fit_critic", recording_fit)
     args = trpo.Args(total_timesteps=3072, critic_epochs=1, cuda=False, output_dir=str(tmp_path))
@@ -312,10 +312,9 @@ def test_determinism(tmp_path):
     for name in ("a", "b"):
         args = trpo.Args(total_timesteps=2048, cuda=False, output_dir=str(tmp_path / name))
         trpo.train(args)
-        out.append(torch.load(tmp_path / name / "trpo.pt"))
-    for net in ("policy", "critic"):
-        for key in out[0][net]:
-            assert torch.equal(out[0][net][key], out[1][net][key]), (net, key)
+        out.append(torch.load(tmp_path / name / "trpo.pt")["agent"])
+    for key in out[0]:  # actor.* (the policy) and critic.*
+        assert torch.equal(out[0][key], out[1][key]), key
     assert (tmp_path / "a/episodes.csv").read_text() == (tmp_path / "b/episodes.csv").read_text()
 
 
@@ -328,7 +327,7 @@ def test_determinism(tmp_path):
         (["--cg-iters", "0"], "--cg-iters must be positive"),
         (["--critic-minibatch-size", "0"], "--critic-minibatch-size must be positive"),
         (["--gae-lambda", "1.5"], "must lie in [0, 1]"),
-        (["--env-id", "Pendulum-v1"], "needs a Discrete one"),
+        (["--env-id", "Pendulum-v1"], "need Discrete"),
         (["--env-id", "NoSuchEnv-v0"], "cannot make --env-id"),
         (["--max-kl", "x"], "invalid float value"),
     ],
@@ -356,10 +355,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, 
         capsys, *common, "--total-timesteps", "1024", "--output-dir", str(tmp_path / "bad")
     )
     assert code == 1 and "non-finite loss at iteration 2" in err
-    good, bad = torch.load(tmp_path / "one/trpo.pt"), torch.load(tmp_path / "bad/trpo.pt")
-    for net in ("policy", "critic"):
-        for key in good[net]:
-            assert torch.equal(good[net][key], bad[net][key]), (net, key)
+    good, bad = (torch.load(tmp_path / f"{d}/trpo.pt")["agent"] for d in ("one", "bad"))
+    for key in good:  # actor.* (the policy) and critic.*
+        assert torch.equal(good[key], bad[key]), key
     assert (tmp_path / "bad" / "episodes.csv").exists()
 
 

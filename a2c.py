@@ -1,0 +1,573 @@
+"""A2C, the synchronous advantage actor-critic, on CartPole-v1, in one file.
+
+Mnih et al. 2016 (https://arxiv.org/abs/1602.01783) ran A3C's actors asynchronously; A2C is
+its synchronous form (OpenAI baselines): N environments step together, every `--num-steps`
+steps the n-step advantages Â (here by GAE, Schulman et al. 2015; λ = 1 is the paper's n-step
+return) feed ONE gradient step on  −Σ log π(a|s) Â + c1 L^VF − c2 S,  and the rollout is
+thrown away. Read it beside ppo_cartpole.py: A2C is PPO with one epoch, one minibatch and no
+advantage normalisation (Huang et al. 2022, https://arxiv.org/abs/2205.09123), and
+tests/test_a2c.py proves that identity on these two files.
+
+Departures from the paper: RMSprop keeps one set of statistics (not shared across threads),
+the critic is a separate network (see Agent), and the gradient norm is clipped (as in SB3).
+
+    python a2c.py                       # RMSprop, as in the paper and in SB3; solves CartPole-v1
+    python a2c.py --optimizer adam
+    python a2c.py --help
+"""
+
+import argparse
+import copy
+import dataclasses
+import importlib.util
+import json
+import os
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.tensorboard import SummaryWriter
+
+SCRIPT = "a2c.py"  # recorded in checkpoints, checked when one is loaded
+
+
+def flag(default, help):
+    """A dataclass field that is also a command-line flag with help text."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Args:
+    seed: int = flag(1, "seed of random, numpy, torch and the environments")
+    cuda: bool = flag(True, "use CUDA when it is available")
+    output_dir: str = flag("", "logs and checkpoints go here; default runs/<run-name>")
+    env_id: str = flag("CartPole-v1", "a Gymnasium environment with a Discrete action space")
+    total_timesteps: int = flag(200_000, "environment steps to train for, over all envs")
+    learning_rate: float = flag(7e-4, "optimizer step size at the start (see --anneal-lr)")
+    anneal_lr: bool = flag(False, "decay the learning rate linearly to 0 over training")
+    optimizer: str = flag("rmsprop", "rmsprop (the A2C paper, SB3) or adam")
+    rms_alpha: float = flag(0.99, "RMSprop: decay α of the running mean of squared gradients")
+    optimizer_eps: float = flag(1e-5, "ε added to the RMSprop/Adam denominator")
+    num_envs: int = flag(8, "parallel environments")
+    num_steps: int = flag(5, "steps per environment per rollout: the n of the n-step return")
+    gamma: float = flag(0.99, "discount factor γ")
+    gae_lambda: float = flag(1.0, "GAE λ: 1 is the n-step return of the paper, 0 is one-step TD")
+    norm_adv: bool = flag(False, "normalise the advantages within each rollout")
+    ent_coef: float = flag(0.0, "c2: weight of the entropy bonus")
+    vf_coef: float = flag(1.0, "c1: weight of the value loss L^VF = ½ (V − V^targ)²")
+    max_grad_norm: float = flag(0.5, "clip the global gradient norm to this")
+    hidden_size: int = flag(64, "width of the two hidden layers of actor and critic")
+    eval_episodes: int = flag(0, "after training, evaluate the greedy policy on N episodes")
+    eval_checkpoint: str = flag("", "evaluate this saved agent.pt on --eval-episodes; no training")
+    capture_video: bool = flag(False, "save the evaluation episodes as MP4 in <output-dir>/videos")
+
+
+def parse_args(argv=None) -> Args:
+    """Build the command line from the fields of Args: --flag-name, --x/--no-x for booleans."""
+    parser = argparse.ArgumentParser(description=sys.modules[__name__].__doc__.split("\n")[0])
+    for f in dataclasses.fields(Args):
+        kind = type(f.default)
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=None if kind is bool else kind,
+            action=argparse.BooleanOptionalAction if kind is bool else None,
+            default=f.default,
+            help=f.metadata["help"] + " (default: %(default)s)",
+        )
+    parser.error = lambda message: sys.exit(f"error: {message} (see --help)")
+    return Args(**vars(parser.parse_args(argv)))
+
+
+def check_args(args):
+    """Reject settings that would fail later with an obscure error, saying what to fix."""
+    sizes = ("total_timesteps", "num_envs", "num_steps", "hidden_size")
+    for name in (*sizes, "learning_rate", "max_grad_norm", "optimizer_eps"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    if args.optimizer not in ("rmsprop", "adam"):
+        raise ValueError(f"--optimizer must be rmsprop or adam, not {args.optimizer!r}")
+    if not 0 <= args.rms_alpha < 1:
+        raise ValueError("--rms-alpha must lie in [0, 1)")
+    if not 0 <= args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
+        raise ValueError("--gamma and --gae-lambda must lie in [0, 1]")
+    if args.eval_episodes < 0 or (args.eval_checkpoint and args.eval_episodes == 0):
+        raise ValueError("--eval-episodes must be >= 0, and > 0 with --eval-checkpoint")
+
+
+# ---------------------------------------------------------------------------------------
+# The math. Everything below is a pure function of tensors, so tests can check it alone.
+# ---------------------------------------------------------------------------------------
+
+
+def gae(rewards, values, terminated, dones, gamma, lam):
+    """Generalized advantage estimation over a [T, N] rollout.
+
+    δ_t = r_t + γ V(s_{t+1}) (1 − terminated_t) − V(s_t)
+    Â_t = δ_t + γ λ (1 − done_t) Â_{t+1}
+
+    `values` has T + 1 rows: values[T] is V of the observation after the last step. With
+    Gymnasium's next-step autoreset, the row after an episode's last step holds that
+    episode's final observation, so at a truncation δ_t bootstraps with V(final obs) while
+    the recursion still stops (done = terminated or truncated). Returns Â, shape [T, N].
+    """
+    advantages = torch.zeros_like(rewards)
+    next_adv = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        # δ_t = r_t + γ V(s_{t+1}) (1 − terminated_t) − V(s_t): only a real terminal state
+        # has value 0; a time-limit cut keeps the bootstrap.
+        delta = rewards[t] + gamma * values[t + 1] * (1 - terminated[t]) - values[t]
+        # Â_t = δ_t + γλ (1 − done_t) Â_{t+1}: advantages never leak across episodes.
+        next_adv = delta + gamma * lam * (1 - dones[t]) * next_adv
+        advantages[t] = next_adv
+    return advantages
+
+
+def a2c_loss(logp, logits, values, adv, returns, vf_coef, ent_coef):
+    """The actor-critic loss of one rollout, its three terms averaged over the transitions.
+
+    L(θ) = −mean_t[log π_θ(a_t|s_t) Â_t] + c1 · ½ mean_t[(V_θ(s_t) − V_t^targ)²] − c2 S[π_θ]
+
+    Â and V^targ are constants: −∇ of the first term is the policy-gradient estimate
+    mean_t ∇log π_θ(a_t|s_t) Â_t. Returns (L, policy term, L^VF, S).
+    """
+    # −mean(log π(a_t|s_t) Â_t): the score-function estimator with the critic as baseline.
+    pg_loss = -(logp * adv.detach()).mean()
+    # L^VF = ½ mean (V(s_t) − V_t^targ)², the same halved regression as ppo_cartpole.py.
+    v_loss = 0.5 * (values - returns.detach()).pow(2).mean()
+    entropy = categorical_entropy(logits)
+    # L = −L^PG + c1 L^VF − c2 S
+    return pg_loss + vf_coef * v_loss - ent_coef * entropy, pg_loss, v_loss, entropy
+
+
+def categorical_entropy(logits):
+    """S[π_θ](s) = −Σ_a π(a|s) log π(a|s), averaged over the batch."""
+    logp = F.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1).mean()
+
+
+def explained_variance(pred, target):
+    """1 − Var[target − pred] / Var[target]: 1 is a perfect critic, ≤ 0 is no better than a
+    constant. NaN when the targets do not vary."""
+    var = target.var()
+    return float("nan") if var == 0 else float(1 - (target - pred).var() / var)
+
+
+# ---------------------------------------------------------------------------------------
+# The agent
+# ---------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------
+# The agent
+# ---------------------------------------------------------------------------------------
+
+
+def layer_init(layer, std=2**0.5, bias=0.0):
+    """Orthogonal weights with gain `std` and constant bias (PPO implementation detail #2 of
+    Huang et al. 2022: the gains √2 for hidden layers, 0.01 for the policy head so that the
+    first policy is near uniform, and 1 for the value head)."""
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+def mlp(in_dim, out_dim, hidden, last_std):
+    """Two tanh hidden layers of width `hidden`; the output layer's gain is `last_std`."""
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden, hidden)),
+        nn.Tanh(),
+        layer_init(nn.Linear(hidden, out_dim), last_std),
+    )
+
+
+# The paper shares a trunk between actor and critic (its Atari nets are convolutional and
+# costly); on a 4-number observation a trunk saves nothing, and sharing it makes c1 trade the
+# critic's regression against the policy gradient. Separate networks, as in SB3's MlpPolicy
+# and ppo_cartpole.py, keep the two losses apart and make this class PPO's, verbatim.
+class Agent(nn.Module):
+    """Separate actor and critic MLPs (tanh). Sharing a trunk would couple the two losses."""
+
+    def __init__(self, obs_dim, n_actions, hidden=64):
+        super().__init__()
+        self.actor = mlp(obs_dim, n_actions, hidden, 0.01)
+        self.critic = mlp(obs_dim, 1, hidden, 1.0)
+
+    def value(self, obs):
+        return self.critic(obs).squeeze(-1)
+
+    def sample(self, obs):
+        """a ~ π_θ(·|s)."""
+        return torch.multinomial(self.actor(obs).softmax(-1), 1).squeeze(-1)
+
+    def evaluate(self, obs, action):
+        """log π_θ(a|s), the logits and V(s) for given actions (any leading shape)."""
+        logits = self.actor(obs)
+        logp = F.log_softmax(logits, -1).gather(-1, action[..., None]).squeeze(-1)
+        return logp, logits, self.value(obs)
+
+
+def make_optimizer(params, args):
+    """RMSprop as in the A2C paper and SB3 (α = 0.99, ε = 1e-5, no momentum), or Adam."""
+    if args.optimizer == "adam":
+        return torch.optim.Adam(params, lr=args.learning_rate, eps=args.optimizer_eps)
+    # v ← α v + (1 − α) g²;  θ ← θ − lr g / (√v + ε). PyTorch adds ε outside the square
+    # root (TensorFlow, the paper's framework, inside); SB3's MlpPolicy uses PyTorch's too.
+    return torch.optim.RMSprop(
+        params, lr=args.learning_rate, alpha=args.rms_alpha, eps=args.optimizer_eps
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Environments, logging, checkpoints
+# ---------------------------------------------------------------------------------------
+
+
+def make_envs(env_id, num_envs, action_spaces, video_dir=None):
+    """A Gymnasium >= 1.0 vector env with next-step autoreset: the numpy-vectorised version
+    when the environment has one (CartPole does), else one copy per env in this process.
+
+    The action space must be one of `action_spaces`, the observation space a flat Box; other
+    dtypes than float32 (the networks') are cast to it. With `video_dir`, the envs render
+    rgb_array frames and Gymnasium's RecordVideo saves each env's first episode there as MP4.
+    Any failure is one ValueError, and envs made so far are closed.
+    """
+    if video_dir is not None and importlib.util.find_spec("moviepy") is None:
+        raise ValueError("--capture-video needs moviepy, an optional extra: pip install moviepy")
+    try:
+        if video_dir is None:
+            envs = gym.make_vec(env_id, num_envs=num_envs)
+        else:  # one env object per copy, each with its own file name
+            names = iter(range(num_envs))
+            record = lambda env: gym.wrappers.RecordVideo(  # noqa: E731
+                env, video_dir, lambda episode: episode == 0, name_prefix=f"env{next(names)}"
+            )
+            envs = gym.make_vec(
+                env_id, num_envs, "sync", wrappers=[record], render_mode="rgb_array"
+            )
+    except Exception as e:  # gym.error.Error, a missing extra's ModuleNotFoundError, ...
+        raise ValueError(f"cannot make --env-id {env_id!r}: {' '.join(str(e).split())}") from None
+    act, obs = envs.single_action_space, envs.single_observation_space
+    problem = None
+    if not isinstance(act, action_spaces):
+        problem = f"has {act}; need {' or '.join(s.__name__ for s in action_spaces)}"
+    elif not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:
+        problem = f"has observations {obs}; need a flat Box"
+    elif envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.NEXT_STEP:
+        problem = "does not autoreset in the next step"
+    if problem:
+        envs.close()
+        raise ValueError(f"--env-id {env_id} {problem}")
+    if obs.dtype != np.float32:  # float64 observations would meet float32 weights
+        envs = gym.wrappers.vector.DtypeObservation(envs, np.float32)
+    return envs
+
+
+def evaluate_greedy(policy, envs, seed, device):
+    """Returns of the greedy policy a = argmax_a π(a|s), one episode in each env of `envs`
+    (taking the first finishers of fewer envs would favour short episodes)."""
+    obs, _ = envs.reset(seed=seed)
+    returns, alive = np.zeros(envs.num_envs), np.ones(envs.num_envs, bool)
+    while alive.any():
+        with torch.no_grad():
+            action = policy(torch.as_tensor(obs, device=device)).argmax(-1)
+        obs, reward, term, trunc, _ = envs.step(action.cpu().numpy())
+        returns += reward * alive
+        alive &= ~(term | trunc)
+    return returns
+
+
+def seed_and_device(seed, cuda):
+    """Seed random, numpy and torch; one torch thread (tiny networks: threads cost more than
+    they give); the device to train on."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
+
+
+def run_dir(args, kind):
+    """--output-dir, or runs/<env>__<script>__<kind>__<seed>__<time>; created."""
+    name = f"{args.env_id}__{SCRIPT.removesuffix('.py')}__{kind}__{args.seed}__{int(time.time())}"
+    out = args.output_dir or os.path.join("runs", name)
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+class EpisodeLog:
+    """Every finished training episode as (global_step, return), and the solved rule: the
+    first step at which the mean return of the last 20 finished episodes reaches 475."""
+
+    def __init__(self, writer):
+        self.writer, self.episodes, self.recent = writer, [], deque(maxlen=20)
+        self.solved_at_step = self.solved_at_s = None
+        self.t0 = time.time()
+
+    def add(self, step, ret):
+        self.episodes.append((step, ret))
+        self.recent.append(ret)
+        self.writer.add_scalar("charts/episodic_return", ret, step)
+        if self.solved_at_step is None and len(self.recent) == 20 and np.mean(self.recent) >= 475:
+            self.solved_at_step, self.solved_at_s = step, round(time.time() - self.t0, 2)
+            print(f"solved at step {step} after {self.solved_at_s:.1f}s")
+
+    def mean(self):
+        return float(np.mean(self.recent)) if self.recent else None
+
+    def save_csv(self, path):
+        """episodes.csv, written atomically."""
+        np.savetxt(path + ".tmp", np.array(self.episodes).reshape(-1, 2), fmt="%g", delimiter=",",
+                   header="global_step,episodic_return", comments="")  # fmt: skip
+        os.replace(path + ".tmp", path)
+
+
+def log_rollout_episodes(log, ep_return, rewards, dones, global_step):
+    """Add the episodes that end inside a [T, N] rollout to `log`, in time order. ep_return
+    carries each env's running return across rollouts. global_step counts every vector-env
+    step (N per row, autoreset steps included); returns its new value."""
+    for reward, done in zip(rewards.cpu().numpy(), dones.cpu().numpy().astype(bool), strict=True):
+        global_step += len(reward)
+        ep_return += reward
+        for ret in ep_return[done]:
+            log.add(global_step, ret)
+        ep_return[done] = 0
+    return global_step
+
+
+def check_finite(numbers, module, iteration, hint):
+    """FloatingPointError if a loss or a parameter is NaN or infinite. Called once per
+    iteration, not once per minibatch: a NaN anywhere ends up in the mean losses or weights."""
+    params = torch.cat([p.detach().flatten() for p in module.parameters()])
+    if not (np.isfinite(numbers).all() and torch.isfinite(params).all()):
+        raise FloatingPointError(
+            f"non-finite loss at iteration {iteration}; the checkpoint keeps the parameters of "
+            f"the iteration before; try a lower {hint}"
+        )
+
+
+def save_checkpoint(path, state, args, **extra):
+    """The agent's weights with the script, the env id and every arg, written atomically."""
+    args = dataclasses.asdict(args)
+    save_atomic(dict(script=SCRIPT, env_id=args["env_id"], agent=state, args=args, **extra), path)
+
+
+def load_checkpoint(path, script, env_id):
+    """The checkpoint that `script` saved for `env_id` at `path`. A missing, corrupt or
+    truncated file, or one made by another script or for another env, is a ValueError."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # no file, a truncated zip, not a torch file at all, ...
+        why = " ".join(str(e).split())[:200]
+        raise ValueError(
+            f"cannot read --eval-checkpoint {path} (missing or corrupt?): {why}"
+        ) from None
+    made_by = ckpt.get("script") if isinstance(ckpt, dict) else None
+    if made_by != script:
+        raise ValueError(f"--eval-checkpoint {path} was made by {made_by or 'another program'}, "
+                         f"not by {script}")  # fmt: skip
+    if ckpt.get("env_id") != env_id:
+        raise ValueError(f"--eval-checkpoint {path} is an agent for {ckpt.get('env_id')}, not "
+                         f"for --env-id {env_id}")  # fmt: skip
+    return ckpt
+
+
+def evaluate_checkpoint(args):
+    """--eval-checkpoint: rebuild the saved agent from its saved args, play --eval-episodes
+    greedy episodes (seed --seed + 10000) without training, return the summary."""
+    ckpt = load_checkpoint(args.eval_checkpoint, SCRIPT, args.env_id)
+    device = seed_and_device(args.seed, args.cuda)
+    video_dir = os.path.join(run_dir(args, "eval"), "videos") if args.capture_video else None
+    envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Discrete,), video_dir)
+    space = envs.single_observation_space.shape[0], envs.single_action_space.n
+    agent = Agent(*space, ckpt["args"]["hidden_size"]).to(device)
+    try:
+        agent.load_state_dict(ckpt["agent"])
+        returns = evaluate_greedy(agent.actor, envs, args.seed + 10_000, device)
+    except RuntimeError as e:
+        raise ValueError(f"--eval-checkpoint {args.eval_checkpoint} does not fit: {e}") from None
+    finally:
+        envs.close()
+    print(f"greedy returns: {' '.join(f'{r:g}' for r in returns)}")
+    return dict(script=SCRIPT, env_id=args.env_id, checkpoint=args.eval_checkpoint,
+                eval_episodes=len(returns), eval_mean_return=float(np.mean(returns)),
+                eval_std_return=float(np.std(returns)), videos=video_dir)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------
+
+
+def rollout(agent, envs, obs, prev_done, num_steps, device):
+    """Collect num_steps steps in each env under the current policy π_θold.
+
+    Returns (batch, obs, prev_done). The batch holds [T, N] tensors; "obs" and "value" have
+    T + 1 rows, the last being the observation after the final step and V of it. prev_done
+    says which envs ended an episode in their last step and so will reset in their next.
+    """
+    T, N = num_steps, envs.num_envs
+    obs_buf = np.zeros((T + 1, *obs.shape), np.float32)
+    reward, terminated, done, valid = (np.zeros((T, N), np.float32) for _ in range(4))
+    action = torch.zeros((T, N), dtype=torch.long, device=device)
+    for t in range(T):
+        obs_buf[t] = obs
+        # Gymnasium >= 1.0 autoresets in the *next* step: the step after an episode's end
+        # ignores the action, returns reward 0 and the new episode's first observation. It
+        # is not a transition of the MDP, so it is marked invalid and gets no loss.
+        valid[t] = ~prev_done
+        with torch.no_grad():
+            action[t] = agent.sample(torch.as_tensor(obs, device=device))
+        obs, reward[t], terminated[t], truncated, _ = envs.step(action[t].cpu().numpy())
+        prev_done = terminated[t].astype(bool) | truncated
+        done[t] = prev_done
+    obs_buf[T] = obs
+    # log π_θold and V for the whole rollout in one batched pass, which is cheaper than one
+    # per step. After a truncation the next row holds the final observation, so V of it is
+    # the bootstrap value that gae() needs (truncation is not termination).
+    obs_all = torch.as_tensor(obs_buf, device=device)
+    with torch.no_grad():
+        logp = agent.evaluate(obs_all[:-1], action)[0]
+        value = agent.value(obs_all)
+    arrays = dict(reward=reward, terminated=terminated, done=done, valid=valid > 0)
+    batch = {k: torch.as_tensor(v, device=device) for k, v in arrays.items()}
+    batch.update(obs=obs_all, action=action, logp=logp, value=value)
+    return batch, obs, prev_done
+
+
+def valid_transitions(b, adv):
+    """The rollout's real transitions (autoreset steps dropped) as flat tensors, with Â and
+    the λ-return V^targ = Â + V(s), the critic's regression target."""
+    keep = b["valid"].flatten()
+    flat = dict(obs=b["obs"][:-1], action=b["action"], logp=b["logp"], adv=adv,
+                ret=adv + b["value"][:-1], value=b["value"][:-1])  # fmt: skip
+    return {k: v.flatten(0, 1)[keep] for k, v in flat.items()}
+
+
+def a2c_update(agent, optimizer, t, args):
+    """One gradient step on the transitions `t` of one rollout (from valid_transitions),
+    minimising a2c_loss; the rollout is then discarded. Returns the loss terms."""
+    adv = t["adv"]
+    if args.norm_adv and len(adv) > 1:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    logp, logits, v = agent.evaluate(t["obs"], t["action"])
+    loss, pg_loss, v_loss, entropy = a2c_loss(
+        logp, logits, v, adv, t["ret"], args.vf_coef, args.ent_coef
+    )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+    optimizer.step()
+    return dict(zip(("policy_loss", "value_loss", "entropy"),
+                    torch.stack([pg_loss, v_loss, entropy]).tolist(), strict=True))  # fmt: skip
+
+
+def train(args):
+    check_args(args)
+    if args.eval_checkpoint:
+        return evaluate_checkpoint(args)
+    start = time.time()
+    out = run_dir(args, "train")
+    writer = SummaryWriter(out)
+    writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
+    device = seed_and_device(args.seed, args.cuda)
+    envs = make_envs(args.env_id, args.num_envs, (gym.spaces.Discrete,))
+    space = envs.single_observation_space.shape[0], envs.single_action_space.n
+    agent = Agent(*space, args.hidden_size).to(device)
+    optimizer = make_optimizer(agent.parameters(), args)
+
+    num_iterations = max(1, args.total_timesteps // (args.num_steps * args.num_envs))
+    # A2C's iterations are tiny (40 steps by default): TensorBoard gets ~200 points, not all.
+    log_every = max(1, num_iterations // 200)
+    obs, _ = envs.reset(seed=args.seed)
+    prev_done, ep_return = np.zeros(args.num_envs, bool), np.zeros(args.num_envs)
+    global_step = 0
+    last_good = copy.deepcopy(agent.state_dict())
+    log = EpisodeLog(writer)
+    print(f"training {args.env_id} for {args.total_timesteps} steps; logs in {out}")
+    try:
+        for iteration in range(1, num_iterations + 1):
+            frac = 1.0 - (iteration - 1) / num_iterations
+            lr = frac * args.learning_rate if args.anneal_lr else args.learning_rate
+            optimizer.param_groups[0]["lr"] = lr
+
+            b, obs, prev_done = rollout(agent, envs, obs, prev_done, args.num_steps, device)
+            global_step = log_rollout_episodes(log, ep_return, b["reward"], b["done"], global_step)
+            # With λ = 1 (the default) Â_t + V(s_t) is the paper's n-step return.
+            adv = gae(
+                b["reward"], b["value"], b["terminated"], b["done"], args.gamma, args.gae_lambda
+            )
+            t = valid_transitions(b, adv)
+            stats = a2c_update(agent, optimizer, t, args)
+
+            check_finite(list(stats.values()), agent, iteration, "--learning-rate")
+            last_good = copy.deepcopy(agent.state_dict())
+            sps = int(global_step / (time.time() - log.t0))
+            if iteration % log_every == 0:
+                stats["explained_variance"] = explained_variance(t["value"], t["ret"])
+                for name, value in stats.items():
+                    writer.add_scalar(f"losses/{name}", value, global_step)
+                writer.add_scalar("charts/learning_rate", lr, global_step)
+                writer.add_scalar("charts/SPS", sps, global_step)
+            if iteration % max(1, num_iterations // 10) == 0:
+                print(
+                    f"[{100 * iteration // num_iterations:3d}%] step {global_step} mean_return"
+                    f"(last 20)={np.mean(log.recent or [np.nan]):.1f} "
+                    f"entropy={stats['entropy']:.3f} SPS={sps}"
+                )
+    finally:
+        # Runs on success, on a non-finite loss and on Ctrl-C alike.
+        save_checkpoint(os.path.join(out, "agent.pt"), last_good, args)
+        log.save_csv(os.path.join(out, "episodes.csv"))
+        envs.close()
+        writer.close()
+
+    eval_returns = None
+    if args.eval_episodes > 0:
+        video_dir = os.path.join(out, "videos") if args.capture_video else None
+        envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Discrete,), video_dir)
+        eval_returns = evaluate_greedy(agent.actor, envs, args.seed + 10_000, device)
+        envs.close()
+        print(f"eval: greedy returns over {args.eval_episodes} episodes: {eval_returns}")
+    return {
+        "algo": "a2c",
+        "env_id": args.env_id,
+        "seed": args.seed,
+        "global_step": global_step,
+        "solved_at_step": log.solved_at_step,
+        "solved_at_s": log.solved_at_s,
+        "final_mean_return": log.mean(),
+        "eval_mean_return": None if eval_returns is None else float(np.mean(eval_returns)),
+        "wall_time_s": round(time.time() - start, 2),
+        "output_dir": out,
+    }
+
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
+    torch.save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def main(argv=None):
+    """Run train(), print its summary as the last stdout line; bad input exits with one line."""
+    try:
+        summary = train(parse_args(argv))
+    except (ValueError, OSError, FloatingPointError) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        print("error: interrupted; checkpoints written so far are kept", file=sys.stderr)
+        sys.exit(130)
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+"""The shared benchmark harness: seed sets, running a script and its peer alternately, the
+solved rule, stability counts, tables, plots and the JSON results.
+
+The scripts of this project are single files that import nothing of each other; the
+benchmarks are not, and each `bench_*.py` holds only what is particular to its algorithm
+(the peer's runner and hyperparameters, the budget, the threshold) and calls `benchmark()`.
+
+The seed protocol (CONTRIBUTING.md, benchmarks/README.md):
+- TUNING_SEEDS are the only seeds any sweep or hyperparameter choice may use;
+- HELD_OUT_SEEDS, disjoint from them, are what every benchmark, table and plot reports by
+  default. `--seeds` may name others; the results then say which set they came from.
+"""
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TUNING_SEEDS = list(range(1, 13))
+HELD_OUT_SEEDS = list(range(1001, 1021))
+WINDOW = 20  # "solved" looks at the mean return of the last 20 finished training episodes
+
+# Peers run as `python -c PEER_PREAMBLE + runner`. The callback applies the same rule to the
+# peer's own training episodes as our scripts do, and records every episode, so that the
+# harness can recompute steps to solve and stability from the episodes of both alike.
+# `stop_at_solve` (argv[3] == "1") ends a peer's run once solved, which does not change its
+# time to solve but hides whether it stays solved; stability needs the full budget.
+PEER_PREAMBLE = r"""
+import json, sys, time
+from collections import deque
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+
+seed, total, stop_at_solve, threshold = (int(sys.argv[1]), int(sys.argv[2]),
+                                         sys.argv[3] == "1", float(sys.argv[4]))
+torch.set_num_threads(1)
+lin = lambda v: (lambda progress: progress * v)  # RL Zoo's lin_ schedules
+
+class Episodes(BaseCallback):
+    # Monitor (added by make_vec_env) puts info["episode"] at each episode's end.
+    def _on_training_start(self):
+        self.t0, self.recent, self.episodes, self.solved = time.time(), deque(maxlen=20), [], None
+    def _on_step(self):
+        for info in self.locals["infos"]:
+            if "episode" in info:
+                self.recent.append(info["episode"]["r"])
+                self.episodes.append((self.num_timesteps, float(info["episode"]["r"])))
+                if (self.solved is None and len(self.recent) == 20
+                        and sum(self.recent) / 20 >= threshold):
+                    self.solved = (self.num_timesteps, time.time() - self.t0)
+                    if stop_at_solve:
+                        return False
+        return True
+
+def report(cb, t_start):
+    step, secs = cb.solved or (None, None)
+    print(json.dumps({"solved_at_step": step, "solved_at_s": secs, "episodes": cb.episodes,
+                      "global_step": cb.num_timesteps,
+                      "wall_time_s": round(time.time() - t_start, 2)}))
+"""
+
+
+def loadavg():
+    """The 1-minute load average, recorded beside every timing (the machines are shared)."""
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except OSError:
+        return None
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions():
+    out = {"python": platform.python_version()}
+    for name in ("torch", "gymnasium", "numpy", "stable_baselines3", "sb3_contrib"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    return out
+
+
+def seed_set_name(seeds):
+    if set(seeds) <= set(HELD_OUT_SEEDS):
+        return "held-out"
+    if set(seeds) <= set(TUNING_SEEDS):
+        return "tuning"
+    return "other"
+
+
+def run_json(cmd, cwd=ROOT):
+    """Run a command; return its last stdout line parsed as JSON, plus the load average."""
+    load = loadavg()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    if proc.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd[:3])} failed: {proc.stderr.strip()[-500:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["loadavg_before"] = load
+    return result
+
+
+def read_episodes(path):
+    with open(path) as f:
+        return [(int(r["global_step"]), float(r["episodic_return"])) for r in csv.DictReader(f)]
+
+
+def run_script(script, seed, out_dir, extra=()):
+    """One run of one of our scripts, on the CPU, with its episodes read from episodes.csv."""
+    out = os.path.join(out_dir, f"{os.path.splitext(script)[0]}_seed{seed}")
+    cmd = [sys.executable, script, "--no-cuda", "--seed", str(seed), "--output-dir", out]
+    result = run_json(cmd + list(extra))
+    result["episodes"] = read_episodes(os.path.join(out, "episodes.csv"))
+    result["output_dir"] = os.path.relpath(out, ROOT)  # no absolute paths in the results
+    return result
+
+
+def run_peer(runner, seed, budget, threshold, stop_at_solve=False):
+    """One run of a peer (SB3 and friends): PEER_PREAMBLE + runner as `python -c`."""
+    args = [str(seed), str(budget), "1" if stop_at_solve else "0", str(threshold)]
+    return run_json([sys.executable, "-c", PEER_PREAMBLE + runner, *args])
+
+
+def last_mean(episodes, window=WINDOW):
+    """Mean return of the last `window` episodes after each episode: [(step, mean)]."""
+    steps = [s for s, _ in episodes]
+    rets = np.array([r for _, r in episodes], dtype=float)
+    if len(rets) < window:
+        return []
+    means = np.convolve(rets, np.ones(window) / window, "valid")
+    return list(zip(steps[window - 1 :], means.tolist(), strict=True))
+
+
+def solved_step(episodes, threshold, window=WINDOW):
+    """The first step at which the last-`window` mean reaches the threshold, or None."""
+    return next((s for s, m in last_mean(episodes, window) if m >= threshold), None)
+
+
+def stability(episodes, threshold, floor):
+    """(held, ended): whether the last-20 mean never fell below `floor` after first reaching
+    `threshold`, and whether it ends at or above `threshold`. Both False if never solved."""
+    means = last_mean(episodes)
+    first = next((i for i, (_, m) in enumerate(means) if m >= threshold), None)
+    if first is None:
+        return False, False
+    held = all(m >= floor for _, m in means[first:])
+    return held, means[-1][1] >= threshold
+
+
+def summarize(results, budget, threshold, floor):
+    """Solved fraction within the budget, median/min/max steps and seconds to solve, and the
+    two stability counts. Medians are over the solved seeds; the fraction says how many."""
+    steps = [r["solved_at_step"] for r in results if r["solved_at_step"] is not None]
+    secs = [r["solved_at_s"] for r in results if r["solved_at_s"] is not None]
+    stab = [stability(r["episodes"], threshold, floor) for r in results]
+
+    def mmm(x, fmt):
+        return " / ".join(fmt.format(f(x)) for f in (statistics.median, min, max)) if x else "-"
+
+    return {
+        "solved": f"{sum(s <= budget for s in steps)}/{len(results)}",
+        "steps": mmm(steps, "{:,.0f}"),
+        "seconds": mmm(secs, "{:.2f}"),
+        "median_steps": statistics.median(steps) if steps else None,
+        "median_s": statistics.median(secs) if secs else None,
+        "held_after_solve": f"{sum(h for h, _ in stab)}/{len(results)}",
+        "ended_solved": f"{sum(e for _, e in stab)}/{len(results)}",
+        "final_mean": [
+            round(m[-1][1], 1) if (m := last_mean(r["episodes"])) else None for r in results
+        ],
+    }
+
+
+def plot(curves, path, budget, threshold, title, ylim):
+    """Left: the last-20 mean of every seed, with the median where every seed still runs.
+    Right: the fraction of seeds solved against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    grid = np.linspace(0, budget, 301)
+    colors = iter(["tab:blue", "tab:orange", "tab:green", "tab:red"])
+    for name, results in curves.items():
+        color, lines = next(colors), []
+        for r in results:
+            means = last_mean(r["episodes"])
+            if not means:
+                continue
+            s, m = np.array(means).T
+            lines.append(np.interp(grid, s, m, left=np.nan, right=np.nan))
+            ax.plot(s, m, color=color, alpha=0.15, lw=0.8)
+        if lines:
+            ax.plot(grid, np.median(lines, 0), color=color, lw=2, label=f"{name} (median)")
+        solved = sorted(r["solved_at_step"] for r in results if r["solved_at_step"] is not None)
+        frac = np.arange(len(solved) + 1) / len(results)
+        ax2.step([0, *solved, budget], [*frac, frac[-1]], where="post", color=color, label=name)
+    ax.axhline(threshold, color="k", ls="--", lw=1, label=f"solved: {threshold:g}")
+    ax.set(
+        xlabel="environment steps", ylabel="mean return of last 20 episodes", title=title, ylim=ylim
+    )
+    ax.legend(loc="lower right", fontsize=8)
+    ax2.set(
+        xlabel="environment steps",
+        ylabel="fraction of seeds solved",
+        ylim=(0, 1.05),
+        title="seeds that met the solved rule",
+    )
+    ax2.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def benchmark(
+    name, impls, budget, threshold=475.0, floor=400.0, title="CartPole-v1", ylim=(0, 520)
+):
+    """Run every implementation on every seed, alternating seed by seed so that drifts in the
+    machine's load hit all alike; print the per-seed and summary tables and the ratios of the
+    first implementation to each other; write benchmarks/results/<name>.json and
+    docs/img/<name>_curve.png.
+
+    impls: {label: run(seed, out_dir) -> dict with solved_at_step, solved_at_s, episodes}.
+    """
+    p = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__.split("\n")[0])
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=HELD_OUT_SEEDS,
+        help="default: the 20 held-out seeds 1001..1020",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        default=list(impls),
+        choices=list(impls),
+        help="run only these implementations",
+    )
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "out"))
+    p.add_argument("--no-save", action="store_true", help="print only; write no results/plot")
+    a = p.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    seed_set = seed_set_name(a.seeds)
+    print(f"{name}: {len(a.seeds)} {seed_set} seeds {a.seeds}", flush=True)
+    results = {label: [] for label in a.only}
+    for seed in a.seeds:
+        for label in a.only:
+            r = impls[label](seed, a.out)
+            r["seed"] = seed
+            # Steps to solve from the episodes, by one rule for every implementation.
+            r["solved_at_step"] = solved_step(r["episodes"], threshold)
+            if r["solved_at_step"] is None:
+                r["solved_at_s"] = None
+            results[label].append(r)
+            print(
+                f"seed {seed} {label}: solved_at_step={r['solved_at_step']} "
+                f"solved_at_s={r['solved_at_s']} load={r['loadavg_before']}",
+                flush=True,
+            )
+
+    def cell(r):
+        if r["solved_at_step"] is None:
+            return "not solved | -"
+        secs = "-" if r["solved_at_s"] is None else f"{r['solved_at_s']:.2f}"
+        return f"{r['solved_at_step']:,} | {secs}"
+
+    loads = [r["loadavg_before"] for rs in results.values() for r in rs]
+    print(
+        f"\n{len(a.seeds)} {seed_set} seeds, {time.strftime('%Y-%m-%d')}, {cpu_model()}, "
+        f"load average {min(loads):.1f}-{max(loads):.1f}\n"
+    )
+    print("| seed | " + " | ".join(f"{n}: steps | {n}: s" for n in results) + " |")
+    print("|---" * (1 + 2 * len(results)) + "|")
+    for i, seed in enumerate(a.seeds):
+        print(f"| {seed} | " + " | ".join(cell(rs[i]) for rs in results.values()) + " |")
+
+    rows = {n: summarize(rs, budget, threshold, floor) for n, rs in results.items()}
+    print(
+        f"\n| implementation | solved within {budget:,} | steps to solve (median / min / "
+        f"max) | seconds to solve (median / min / max) | last-20 mean never < {floor:g} "
+        f"after solving | ends ≥ {threshold:g} |"
+    )
+    print("|---|---|---|---|---|---|")
+    for n, s in rows.items():
+        print(
+            f"| {n} | {s['solved']} | {s['steps']} | {s['seconds']} | "
+            f"{s['held_after_solve']} | {s['ended_solved']} |"
+        )
+    ratios = {}
+    first, *others = rows
+
+    def ratio(key, other):
+        o, b = rows[first][key], rows[other][key]
+        return round(o / b, 3) if o and b else None
+
+    for other in others:
+        ratios[other] = {"median_steps": ratio("median_steps", other),
+                         "median_s": ratio("median_s", other)}  # fmt: skip
+        print(f"\n{first} / {other}: median steps ratio {ratios[other]['median_steps']}, "
+              f"median seconds ratio {ratios[other]['median_s']}")  # fmt: skip
+    if a.no_save:
+        return results, rows
+    slim = {
+        n: [{k: v for k, v in r.items() if k != "episodes"} for r in rs]
+        for n, rs in results.items()
+    }
+    payload = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "seeds": a.seeds,
+        "seed_set": seed_set,
+        "budget": budget,
+        "threshold": threshold,
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "versions": versions(),
+            "loadavg_min_max": [min(loads), max(loads)],
+        },
+        "summary": rows,
+        "ratios_first_over_other": ratios,
+        "runs": slim,
+    }
+    os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
+    with open(os.path.join(ROOT, "benchmarks", "results", f"{name}.json"), "w") as f:
+        json.dump(payload, f, indent=1)
+    with open(os.path.join(a.out, f"{name}_runs_with_episodes.json"), "w") as f:
+        json.dump(results, f)
+    plot(
+        results,
+        os.path.join(ROOT, "docs", "img", f"{name}_curve.png"),
+        budget,
+        threshold,
+        f"{title}, {seed_set} seeds, one line per seed",
+        ylim,
+    )
+    return results, rows

@@ -1,0 +1,56 @@
+"""The benchmark harness applies one rule to every implementation; check that rule on episode
+lists built by hand, whose answers can be read off without the harness."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import harness  # noqa: E402
+
+
+def episodes(returns, step=100):
+    return [(step * (i + 1), float(r)) for i, r in enumerate(returns)]
+
+
+def test_seed_sets_are_disjoint_and_large_enough():
+    assert not set(harness.TUNING_SEEDS) & set(harness.HELD_OUT_SEEDS)
+    assert len(harness.HELD_OUT_SEEDS) >= 20
+    assert harness.seed_set_name(harness.HELD_OUT_SEEDS) == "held-out"
+    assert harness.seed_set_name([1, 2]) == "tuning"
+    assert harness.seed_set_name([1, 1001]) == "other"
+
+
+def test_solved_step_is_the_first_window_reaching_the_threshold():
+    # 19 episodes of 500 then 500: the first full window of 20 is at episode 20 (step 2000).
+    assert harness.solved_step(episodes([500] * 25), 475) == 2000
+    # Window mean after episode k (k >= 20) of [0]*10 + [500]*30 is 500*(k-10)/20 for
+    # k <= 30; it first reaches 475 at k - 10 = 19, i.e. episode 29.
+    assert harness.solved_step(episodes([0] * 10 + [500] * 30), 475) == 2900
+    assert harness.solved_step(episodes([474] * 50), 475) is None
+    assert harness.solved_step(episodes([500] * 19), 475) is None  # never a full window
+
+
+def test_stability_counts():
+    solved_then_steady = episodes([500] * 40)
+    assert harness.stability(solved_then_steady, 475, 400) == (True, True)
+    # Ten episodes of 0 after solving pull the window mean down to 250 < 400; it recovers.
+    dip = episodes([500] * 20 + [0] * 10 + [500] * 40)
+    assert harness.stability(dip, 475, 400) == (False, True)
+    ends_low = episodes([500] * 20 + [100] * 20)
+    assert harness.stability(ends_low, 475, 400) == (False, False)
+    never = episodes([100] * 30)
+    assert harness.stability(never, 475, 400) == (False, False)
+
+
+def test_summarize_counts_and_medians():
+    runs = [
+        {"solved_at_step": 2000, "solved_at_s": 1.0, "episodes": episodes([500] * 30)},
+        {"solved_at_step": 4000, "solved_at_s": 3.0, "episodes": episodes([500] * 30)},
+        {"solved_at_step": None, "solved_at_s": None, "episodes": episodes([10] * 30)},
+    ]
+    s = harness.summarize(runs, budget=3000, threshold=475, floor=400)
+    assert s["solved"] == "1/3"  # 4000 is past the budget of 3000
+    assert s["median_steps"] == 3000 and s["median_s"] == 2.0
+    assert s["held_after_solve"] == "2/3" and s["ended_solved"] == "2/3"
+    assert s["final_mean"] == [500.0, 500.0, 10.0]

@@ -47,9 +47,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from transformers import (
     AutoTokenizer,
@@ -517,6 +519,118 @@ def masked_whiten(x, mask, eps=1e-8):
     return (x - mu) * torch.rsqrt(var + eps) * mask
 
 
+# ---- data parallelism (torchrun): none of this runs in a plain `python rlhf_ppo_gpt2.py` ----
+
+
+def world():
+    """(rank, world size) of this process: (0, 1) unless torchrun started a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(x):
+    """Σ_ranks x, in place, for a tensor; x itself in a plain run."""
+    if world()[1] > 1:
+        dist.all_reduce(x)
+    return x
+
+
+def all_gather_cat(x):
+    """The ranks' tensors concatenated in rank order (dim 0); x itself in a plain run. The
+    ranks may hold different lengths."""
+    rank, world_size = world()
+    if world_size == 1:
+        return x
+    parts = [None] * world_size
+    dist.all_gather_object(parts, x.cpu())
+    return torch.cat(parts).to(x.device)
+
+
+def all_gather_list(items):
+    """The ranks' lists concatenated in rank order; the list itself in a plain run."""
+    world_size = world()[1]
+    if world_size == 1:
+        return items
+    parts = [None] * world_size
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
+def global_mean(stats):
+    """Each float of `stats` averaged over the ranks (each holds the same number of
+    responses); `stats` itself in a plain run."""
+    world_size = world()[1]
+    if world_size == 1:
+        return stats
+    values = all_reduce_sum(torch.tensor(list(stats.values()), dtype=torch.float64))
+    return dict(zip(stats, (values / world_size).tolist(), strict=True))
+
+
+def my_share(n):
+    """Indices of this rank's contiguous block of range(n): all of it in a plain run."""
+    rank, world_size = world()
+    return np.array_split(np.arange(n), world_size)[rank]
+
+
+def global_masked_whiten(x, mask, eps=1e-8):
+    """masked_whiten with μ and the unbiased var over the unmasked entries of every rank:
+
+    μ = Σ_r Σ x m / Σ_r Σ m,   var = Σ_r Σ (x - μ)² m / (Σ_r Σ m - 1).
+
+    One rank: masked_whiten itself, so a plain run is not changed by a single bit."""
+    if world()[1] == 1:
+        return masked_whiten(x, mask, eps)
+    # μ = Σ_r Σ x m / Σ_r Σ m
+    sums = all_reduce_sum(torch.stack([(x * mask).sum(), mask.sum()]).double())
+    mu = (sums[0] / sums[1]).to(x.dtype)
+    # var = Σ_r Σ (x - μ)² m / (N - 1)
+    var = all_reduce_sum(((x - mu) ** 2 * mask).sum().double()) / (sums[1] - 1)
+    return (x - mu) * torch.rsqrt(var.to(x.dtype) + eps) * mask
+
+
+def token_share(mask):
+    """W · N_rank / N_global for the tokens of one minibatch. DDP averages the gradients of
+    the W ranks, so a token mean over this rank's share, times this factor, gives the
+    gradient of the token mean over the whole global minibatch, as one process computes it
+    even when the ranks hold different numbers of tokens."""
+    n = mask.sum().double()
+    return (world()[1] * n / all_reduce_sum(n.clone())).float()
+
+
+def shared_permutation(n):
+    """torch.randperm(n), the same on every rank (rank 0's); a plain run draws it alone."""
+    perm = torch.randperm(n)
+    if world()[1] > 1:
+        dist.broadcast(perm, 0)
+    return perm
+
+
+def data_parallel(model):
+    """The model wrapped in DistributedDataParallel for training under torchrun (gradients
+    averaged across ranks in backward, parameters broadcast from rank 0 at wrap time); the
+    model itself in a plain run. Generation, scoring and saving use the unwrapped model."""
+    if world()[1] == 1:
+        return model
+    device = next(model.parameters()).device
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
+
+
+class NullWriter:
+    """TensorBoard's SummaryWriter for the ranks that write nothing (all but rank 0)."""
+
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    def add_text(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
 def sft_loss(logits, labels, loss_mask):
     """L_SFT = -(1/|R|) sum_{t in R} log p(x_t | x_<t), over the response tokens R of the batch.
 
@@ -862,19 +976,26 @@ def evaluate_lm_policy(policy, reference, reward_model, rm_tokenizer, tokenizer,
 def stage_sft(args, policy, tokenizer, demos, writer):
     """Stage 1: cross-entropy on the response tokens (and EOS) of the demonstrations."""
     device = next(policy.parameters()).device
+    rank, world_size = world()
+    train_model = data_parallel(policy)
     optimizer = torch.optim.Adam(policy.parameters(), lr=args.sft_lr, eps=args.adam_eps)
     total = args.sft_epochs * math.ceil(len(demos) / args.sft_batch_size)
     step, start = 0, time.time()
     for _ in range(args.sft_epochs):
-        for idx in torch.randperm(len(demos)).split(args.sft_batch_size):
-            rows = [demos[j] for j in idx.tolist()]
+        for idx in shared_permutation(len(demos)).split(args.sft_batch_size):
+            # under torchrun each rank takes every W-th demonstration of the global batch
+            rows = [demos[j] for j in idx[rank::world_size].tolist()]
             ids, mask, resp = encode(
                 tokenizer, [x["prompt"] for x in rows], [x["response"] for x in rows],
                 policy.config.n_positions,
             )  # fmt: skip
             ids, mask, resp = ids.to(device), mask.to(device), resp.to(device)
-            out = policy(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask))
+            out = train_model(
+                input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)
+            )
             loss = sft_loss(out.logits, ids, resp)
+            if world_size > 1:  # the token mean over the global batch
+                loss = loss * token_share(resp[:, 1:])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite SFT loss at step {step}; lower --sft-lr")
             optimizer.zero_grad()
@@ -892,11 +1013,14 @@ def stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng):
     `pairs` ({prompt, chosen, rejected}), or if there are none on pairs of SFT samples for
     one prompt ordered by the simulated annotators."""
     device = next(policy.parameters()).device
+    rank, world_size = world()
     if not pairs:
         batch = [prompts[i] for i in rng.integers(len(prompts), size=args.rm_pairs)]
+        # each rank samples its block; every rank then holds the whole global batch
+        mine = [batch[i] for i in my_share(len(batch))]
         a, b = (
-            sample_texts(policy, tokenizer, batch, args),
-            sample_texts(policy, tokenizer, batch, args),
+            all_gather_list(sample_texts(policy, tokenizer, mine, args)),
+            all_gather_list(sample_texts(policy, tokenizer, mine, args)),
         )
         first = annotator_prefers_first(
             rng, gold_scores(a), gold_scores(b), args.annotator_temperature
@@ -906,20 +1030,23 @@ def stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng):
             for p, x, y, f in zip(batch, a, b, first, strict=True)
         ]
     reward_model = RewardModel(copy.deepcopy(policy.transformer)).to(device).eval()
+    train_model = data_parallel(reward_model)
     optimizer = torch.optim.Adam(reward_model.parameters(), lr=args.rm_lr, eps=args.adam_eps)
     total = args.rm_epochs * math.ceil(len(pairs) / args.rm_batch_size)
     step, start = 0, time.time()
     for _ in range(args.rm_epochs):
-        for idx in torch.randperm(len(pairs)).split(args.rm_batch_size):
-            rows = [pairs[j] for j in idx.tolist()]
+        for idx in shared_permutation(len(pairs)).split(args.rm_batch_size):
+            rows = [pairs[j] for j in idx[rank::world_size].tolist()]
             # chosen and rejected in one forward pass: rows [0, n) and [n, 2n)
             ids, mask, _ = encode(
                 tokenizer, [x["prompt"] for x in rows] * 2,
                 [x["chosen"] for x in rows] + [x["rejected"] for x in rows],
                 policy.config.n_positions,
             )  # fmt: skip
-            r_chosen, r_rejected = reward_model(ids.to(device), mask.to(device)).chunk(2)
+            r_chosen, r_rejected = train_model(ids.to(device), mask.to(device)).chunk(2)
             loss = bradley_terry_loss(r_chosen, r_rejected)
+            if world_size > 1:  # the mean over the pairs of the global batch
+                loss = loss * token_share(torch.ones(len(rows)))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite RM loss at step {step}; lower --rm-lr")
             optimizer.zero_grad()
@@ -945,8 +1072,9 @@ def ppo_update(args, policy, value_model, optimizer, batch, beta=0.0):
     position ids differ; Huang et al. 2023)."""
     q, qm, r, m = batch["q"], batch["qm"], batch["r"], batch["m"]
     stats, first_ratio_dev = [], None
+    world_size = world()[1]  # --minibatch-size is global: each rank holds 1/W of it
     for _ in range(args.ppo_epochs):
-        for mb in torch.randperm(len(r)).split(args.minibatch_size):
+        for mb in torch.randperm(len(r)).split(args.minibatch_size // world_size):
             logits = sequence_logits(policy, q[mb], qm[mb], r[mb], m[mb])
             logp = token_logprobs(logits, r[mb], args.temperature)
             if first_ratio_dev is None:
@@ -964,6 +1092,10 @@ def ppo_update(args, policy, value_model, optimizer, batch, beta=0.0):
                     logp, batch["logp"][mb], batch["ref_logp"][mb], batch["adv"][mb], m[mb],
                     args.clip_coef, beta, constant,
                 )  # fmt: skip
+            if world_size > 1 and args.algo in ("ppo", "rloo"):
+                # token means over the global minibatch (GRPO's per-response means and Dr.
+                # GRPO's constant already average right: every rank holds as many responses)
+                pg_loss = pg_loss * token_share(m[mb])
             if value_model is None:
                 loss, v_loss = pg_loss, torch.zeros(())
             else:
@@ -971,6 +1103,8 @@ def ppo_update(args, policy, value_model, optimizer, batch, beta=0.0):
                 v_loss = token_value_loss(
                     values, batch["values"][mb], batch["returns"][mb], m[mb], args.value_clip
                 )
+                if world_size > 1:
+                    v_loss = v_loss * token_share(m[mb])
                 # No value-loss weight: the two networks share no parameters, and Adam's step
                 # does not depend on the scale of the gradient, so a weight would cancel out.
                 loss = pg_loss + v_loss
@@ -994,6 +1128,19 @@ def ppo_update(args, policy, value_model, optimizer, batch, beta=0.0):
 def responses_per_prompt(args):
     """k of --samples-per-prompt; 0 = automatic: 1 for PPO, 4 for the group baselines."""
     return args.samples_per_prompt or (1 if args.algo == "ppo" else 4)
+
+
+def check_world_size(args, world_size):
+    """ValueError unless the global batch sizes split evenly across the torchrun ranks."""
+    k = responses_per_prompt(args)
+    for name, unit in [("rollout_batch_size", k), ("minibatch_size", 1),
+                       ("sft_batch_size", 1), ("rm_batch_size", 1)]:  # fmt: skip
+        if getattr(args, name) % (unit * world_size):
+            what = f"{world_size} ranks" + (f" x {k} samples per prompt" if unit > 1 else "")
+            raise ValueError(
+                f"--{name.replace('_', '-')} {getattr(args, name)} does not divide across "
+                f"{what}; it is a global batch size"
+            )
 
 
 def check_rlhf_args(args):
@@ -1034,10 +1181,22 @@ def check_rlhf_args(args):
 
 def train(args):
     check_rlhf_args(args)
+    cuda = args.cuda and torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        # started by torchrun: one process per device (or per CPU share), PyTorch's own DDP
+        if cuda:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    rank, world_size = world()
+    check_world_size(args, world_size)
+    if rank > 0:
+        sys.stdout = open(os.devnull, "w")  # rank 0 alone prints, logs and saves
     random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    np.random.seed(args.seed)  # numpy's draws (prompts, annotators) are the same on every rank
+    # torch's are not: each rank samples other responses (rank 0 draws what one process would)
+    torch.manual_seed(args.seed + 1000 * rank)
     # A tiny GPT-2's matmuls are too small to split across threads; on a busy 2-core machine
     # one thread was 16x faster than two (measured here).
     torch.set_num_threads(
@@ -1046,9 +1205,10 @@ def train(args):
     task = os.path.basename(args.sft_data) if args.sft_data else "movie-reviews"
     run_name = f"{task}__rlhf_ppo_gpt2__{args.seed}__{int(time.time())}"
     out_dir = args.output_dir or os.path.join("runs", run_name)
-    os.makedirs(out_dir, exist_ok=True)
+    if rank == 0:
+        os.makedirs(out_dir, exist_ok=True)
     hf_logging.disable_progress_bar()  # save_pretrained's tqdm bar would interleave with ours
-    writer = SummaryWriter(out_dir)
+    writer = SummaryWriter(out_dir) if rank == 0 else NullWriter()
     writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
     rng = np.random.default_rng(args.seed)
     t_start = time.time()
@@ -1067,7 +1227,8 @@ def train(args):
     prompts = sorted({d["prompt"] for d in demos})
     print(f"[sft] {len(demos)} demonstrations, {len(prompts)} prompts, {args.model_name}, {device}")
     stage_sft(args, policy, tokenizer, demos, writer)
-    save_pretrained_atomic(policy, tokenizer, os.path.join(out_dir, "sft"))
+    if rank == 0:
+        save_pretrained_atomic(policy, tokenizer, os.path.join(out_dir, "sft"))
     t_sft = time.time()
 
     # Stage 2: RM, normalised so that its scores of SFT samples have mean 0 and std 1: the
@@ -1088,12 +1249,15 @@ def train(args):
     if reward_model is not None:
         reward_model = reward_model.to(device).eval().requires_grad_(False)
         reference_prompts = [prompts[i] for i in rng.integers(len(prompts), size=args.eval_samples)]
+        # each rank samples its block; μ and σ are those of the scores of all ranks
+        reference_prompts = [reference_prompts[i] for i in my_share(len(reference_prompts))]
         sft_texts = sample_texts(policy, tokenizer, reference_prompts, args)
         mean, std = reward_model.normalize_(
-            score(reward_model, rm_tokenizer, reference_prompts, sft_texts)
+            all_gather_cat(score(reward_model, rm_tokenizer, reference_prompts, sft_texts))
         )
         print(f"[rm] normalised on {len(sft_texts)} SFT samples (mean {mean:.3f}, std {std:.3f})")
-        reward_model.save(os.path.join(out_dir, "reward_model"), rm_tokenizer)
+        if rank == 0:
+            reward_model.save(os.path.join(out_dir, "reward_model"), rm_tokenizer)
     t_rm = time.time()
 
     # Stage 3. pi_ref is a frozen copy of the SFT policy. PPO's V is a copy of the RM (of the
@@ -1107,12 +1271,16 @@ def train(args):
         value_model = value_model.to(device).requires_grad_(True)
     trained = [*policy.parameters(), *(value_model.parameters() if value_model else [])]
     optimizer = torch.optim.Adam(trained, lr=args.learning_rate, eps=args.adam_eps)
+    # under torchrun the update's forward passes go through DDP (the reference and the RM
+    # need no gradients: never wrapped); rollouts and saving use the plain modules
+    train_policy = data_parallel(policy)
+    train_value = data_parallel(value_model) if value_model is not None else None
     held = [policy, reference, reward_model, value_model]
     stage3_params = sum(p.numel() for x in held if x is not None for p in x.parameters())
     # parameters of every stage-3 model, plus a gradient and Adam's two moments per trained one
     stage3_state_mb = 4 * (stage3_params + 3 * sum(p.numel() for p in trained)) / 2**20
     models = (policy, reference, reward_model, rm_tokenizer, tokenizer)
-    sft_eval = evaluate_lm_policy(*models, prompts, args)
+    sft_eval = evaluate_lm_policy(*models, prompts, args) if rank == 0 else {}
     print(f"[{args.algo}] SFT policy:   " + "  ".join(f"{k} {v:.3f}" for k, v in sft_eval.items()))
     k = responses_per_prompt(args)
     # β weighs a KL penalty in the reward (ppo, rloo) or a KL term in the loss (grpo, dr_grpo):
@@ -1121,11 +1289,13 @@ def train(args):
     start, iteration_s = time.time(), []
     shown = ["gold", "rm_score", "kl", "beta", "well_formed", "entropy", "clipfrac",
              "approx_kl", "value_loss", "length"]  # fmt: skip
-    with open(os.path.join(out_dir, f"{args.algo}_metrics.csv"), "w") as csv:
+    csv_path = os.path.join(out_dir, f"{args.algo}_metrics.csv") if rank == 0 else os.devnull
+    with open(csv_path, "w") as csv:
         for it in range(1, args.ppo_iterations + 1):
             t_it = time.time()
             # k consecutive copies of each prompt: its group of k responses
             chosen = rng.integers(len(prompts), size=args.rollout_batch_size // k)
+            chosen = chosen[my_share(len(chosen))]  # this rank's groups (all of them, alone)
             batch_prompts = [prompts[i] for i in np.repeat(chosen, k)]
             roll, stats = collect_rollout(*models, batch_prompts, args)
             q, qm, r, m = roll["q"], roll["qm"], roll["r"], roll["m"]
@@ -1137,7 +1307,7 @@ def train(args):
                     rewards = kl_shaped_rewards(scores, roll["logp"], roll["ref_logp"], m, beta)
                     adv, returns = token_gae(rewards, values, m, args.gamma, args.gae_lambda)
                     # whitened over all response tokens of the batch, after the returns are made
-                    adv = masked_whiten(adv, m)
+                    adv = global_masked_whiten(adv, m)
                     roll |= {"values": values, "returns": returns}
                 elif args.algo == "rloo":
                     # R = r_φ(x, y) − β Σ_t (log π − log π_ref): the KL (k1) in the sequence reward
@@ -1148,13 +1318,16 @@ def train(args):
                     adv = group_advantages(scores, k, args.algo == "grpo")[:, None] * m
             roll["adv"] = adv
             try:
-                stats |= ppo_update(args, policy, value_model, optimizer, roll, beta)
+                stats |= ppo_update(args, train_policy, train_value, optimizer, roll, beta)
             except FloatingPointError as e:
                 raise FloatingPointError(
                     f"{e} ({args.algo} iteration {it}); SFT and RM are saved in {out_dir}"
                 ) from None
+            stats = global_mean(stats)  # the controller and the logs see the global batch
             stats["beta"] = beta
-            beta = adaptive_kl_coef(beta, stats["kl"], args.kl_target, len(r), args.kl_horizon)
+            beta = adaptive_kl_coef(
+                beta, stats["kl"], args.kl_target, len(r) * world_size, args.kl_horizon
+            )
             iteration_s.append(time.time() - t_it)
             for key, v in stats.items():
                 writer.add_scalar(f"{args.algo}/{key}", v, it)
@@ -1171,8 +1344,18 @@ def train(args):
                     zip(batch_prompts, roll["texts"], roll["scores"].tolist(), strict=True)
                 )[:3]:
                     print(f"    {p + t!r}  gold {gold_scores([t])[0]:+.2f}  {args.reward} {s:+.2f}")
-    save_pretrained_atomic(policy, tokenizer, os.path.join(out_dir, "policy"))
+    if rank == 0:
+        save_pretrained_atomic(policy, tokenizer, os.path.join(out_dir, "policy"))
     t_ppo = time.time()
+    if world_size > 1:
+        # DDP's reducers hold the process group: drop them while every rank is still here,
+        # then leave together (a reducer freed after destroy_process_group can hang in
+        # gloo's teardown once the other ranks have exited; seen here)
+        del train_policy, train_value
+        dist.barrier()
+        dist.destroy_process_group()  # the other ranks are done; rank 0 evaluates alone
+    if rank > 0:
+        return {}
     final_eval = evaluate_lm_policy(*models, prompts, args)
     print(
         f"[{args.algo}] final policy: " + "  ".join(f"{k} {v:.3f}" for k, v in final_eval.items())

@@ -15,10 +15,16 @@
    the --algo run of the same seed, with the gold reward, the same prompts and the same
    schedule (64 responses = 16 prompts x 4 per generation, 4 epochs x 4 minibatches of 16),
    beta and bf16 set explicitly; alternated with ours seed by seed.
+5. --ddp: the tiny default in one process and under torchrun with 2 gloo ranks (issue 16):
+   wall time and final scores; benchmarks/results/rlhf_ddp.json.
+6. --timing: one iteration of each algorithm in turn, 20 rounds, in one process (same load
+   for all): the median time per iteration and its ratio to PPO's; rlhf_timing.json.
 
     python benchmarks/bench_rlhf.py                # seed 1, then the GPT-2-size iteration
     python benchmarks/bench_rlhf.py --seeds 1 2 3 --skip-gpt2
     python benchmarks/bench_rlhf.py --seeds 1001 1002 1003 --algo ppo rloo grpo dr_grpo --trl
+    python benchmarks/bench_rlhf.py --seeds 1001 --ddp   # 5. torchrun, 2 gloo ranks vs 1
+    python benchmarks/bench_rlhf.py --seeds 1001 --timing   # 6. iteration times, alternated
 
 Writes benchmarks/results/rlhf.json and docs/img/rlhf_curve.png; with --algo,
 benchmarks/results/rlhf_algos.json and docs/img/rlhf_gold_vs_kl.png.
@@ -374,6 +380,114 @@ def plot_gold_vs_kl(runs, algos):
     fig.savefig(ALGOS_PLOT, dpi=110)
 
 
+def timing_child(run_dir, rounds):
+    """Child process: the stage-3 iteration of each --algo (rollout, advantages, update, as
+    in train()), timed in alternation, round after round, in one process on one thread, so
+    that every algorithm sees the same load; each algorithm trains its own copy of the SFT
+    policy. Median seconds per iteration and the ratio to PPO's."""
+    import copy
+
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, ROOT)
+    import rlhf_ppo_gpt2 as rl
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    sft, tokenizer = rl.load_gpt2(rl.GPT2LMHeadModel, os.path.join(run_dir, "sft"))
+    reward_model, rm_tokenizer = rl.RewardModel.load(os.path.join(run_dir, "reward_model"))
+    reward_model.requires_grad_(False)
+    reference = copy.deepcopy(sft).requires_grad_(False)
+    prompts, rng, times = sorted(rl.PROMPTS), np.random.default_rng(0), {}
+    state = {}
+    for algo in ALGOS:
+        args = rl.Args(algo=algo, model_name="tiny")
+        policy = copy.deepcopy(sft)
+        value = rl.ValueModel(reward_model).requires_grad_(True) if algo == "ppo" else None
+        params = [*policy.parameters(), *(value.parameters() if value else [])]
+        optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=args.adam_eps)
+        state[algo] = (args, policy, value, optimizer)
+    for _ in range(rounds):
+        for algo in ALGOS:
+            args, policy, value, optimizer = state[algo]
+            k = rl.responses_per_prompt(args)
+            t0 = time.perf_counter()
+            chosen = rng.integers(len(prompts), size=args.rollout_batch_size // k)
+            models = (policy, reference, reward_model, rm_tokenizer, tokenizer)
+            roll, _ = rl.collect_rollout(*models, [prompts[i] for i in np.repeat(chosen, k)], args)
+            q, qm, r, m = roll["q"], roll["qm"], roll["r"], roll["m"]
+            with torch.no_grad():
+                scores = roll["scores"] - args.no_eos_penalty * (~roll["ended"]).float()
+                if algo == "ppo":
+                    values = rl.response_values(value, q, qm, r, m) * m
+                    rewards = rl.kl_shaped_rewards(scores, roll["logp"], roll["ref_logp"], m, 0.2)
+                    adv, returns = rl.token_gae(rewards, values, m, args.gamma, args.gae_lambda)
+                    roll |= {"values": values, "returns": returns, "adv": rl.masked_whiten(adv, m)}
+                elif algo == "rloo":
+                    seq = scores - 0.2 * (roll["logp"] - roll["ref_logp"]).sum(1)
+                    roll["adv"] = rl.rloo_advantages(seq, k)[:, None] * m
+                else:
+                    roll["adv"] = rl.group_advantages(scores, k, algo == "grpo")[:, None] * m
+            rl.ppo_update(args, policy, value, optimizer, roll, 0.5)
+            times.setdefault(algo, []).append(time.perf_counter() - t0)
+    med = {a: float(np.median(t)) for a, t in times.items()}
+    print(json.dumps({"rounds": rounds, "median_s": med,
+                      "ratio_to_ppo": {a: med[a] / med["ppo"] for a in med},
+                      "times": times}))  # fmt: skip
+
+
+def ddp_main(args):
+    """--ddp: the tiny default in one process, then under torchrun with 2 gloo ranks (same
+    seed, same global batch sizes): wall time and final scores, into rlhf_ddp.json."""
+    rows = []
+    for seed in args.seeds:
+        for nproc in (1, 2):
+            out = os.path.join(ROOT, "benchmarks", "out", f"rlhf_ddp{nproc}_seed{seed}")
+            script = [
+                os.path.join(ROOT, "rlhf_ppo_gpt2.py"),
+                "--model-name",
+                "tiny",
+                "--no-cuda",
+                "--seed",
+                str(seed),
+                "--output-dir",
+                out,
+                "--sample-every",
+                "0",
+            ]
+            launcher = [sys.executable]
+            if nproc > 1:
+                launcher += ["-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
+            load, t0 = loadavg(), time.time()
+            child = subprocess.run(
+                launcher + script,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+                env=os.environ | {"OMP_NUM_THREADS": "1"},
+                check=True,
+            )
+            summary = json.loads(child.stdout.strip().splitlines()[-1])
+            row = {"seed": seed, "processes": nproc, "wall_s": round(time.time() - t0, 1),
+                   "load_before": load, "load_after": loadavg()}  # fmt: skip
+            row |= {k: summary[k] for k in ("sft_gold", "final_gold", "final_well_formed",
+                                            "final_kl", "wall_time_s")}  # fmt: skip
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    print(
+        "| seed | processes | wall s (incl. start-up) | gold SFT → final | well-formed | KL "
+        "| load |\n|---|---|---|---|---|---|---|"
+    )
+    for r in rows:
+        print(f"| {r['seed']} | {r['processes']} | {r['wall_s']:.0f} | {r['sft_gold']:+.3f} → "
+              f"{r['final_gold']:+.3f} | {r['final_well_formed']:.3f} | {r['final_kl']:.2f} "
+              f"| {r['load_before']:.1f}–{r['load_after']:.1f} |")  # fmt: skip
+    with open(os.path.join(ROOT, "benchmarks", "results", "rlhf_ddp.json"), "w") as f:
+        json.dump({"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, shared; gloo",
+                   "date": time.strftime("%Y-%m-%d %H:%M"), "runs": rows}, f, indent=1)  # fmt: skip
+
+
 def plot(runs):
     import matplotlib
 
@@ -420,6 +534,15 @@ def main():
         help="compare these stage-3 algorithms (the first one's SFT feeds --trl)",
     )
     parser.add_argument("--trl", action="store_true", help="with --algo: TRL beside ours")
+    parser.add_argument("--ddp", action="store_true", help="1 process vs torchrun, 2 gloo ranks")
+    parser.add_argument(
+        "--timing",
+        action="store_true",
+        help="after --algo: iteration times of the 4 algorithms, alternated "
+        "in one process, from the SFT and RM of the first seed's ppo run",
+    )
+    parser.add_argument("--rounds", type=int, default=20, help="--timing rounds")
+    parser.add_argument("--timing-child", help=argparse.SUPPRESS)
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -441,6 +564,20 @@ def main():
         return gpt2_iteration(args.gpt2_iterations)
     if args.trl_child:
         return trl_child(args.trl_child, args.seed, args.sft_dir, 40, args.beta)
+    if args.ddp:
+        return ddp_main(args)
+    if args.timing_child:
+        return timing_child(args.timing_child, args.rounds)
+    if args.timing:
+        run_dir = os.path.join(ROOT, "benchmarks", "out", f"rlhf_ppo_seed{args.seeds[0]}")
+        load = loadavg()
+        out = run_child(["--timing-child", run_dir, "--rounds", str(args.rounds)])
+        out |= {"seed_of_sft_and_rm": args.seeds[0], "load_before": load, "load_after": loadavg()}
+        out["date"] = time.strftime("%Y-%m-%d %H:%M")
+        print(json.dumps({k: v for k, v in out.items() if k != "times"}))
+        with open(os.path.join(ROOT, "benchmarks", "results", "rlhf_timing.json"), "w") as f:
+            json.dump(out, f, indent=1)
+        return None
     if args.algo and args.report_only:
         with open(ALGOS_RESULTS + ".partial") as f:
             partial = json.load(f)

@@ -583,9 +583,11 @@ def short_gold_args(**overrides):
 
 
 # Gold gain (final - SFT) of short_gold_args runs from learning_sft, stage-3 seeds 1..10,
-# measured on this machine: ppo +0.00 .. +0.00, rloo +0.00 .. +0.00, grpo +0.00 .. +0.00,
-# dr_grpo +0.00 .. +0.00 (worst seed first). The bound is about half the worst gain.
-LEARNING_BOUND = {"ppo": 0.0, "rloo": 0.0, "grpo": 0.0, "dr_grpo": 0.0}
+# measured on this machine (min .. max over the 10 seeds): ppo +0.080 .. +0.334, rloo
+# +0.140 .. +0.283, grpo +0.067 .. +0.261, dr_grpo +0.048 .. +0.254; final well-formed
+# fraction >= 0.805 in all 40 runs. Each bound is half the worst seed's gain or less (the
+# SFT and final scores are means of 128 samples each, about ±0.04 of noise apiece).
+LEARNING_BOUND = {"ppo": 0.04, "rloo": 0.07, "grpo": 0.03, "dr_grpo": 0.02}
 
 
 @pytest.mark.parametrize("algo", ALGOS)

@@ -1,0 +1,180 @@
+"""Data parallelism of rlhf_ppo_gpt2.py under torchrun, tested on the CPU with gloo.
+
+Each equivalence test runs a job once in this process (a plain run: no process group) and
+once in 2 processes started by torch.multiprocessing with a gloo group, on the same global
+batch and from the same weights, and compares what they produced: one PPO update, one SFT
+step and one RM step must give the same parameters to float tolerance, and the global
+statistics (advantage whitening, RM normalisation) must equal those of the concatenated
+batch. A short torchrun run of the whole script checks that only rank 0 writes files and
+prints the JSON summary, and that its checkpoint reloads in a plain process."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import rlhf_ppo_gpt2 as rl  # noqa: E402
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_policy():
+    torch.manual_seed(0)  # the same initial weights in every process
+    return rl.load_gpt2(rl.GPT2LMHeadModel, "tiny")
+
+
+def global_batch(policy, tokenizer):
+    """8 left-padded prompts and 8 responses of different lengths, with the rollout-time
+    log-probs, values, returns and raw advantages: deterministic, the same in every process."""
+    g = torch.Generator().manual_seed(1)
+    B, P, T, pad = 8, 4, 6, tokenizer.pad_token_id
+    q = torch.randint(1, len(tokenizer), (B, P), generator=g)
+    qm = (torch.arange(P)[None] >= torch.tensor([0, 1, 2, 0, 3, 1, 0, 2])[:, None]).long()
+    r = torch.randint(1, len(tokenizer), (B, T), generator=g)
+    m = (torch.arange(T)[None] < torch.tensor([6, 2, 5, 1, 4, 6, 3, 2])[:, None]).long()
+    q, r = q.masked_fill(qm == 0, pad), r.masked_fill(m == 0, pad)
+    with torch.no_grad():
+        logp = rl.token_logprobs(rl.sequence_logits(policy, q, qm, r, m), r, 1.0) * m
+    batch = {"q": q, "qm": qm, "r": r, "m": m, "logp": logp}
+    for key in ("adv", "values", "returns"):
+        batch[key] = torch.randn(B, T, generator=g) * m
+    return batch
+
+
+def ppo_job():
+    """One PPO update (1 epoch, one global minibatch of 8) on this rank's share of the batch,
+    after whitening the advantages with global statistics."""
+    policy, tokenizer = tiny_policy()
+    value_model = rl.ValueModel(rl.RewardModel(policy.transformer))
+    full = global_batch(policy, tokenizer)
+    mine = torch.as_tensor(rl.my_share(8))
+    batch = {k: v[mine] for k, v in full.items()}
+    batch["adv"] = rl.global_masked_whiten(batch["adv"], batch["m"])
+    args = rl.Args(model_name="tiny", rollout_batch_size=8, minibatch_size=8, ppo_epochs=1)
+    params = [*policy.parameters(), *value_model.parameters()]
+    optimizer = torch.optim.Adam(params, lr=1e-3, eps=args.adam_eps)
+    rl.ppo_update(args, rl.data_parallel(policy), rl.data_parallel(value_model), optimizer, batch)
+    return {
+        "params": [p.detach().clone() for p in params],
+        "whitened": rl.all_gather_cat(batch["adv"]),
+        "expected_whitened": rl.masked_whiten(full["adv"], full["m"]),
+    }
+
+
+def sft_job():
+    """One SFT step on a global batch of 16 demonstrations."""
+    policy, tokenizer = tiny_policy()
+    demos = rl.builtin_demonstrations(np.random.default_rng(0), 16)
+    args = rl.Args(model_name="tiny", sft_batch_size=16, sft_epochs=1)
+    rl.stage_sft(args, policy, tokenizer, demos, rl.NullWriter())
+    return {"params": [p.detach().clone() for p in policy.parameters()]}
+
+
+def rm_job():
+    """One RM step on a global batch of 16 preference pairs, then the RM normalisation on
+    scores that each rank holds a share of."""
+    policy, tokenizer = tiny_policy()
+    pairs = rl.builtin_preferences(np.random.default_rng(0), 16, 0.1)
+    args = rl.Args(model_name="tiny", rm_batch_size=16, rm_epochs=1)
+    prompts = sorted(rl.PROMPTS)
+    rng = np.random.default_rng(0)
+    model = rl.stage_reward_model(args, policy, tokenizer, prompts, pairs, rl.NullWriter(), rng)
+    scores = torch.randn(10, generator=torch.Generator().manual_seed(2))
+    mean, std = model.normalize_(rl.all_gather_cat(scores[torch.as_tensor(rl.my_share(10))]))
+    return {
+        "params": [p.detach().clone() for p in model.parameters()],
+        "mean_std": (mean, std),
+        "expected_mean_std": (scores.mean().item(), scores.std().item()),
+    }
+
+
+JOBS = {"ppo": ppo_job, "sft": sft_job, "rm": rm_job}
+
+
+def worker(rank, world_size, port, out):
+    """Every job, in one gloo group (starting processes is the slow part)."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        result = {job: fn() for job, fn in JOBS.items()}
+        if rank == 0:
+            torch.save(result, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def both(tmp_path_factory):
+    """{job: (plain run, 2-process gloo run)}."""
+    out = str(tmp_path_factory.mktemp("ddp") / "jobs.pt")
+    mp.spawn(worker, args=(2, free_port(), out), nprocs=2, join=True)
+    two = torch.load(out)
+    return {job: (fn(), two[job]) for job, fn in JOBS.items()}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("job", ["ppo", "sft", "rm"])
+def test_two_ranks_give_the_parameters_of_one_process(job, both):
+    one, two = both[job]
+    for a, b in zip(one["params"], two["params"], strict=True):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5)
+    if job == "ppo":
+        # whitened with global statistics = whitened over the concatenated batch
+        torch.testing.assert_close(two["whitened"], two["expected_whitened"])
+        torch.testing.assert_close(one["whitened"], one["expected_whitened"])
+    if job == "rm":
+        assert two["mean_std"] == pytest.approx(two["expected_mean_std"], rel=1e-6)
+
+
+def test_uneven_global_batch_is_a_one_line_error():
+    rl.check_world_size(rl.Args(), 2)  # the defaults divide across 2 ranks
+    with pytest.raises(ValueError, match="--rollout-batch-size 64 does not divide across 3"):
+        rl.check_world_size(rl.Args(), 3)
+    with pytest.raises(ValueError, match="--minibatch-size 6 does not divide across 4"):
+        rl.check_world_size(rl.Args(minibatch_size=6), 4)
+    with pytest.raises(ValueError, match="x 4 samples per prompt"):
+        rl.check_world_size(rl.Args(algo="grpo", rollout_batch_size=24, minibatch_size=8), 4)
+
+
+def test_torchrun_only_rank_zero_writes_and_the_checkpoint_reloads(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", str(free_port()), os.path.join(ROOT, "rlhf_ppo_gpt2.py"),
+           "--model-name", "tiny", "--no-cuda", "--sft-demos", "256", "--sft-epochs", "1",
+           "--rm-pairs", "64", "--rm-epochs", "1", "--ppo-iterations", "2",
+           "--eval-samples", "32", "--sample-every", "0", "--output-dir", str(out)]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    json_lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(json_lines) == 1  # one summary, from rank 0
+    summary = json.loads(json_lines[0])
+    assert summary["output_dir"] == str(out)
+    files = sorted(os.listdir(out))
+    assert [f for f in files if f.startswith("events")] and len(
+        [f for f in files if f.startswith("events")]
+    ) == 1  # one TensorBoard writer
+    assert {"sft", "reward_model", "policy", "ppo_metrics.csv"} <= set(files)
+    policy = rl.GPT2LMHeadModel.from_pretrained(str(out / "policy"), local_files_only=True)
+    assert policy.config.n_layer == 2

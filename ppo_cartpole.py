@@ -9,23 +9,30 @@ generalized advantage estimation, Schulman et al. 2015 (https://arxiv.org/abs/15
 """
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import random
+import signal
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
 
-import gymnasium as gym
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.tensorboard import SummaryWriter
+try:  # Ctrl-C while torch loads (a second or two) gets one line, not a traceback
+    import gymnasium as gym
+    import numpy as np
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    from torch.utils.tensorboard import SummaryWriter
+except KeyboardInterrupt:
+    sys.exit("error: interrupted while starting up; nothing was written")
 
 SCRIPT = "ppo_cartpole.py"  # recorded in checkpoints, checked when one is loaded
 
@@ -40,6 +47,7 @@ class Args:
     seed: int = flag(1, "seed of random, numpy, torch and the environments")
     cuda: bool = flag(True, "use CUDA when it is available")
     output_dir: str = flag("", "logs and checkpoints go here; default runs/<run-name>")
+    overwrite: bool = flag(False, "replace the files of an earlier run in --output-dir")
     env_id: str = flag("CartPole-v1", "a Gymnasium environment with a Discrete action space")
     total_timesteps: int = flag(100_000, "environment steps to train for, over all envs")
     learning_rate: float = flag(5e-3, "Adam step size at the start (see --anneal-lr)")
@@ -82,12 +90,50 @@ def parse_args(argv=None) -> Args:
     return Args(**vars(parser.parse_args(argv)))
 
 
+def check_flags(args, positive=(), nonneg=(), unit=()):
+    """The one rule every script applies to its numeric flags, naming the flag at fault: every
+    float flag finite (a NaN trains nothing and an inf stalls it); every count, step size or
+    norm bound > 0 (a negative gradient-norm bound would flip the gradient); every weight, ε
+    or tolerance ≥ 0; every probability, γ or λ in [0, 1]."""
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{field.name.replace('_', '-')} must be finite, not {value}")
+    rules = (
+        (positive, lambda v: v > 0, "positive"),
+        (nonneg, lambda v: v >= 0, "0 or more"),
+        (unit, lambda v: 0 <= v <= 1, "in [0, 1]"),
+    )
+    for names, ok, what in rules:
+        for name in names:
+            if not ok(getattr(args, name)):
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be {what}, not {getattr(args, name)}"
+                )
+
+
+def check_memory(nbytes, flags):
+    """ValueError, before anything is allocated, if about `nbytes` would not fit in half of
+    this machine's memory: numpy and torch would fail with a traceback, or the run would swap."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > total / 2:
+        raise ValueError(f"{flags} need about {nbytes / 2**30:.3g} GiB, more than half of this "
+                         f"machine's {total / 2**30:.0f} GiB; lower them")  # fmt: skip
+
+
 def check_args(args):
     """Reject settings that would fail later with an obscure error, saying what to fix."""
-    sizes = ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs")
-    for name in (*sizes, "hidden_size", "learning_rate", "max_grad_norm"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    counts = ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs")
+    check_flags(args, positive=(*counts, "hidden_size", "learning_rate", "max_grad_norm"),
+                nonneg=("clip_coef", "ent_coef", "vf_coef", "target_kl", "kl_beta", "kl_target",
+                        "eval_episodes"),
+                unit=("gamma", "gae_lambda"))  # fmt: skip
+    # The rollout buffers and the networks, at ~1 KiB per stored step (observations of up
+    # to ~250 floats) and 3 weight copies (weights, Adam's two moments) of the two MLPs.
+    check_memory(1024 * args.num_envs * args.num_steps + 4 * 3 * 2 * 2 * args.hidden_size**2,
+                 "--num-envs x --num-steps and --hidden-size")  # fmt: skip
+    if max(args.num_envs, args.eval_episodes) > 10_000:  # one environment object each
+        raise ValueError("--num-envs and --eval-episodes make one environment each: at most 10000")
     if (args.num_envs * args.num_steps) % args.num_minibatches:
         raise ValueError(
             f"the batch of num_envs*num_steps={args.num_envs * args.num_steps} does not split "
@@ -95,10 +141,8 @@ def check_args(args):
         )
     if args.loss_type not in ("clip", "kl_penalty"):
         raise ValueError(f"--loss-type must be clip or kl_penalty, not {args.loss_type!r}")
-    if not 0 <= args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
-        raise ValueError("--gamma and --gae-lambda must lie in [0, 1]")
-    if args.eval_episodes < 0 or (args.eval_checkpoint and args.eval_episodes == 0):
-        raise ValueError("--eval-episodes must be >= 0, and > 0 with --eval-checkpoint")
+    if args.eval_checkpoint and args.eval_episodes == 0:
+        raise ValueError("--eval-episodes must be > 0 with --eval-checkpoint")
 
 
 # ---------------------------------------------------------------------------------------
@@ -322,10 +366,19 @@ def seed_and_device(seed, cuda):
 
 
 def run_dir(args, kind):
-    """--output-dir, or runs/<env>__<script>__<kind>__<seed>__<time>; created."""
+    """--output-dir, or runs/<env>__<script>__<kind>__<seed>__<time>; created and checked to be
+    writable. A directory that already holds files is refused unless --overwrite: a rerun must
+    never replace a finished run's checkpoint and episodes."""
     name = f"{args.env_id}__{SCRIPT.removesuffix('.py')}__{kind}__{args.seed}__{int(time.time())}"
     out = args.output_dir or os.path.join("runs", name)
-    os.makedirs(out, exist_ok=True)
+    if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
+        raise ValueError(f"--output-dir {out} holds files of an earlier run; name a new "
+                         "directory, or pass --overwrite to replace them")  # fmt: skip
+    try:
+        os.makedirs(out, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as e:
+        raise OSError(f"cannot write to --output-dir {out}: {e.strerror or e}") from None
     return out
 
 
@@ -351,9 +404,9 @@ class EpisodeLog:
 
     def save_csv(self, path):
         """episodes.csv, written atomically."""
-        np.savetxt(path + ".tmp", np.array(self.episodes).reshape(-1, 2), fmt="%g", delimiter=",",
-                   header="global_step,episodic_return", comments="")  # fmt: skip
-        os.replace(path + ".tmp", path)
+        header = "global_step,episodic_return"
+        write = lambda rows, f: np.savetxt(f, rows, "%g", ",", header=header, comments="")  # noqa: E731
+        save_atomic(np.array(self.episodes).reshape(-1, 2), path, write)
 
 
 def log_rollout_episodes(log, ep_return, rewards, dones, global_step):
@@ -378,6 +431,23 @@ def check_finite(numbers, module, iteration, hint):
             f"non-finite loss at iteration {iteration}; the checkpoint keeps the parameters of "
             f"the iteration before; try a lower {hint}"
         )
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Hold Ctrl-C and SIGTERM while the final files are written, then act on them: an
+    interrupt inside torch.save would leave a temporary file and no checkpoint at all."""
+    caught = []
+    held = {
+        s: signal.signal(s, lambda *_: caught.append(1)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for s, handler in held.items():
+            signal.signal(s, handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def save_checkpoint(path, state, args, **extra):
@@ -572,11 +642,13 @@ def train(args):
                     f"approx_kl={stats['approx_kl']:.4f} SPS={sps}"
                 )
     finally:
-        # Runs on success, on a non-finite loss and on Ctrl-C alike.
-        save_checkpoint(os.path.join(out, "agent.pt"), last_good, args)
-        log.save_csv(os.path.join(out, "episodes.csv"))
-        envs.close()
-        writer.close()
+        # Runs on success, on a non-finite loss and on Ctrl-C or SIGTERM alike; a second
+        # interrupt waits until these files are complete.
+        with signals_held():
+            save_checkpoint(os.path.join(out, "agent.pt"), last_good, args)
+            log.save_csv(os.path.join(out, "episodes.csv"))
+            envs.close()
+            writer.close()
 
     eval_returns = None
     if args.eval_episodes > 0:
@@ -599,21 +671,38 @@ def train(args):
     }
 
 
-def save_atomic(obj, path):
-    """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
-    torch.save(obj, path + ".tmp")
-    os.replace(path + ".tmp", path)
+def save_atomic(obj, path, write=torch.save):
+    """write(obj, path + ".tmp"), then rename it over `path`: a reader finds the old file or the
+    complete new one, never half of one. A failed write (a full disk, a read-only directory)
+    removes the temporary file, keeps the old one, and is an OSError that names `path`."""
+    tmp = path + ".tmp"
+    try:
+        write(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError | RuntimeError):  # torch.save reports ENOSPC as RuntimeError
+            raise OSError(f"cannot write {path}: {' '.join(str(e).split())[:200]}") from None
+        raise
 
 
 def main(argv=None):
-    """Run train(), print its summary as the last stdout line; bad input exits with one line."""
+    """Run train(), print its summary as the last stdout line. Bad input, a failed save and an
+    interrupt each end with one line on stderr and a non-zero exit."""
+    # SIGTERM (sent by `timeout`, job schedulers, `docker stop`) becomes the KeyboardInterrupt
+    # of a Ctrl-C, so the same finally-blocks save the last good state before exiting.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = train(parse_args(argv))
     except (ValueError, OSError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
-        print("error: interrupted; checkpoints written so far are kept", file=sys.stderr)
+        print("error: interrupted; files saved before the interrupt are kept", file=sys.stderr)
         sys.exit(130)
+    # NaN and inf are not JSON: a summary line must stay parseable whatever the run produced.
+    summary = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+               for k, v in summary.items()}  # fmt: skip
     print(json.dumps(summary), flush=True)
 
 

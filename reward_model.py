@@ -14,28 +14,34 @@ simulated annotators. rlhf_ppo_gpt2.py loads the result with --reward-model-path
 """
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import random
 import re
 import shutil
+import signal
 import socket
 import sys
 import time
 import urllib.parse
 from dataclasses import dataclass
 
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from torch.utils.tensorboard import SummaryWriter
-from transformers import AutoTokenizer, GPT2Config, GPT2Model, PreTrainedTokenizerFast
-from transformers.utils import logging as hf_logging
+try:  # Ctrl-C while torch loads (a second or two) gets one line, not a traceback
+    import numpy as np
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import AutoTokenizer, GPT2Config, GPT2Model, PreTrainedTokenizerFast
+    from transformers.utils import logging as hf_logging
+except KeyboardInterrupt:
+    sys.exit("error: interrupted while starting up; nothing was written")
 
 
 def flag(default, help):
@@ -85,10 +91,20 @@ def parse_args(argv=None) -> Args:
     return Args(**vars(parser.parse_args(argv)))
 
 
-def save_atomic(obj, path):
-    """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
-    torch.save(obj, path + ".tmp")
-    os.replace(path + ".tmp", path)
+def save_atomic(obj, path, write=torch.save):
+    """write(obj, path + ".tmp"), then rename it over `path`: a reader finds the old file or the
+    complete new one, never half of one. A failed write (a full disk, a read-only directory)
+    removes the temporary file, keeps the old one, and is an OSError that names `path`."""
+    tmp = path + ".tmp"
+    try:
+        write(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError | RuntimeError):  # torch.save reports ENOSPC as RuntimeError
+            raise OSError(f"cannot write {path}: {' '.join(str(e).split())[:200]}") from None
+        raise
 
 
 # ---- shared with rlhf_ppo_gpt2.py (tests/test_shared_code.py checks the copies are identical) ----
@@ -703,14 +719,21 @@ def train(args):
 
 
 def main(argv=None):
-    """Run train(), print its summary as the last stdout line; bad input exits with one line."""
+    """Run train(), print its summary as the last stdout line. Bad input, a failed save and an
+    interrupt each end with one line on stderr and a non-zero exit."""
+    # SIGTERM (sent by `timeout`, job schedulers, `docker stop`) becomes the KeyboardInterrupt
+    # of a Ctrl-C, so the same finally-blocks save the last good state before exiting.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = train(parse_args(argv))
     except (ValueError, OSError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
-        print("error: interrupted; checkpoints written so far are kept", file=sys.stderr)
+        print("error: interrupted; files saved before the interrupt are kept", file=sys.stderr)
         sys.exit(130)
+    # NaN and inf are not JSON: a summary line must stay parseable whatever the run produced.
+    summary = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+               for k, v in summary.items()}  # fmt: skip
     print(json.dumps(summary), flush=True)
 
 

@@ -11,24 +11,31 @@ products, scaled to the edge of a KL trust region and checked by a backtracking 
 """
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import random
+import signal
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
 
-import gymnasium as gym
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
-from torch.utils.tensorboard import SummaryWriter
+try:  # Ctrl-C while torch loads (a second or two) gets one line, not a traceback
+    import gymnasium as gym
+    import numpy as np
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    from torch.nn.utils import parameters_to_vector, vector_to_parameters
+    from torch.utils.tensorboard import SummaryWriter
+except KeyboardInterrupt:
+    sys.exit("error: interrupted while starting up; nothing was written")
 
 SCRIPT = "trpo.py"  # recorded in checkpoints, checked when one is loaded
 
@@ -43,6 +50,7 @@ class Args:
     seed: int = flag(1, "seed of random, numpy, torch and the environments")
     cuda: bool = flag(True, "use CUDA when it is available")
     output_dir: str = flag("", "logs and checkpoints go here; default runs/<run-name>")
+    overwrite: bool = flag(False, "replace the files of an earlier run in --output-dir")
     env_id: str = flag("CartPole-v1", "a Gymnasium environment with a Discrete action space")
     total_timesteps: int = flag(150_000, "environment steps to train for, over all envs")
     num_envs: int = flag(8, "parallel environments")
@@ -382,10 +390,19 @@ def seed_and_device(seed, cuda):
 
 
 def run_dir(args, kind):
-    """--output-dir, or runs/<env>__<script>__<kind>__<seed>__<time>; created."""
+    """--output-dir, or runs/<env>__<script>__<kind>__<seed>__<time>; created and checked to be
+    writable. A directory that already holds files is refused unless --overwrite: a rerun must
+    never replace a finished run's checkpoint and episodes."""
     name = f"{args.env_id}__{SCRIPT.removesuffix('.py')}__{kind}__{args.seed}__{int(time.time())}"
     out = args.output_dir or os.path.join("runs", name)
-    os.makedirs(out, exist_ok=True)
+    if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
+        raise ValueError(f"--output-dir {out} holds files of an earlier run; name a new "
+                         "directory, or pass --overwrite to replace them")  # fmt: skip
+    try:
+        os.makedirs(out, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as e:
+        raise OSError(f"cannot write to --output-dir {out}: {e.strerror or e}") from None
     return out
 
 
@@ -411,9 +428,9 @@ class EpisodeLog:
 
     def save_csv(self, path):
         """episodes.csv, written atomically."""
-        np.savetxt(path + ".tmp", np.array(self.episodes).reshape(-1, 2), fmt="%g", delimiter=",",
-                   header="global_step,episodic_return", comments="")  # fmt: skip
-        os.replace(path + ".tmp", path)
+        header = "global_step,episodic_return"
+        write = lambda rows, f: np.savetxt(f, rows, "%g", ",", header=header, comments="")  # noqa: E731
+        save_atomic(np.array(self.episodes).reshape(-1, 2), path, write)
 
 
 def log_rollout_episodes(log, ep_return, rewards, dones, global_step):
@@ -624,21 +641,38 @@ def train(args):
     }
 
 
-def save_atomic(obj, path):
-    """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
-    torch.save(obj, path + ".tmp")
-    os.replace(path + ".tmp", path)
+def save_atomic(obj, path, write=torch.save):
+    """write(obj, path + ".tmp"), then rename it over `path`: a reader finds the old file or the
+    complete new one, never half of one. A failed write (a full disk, a read-only directory)
+    removes the temporary file, keeps the old one, and is an OSError that names `path`."""
+    tmp = path + ".tmp"
+    try:
+        write(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError | RuntimeError):  # torch.save reports ENOSPC as RuntimeError
+            raise OSError(f"cannot write {path}: {' '.join(str(e).split())[:200]}") from None
+        raise
 
 
 def main(argv=None):
-    """Run train(), print its summary as the last stdout line; bad input exits with one line."""
+    """Run train(), print its summary as the last stdout line. Bad input, a failed save and an
+    interrupt each end with one line on stderr and a non-zero exit."""
+    # SIGTERM (sent by `timeout`, job schedulers, `docker stop`) becomes the KeyboardInterrupt
+    # of a Ctrl-C, so the same finally-blocks save the last good state before exiting.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = train(parse_args(argv))
     except (ValueError, OSError, FloatingPointError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
-        print("error: interrupted; checkpoints written so far are kept", file=sys.stderr)
+        print("error: interrupted; files saved before the interrupt are kept", file=sys.stderr)
         sys.exit(130)
+    # NaN and inf are not JSON: a summary line must stay parseable whatever the run produced.
+    summary = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+               for k, v in summary.items()}  # fmt: skip
     print(json.dumps(summary), flush=True)
 
 

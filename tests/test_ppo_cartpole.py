@@ -307,7 +307,7 @@ def test_bad_input_one_line_error(flags, message, tmp_path, capsys):
 
 def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, capsys):
     code, _, err = run_main(
-        capsys, "--learning-rate", "inf", "--output-dir", str(tmp_path / "out"),
+        capsys, "--learning-rate", "1e30", "--output-dir", str(tmp_path / "out"),
         "--total-timesteps", "2048",
     )  # fmt: skip
     assert code == 1 and "non-finite loss at iteration 1" in err

@@ -36,6 +36,7 @@ WINDOW = 20  # "solved" looks at the mean return of the last 20 finished trainin
 PEER_PREAMBLE = r"""
 import json, sys, time
 from collections import deque
+import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
@@ -61,11 +62,24 @@ class Episodes(BaseCallback):
                         return False
         return True
 
-def report(cb, t_start):
+def evaluate_normalized(model, train_env, env_id, seed, episodes=10):
+    # The final policy, deterministic, on fresh envs (seed + 10000, as our scripts), with the
+    # training VecNormalize statistics frozen and rewards left unscaled.
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import VecNormalize
+    env = VecNormalize(make_vec_env(env_id, n_envs=1, seed=seed + 10_000), training=False,
+                       norm_reward=False)
+    env.obs_rms = train_env.obs_rms
+    rets, _ = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=True,
+                              return_episode_rewards=True)
+    return {"eval_mean_return": float(np.mean(rets)), "eval_std_return": float(np.std(rets)),
+            "eval_episodes": len(rets)}
+
+def report(cb, t_start, **extra):
     step, secs = cb.solved or (None, None)
     print(json.dumps({"solved_at_step": step, "solved_at_s": secs, "episodes": cb.episodes,
                       "global_step": cb.num_timesteps,
-                      "wall_time_s": round(time.time() - t_start, 2)}))
+                      "wall_time_s": round(time.time() - t_start, 2), **extra}))
 """
 
 
@@ -133,6 +147,42 @@ def run_script(script, seed, out_dir, extra=()):
     return result
 
 
+def run_script_final(script, seed, out_dir, checkpoint, extra=(), episodes=10):
+    """run_script to the budget, then `--eval-checkpoint` of its saved checkpoint in a second
+    process: `episodes` deterministic episodes with the saved observation statistics frozen.
+    train_s is the training run's own wall time, evaluation not included."""
+    result = run_script(script, seed, out_dir, extra)
+    env = [x for x in extra if x.startswith("--env-id=")]
+    ckpt = os.path.join(ROOT, result["output_dir"], checkpoint)
+    cmd = [sys.executable, script, "--no-cuda", "--seed", str(seed), *env,
+           "--eval-checkpoint", ckpt, "--eval-episodes", str(episodes)]  # fmt: skip
+    ev = run_json(cmd)
+    result["train_s"] = result["wall_time_s"]
+    for key in ("eval_mean_return", "eval_std_return", "eval_episodes"):
+        result[key] = ev[key]
+    return result
+
+
+def pop_option(name, default, choices):
+    """Take `name VALUE` (or name=VALUE) out of sys.argv before the shared parser sees it: a
+    benchmark's own choice, such as the environment."""
+    argv = sys.argv
+    for i, x in enumerate(argv):
+        if x == name and i + 1 < len(argv):
+            value = argv[i + 1]
+            del argv[i : i + 2]
+            break
+        if x.startswith(name + "="):
+            value = x.split("=", 1)[1]
+            del argv[i]
+            break
+    else:
+        value = default
+    if value not in choices:
+        sys.exit(f"error: {name} must be one of {', '.join(choices)}, not {value!r}")
+    return value
+
+
 def run_peer(runner, seed, budget, threshold, stop_at_solve=False):
     """One run of a peer (SB3 and friends): PEER_PREAMBLE + runner as `python -c`."""
     args = [str(seed), str(budget), "1" if stop_at_solve else "0", str(threshold)]
@@ -189,15 +239,18 @@ def summarize(results, budget, threshold, floor):
     }
 
 
-def plot(curves, path, budget, threshold, title, ylim):
+def plot(curves, path, budget, threshold, title, ylim, solved_panel=True):
     """Left: the last-20 mean of every seed, with the median where every seed still runs.
-    Right: the fraction of seeds solved against steps."""
+    Right (solved_panel): the fraction of seeds solved against steps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    if solved_panel:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4))
     grid = np.linspace(0, budget, 301)
     colors = iter(["tab:blue", "tab:orange", "tab:green", "tab:red"])
     for name, results in curves.items():
@@ -208,39 +261,34 @@ def plot(curves, path, budget, threshold, title, ylim):
                 continue
             s, m = np.array(means).T
             lines.append(np.interp(grid, s, m, left=np.nan, right=np.nan))
-            ax.plot(s, m, color=color, alpha=0.15, lw=0.8)
+            ax.plot(s, m, color=color, alpha=0.15 if solved_panel else 0.35, lw=0.8)
         if lines:
             ax.plot(grid, np.median(lines, 0), color=color, lw=2, label=f"{name} (median)")
-        solved = sorted(r["solved_at_step"] for r in results if r["solved_at_step"] is not None)
-        frac = np.arange(len(solved) + 1) / len(results)
-        ax2.step([0, *solved, budget], [*frac, frac[-1]], where="post", color=color, label=name)
-    ax.axhline(threshold, color="k", ls="--", lw=1, label=f"solved: {threshold:g}")
+        if solved_panel:
+            solved = sorted(r["solved_at_step"] for r in results if r["solved_at_step"] is not None)
+            frac = np.arange(len(solved) + 1) / len(results)
+            ax2.step([0, *solved, budget], [*frac, frac[-1]], where="post", color=color, label=name)
+    if threshold is not None:
+        ax.axhline(threshold, color="k", ls="--", lw=1, label=f"solved: {threshold:g}")
     ax.set(
         xlabel="environment steps", ylabel="mean return of last 20 episodes", title=title, ylim=ylim
     )
-    ax.legend(loc="lower right", fontsize=8)
-    ax2.set(
-        xlabel="environment steps",
-        ylabel="fraction of seeds solved",
-        ylim=(0, 1.05),
-        title="seeds that met the solved rule",
-    )
-    ax2.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right" if solved_panel else "upper left", fontsize=8)
+    if solved_panel:
+        ax2.set(
+            xlabel="environment steps",
+            ylabel="fraction of seeds solved",
+            ylim=(0, 1.05),
+            title="seeds that met the solved rule",
+        )
+        ax2.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=110)
 
 
-def benchmark(
-    name, impls, budget, threshold=475.0, floor=400.0, title="CartPole-v1", ylim=(0, 520)
-):
-    """Run every implementation on every seed, alternating seed by seed so that drifts in the
-    machine's load hit all alike; print the per-seed and summary tables and the ratios of the
-    first implementation to each other; write benchmarks/results/<name>.json and
-    docs/img/<name>_curve.png.
-
-    impls: {label: run(seed, out_dir) -> dict with solved_at_step, solved_at_s, episodes}.
-    """
+def bench_args(impls):
+    """The command line every benchmark shares: --seeds, --only, --out, --no-save."""
     p = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__.split("\n")[0])
     p.add_argument(
         "--seeds",
@@ -260,23 +308,79 @@ def benchmark(
     p.add_argument("--no-save", action="store_true", help="print only; write no results/plot")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    seed_set = seed_set_name(a.seeds)
-    print(f"{name}: {len(a.seeds)} {seed_set} seeds {a.seeds}", flush=True)
+    return a
+
+
+def run_alternating(impls, a, describe):
+    """Every implementation on every seed, alternating seed by seed so that drifts in the
+    machine's load hit all alike; describe(r) is the progress line of one run."""
     results = {label: [] for label in a.only}
     for seed in a.seeds:
         for label in a.only:
             r = impls[label](seed, a.out)
             r["seed"] = seed
-            # Steps to solve from the episodes, by one rule for every implementation.
-            r["solved_at_step"] = solved_step(r["episodes"], threshold)
-            if r["solved_at_step"] is None:
-                r["solved_at_s"] = None
             results[label].append(r)
-            print(
-                f"seed {seed} {label}: solved_at_step={r['solved_at_step']} "
-                f"solved_at_s={r['solved_at_s']} load={r['loadavg_before']}",
-                flush=True,
-            )
+            print(f"seed {seed} {label}: {describe(r)} load={r['loadavg_before']}", flush=True)
+    return results
+
+
+def machine_line(a, results):
+    loads = [r["loadavg_before"] for rs in results.values() for r in rs]
+    print(
+        f"\n{len(a.seeds)} {seed_set_name(a.seeds)} seeds, {time.strftime('%Y-%m-%d')}, "
+        f"{cpu_model()}, load average {min(loads):.1f}-{max(loads):.1f}\n"
+    )
+    return [min(loads), max(loads)]
+
+
+def save_results(name, a, results, loads, extra, plot_args):
+    """benchmarks/results/<name>.json (no episodes, no absolute paths), the full episode lists
+    in --out, and docs/img/<name>_curve.png."""
+    slim = {
+        n: [{k: v for k, v in r.items() if k != "episodes"} for r in rs]
+        for n, rs in results.items()
+    }
+    payload = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "seeds": a.seeds,
+        "seed_set": seed_set_name(a.seeds),
+        **extra,
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "versions": versions(),
+            "loadavg_min_max": loads,
+        },
+        "runs": slim,
+    }
+    os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
+    with open(os.path.join(ROOT, "benchmarks", "results", f"{name}.json"), "w") as f:
+        json.dump(payload, f, indent=1)
+    with open(os.path.join(a.out, f"{name}_runs_with_episodes.json"), "w") as f:
+        json.dump(results, f)
+    plot(results, os.path.join(ROOT, "docs", "img", f"{name}_curve.png"), **plot_args)
+
+
+def benchmark(
+    name, impls, budget, threshold=475.0, floor=400.0, title="CartPole-v1", ylim=(0, 520)
+):
+    """Run every implementation on every seed (run_alternating); print the per-seed and
+    summary tables and the ratios of the first implementation to each other; write
+    benchmarks/results/<name>.json and docs/img/<name>_curve.png.
+
+    impls: {label: run(seed, out_dir) -> dict with solved_at_step, solved_at_s, episodes}.
+    """
+    a = bench_args(impls)
+    print(f"{name}: {len(a.seeds)} {seed_set_name(a.seeds)} seeds {a.seeds}", flush=True)
+
+    def solve(r):
+        # Steps to solve from the episodes, by one rule for every implementation.
+        r["solved_at_step"] = solved_step(r["episodes"], threshold)
+        if r["solved_at_step"] is None:
+            r["solved_at_s"] = None
+        return f"solved_at_step={r['solved_at_step']} solved_at_s={r['solved_at_s']}"
+
+    results = run_alternating(impls, a, solve)
 
     def cell(r):
         if r["solved_at_step"] is None:
@@ -284,11 +388,7 @@ def benchmark(
         secs = "-" if r["solved_at_s"] is None else f"{r['solved_at_s']:.2f}"
         return f"{r['solved_at_step']:,} | {secs}"
 
-    loads = [r["loadavg_before"] for rs in results.values() for r in rs]
-    print(
-        f"\n{len(a.seeds)} {seed_set} seeds, {time.strftime('%Y-%m-%d')}, {cpu_model()}, "
-        f"load average {min(loads):.1f}-{max(loads):.1f}\n"
-    )
+    loads = machine_line(a, results)
     print("| seed | " + " | ".join(f"{n}: steps | {n}: s" for n in results) + " |")
     print("|---" * (1 + 2 * len(results)) + "|")
     for i, seed in enumerate(a.seeds):
@@ -320,37 +420,94 @@ def benchmark(
               f"median seconds ratio {ratios[other]['median_s']}")  # fmt: skip
     if a.no_save:
         return results, rows
-    slim = {
-        n: [{k: v for k, v in r.items() if k != "episodes"} for r in rs]
-        for n, rs in results.items()
-    }
-    payload = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "seeds": a.seeds,
-        "seed_set": seed_set,
+    extra = {
         "budget": budget,
         "threshold": threshold,
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "versions": versions(),
-            "loadavg_min_max": [min(loads), max(loads)],
-        },
         "summary": rows,
         "ratios_first_over_other": ratios,
-        "runs": slim,
     }
-    os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "benchmarks", "results", f"{name}.json"), "w") as f:
-        json.dump(payload, f, indent=1)
-    with open(os.path.join(a.out, f"{name}_runs_with_episodes.json"), "w") as f:
-        json.dump(results, f)
-    plot(
-        results,
-        os.path.join(ROOT, "docs", "img", f"{name}_curve.png"),
-        budget,
-        threshold,
-        f"{title}, {seed_set} seeds, one line per seed",
-        ylim,
+    plot_args = dict(
+        budget=budget,
+        threshold=threshold,
+        ylim=ylim,
+        title=f"{title}, {seed_set_name(a.seeds)} seeds, one line per seed",
     )
+    save_results(name, a, results, loads, extra, plot_args)
+    return results, rows
+
+
+def summarize_final(results):
+    """For a fixed budget with no solved rule (MuJoCo): over the seeds, the mean ± std and the
+    minimum of the final last-20 training mean and of the deterministic evaluation mean, and
+    the median training seconds."""
+
+    def stats(x):
+        x = [v for v in x if v is not None]
+        if not x:
+            return None
+        return {"mean": float(np.mean(x)), "std": float(np.std(x)), "min": float(min(x))}
+
+    return {
+        "final_last20": stats(
+            [m[-1][1] if (m := last_mean(r["episodes"])) else None for r in results]
+        ),  # fmt: skip
+        "eval": stats([r["eval_mean_return"] for r in results]),
+        "median_train_s": statistics.median(r["train_s"] for r in results),
+    }
+
+
+def benchmark_final(name, impls, budget, title, ylim=None):
+    """The fixed-budget benchmark (MuJoCo): run every implementation on every seed
+    (run_alternating) to `budget` steps, then a deterministic evaluation of the final policy
+    with its frozen observation statistics. Print per-seed and summary tables and the ratio
+    of the first implementation's median training seconds to each other's.
+
+    impls: {label: run(seed, out_dir) -> dict with episodes, train_s, eval_mean_return,
+    eval_std_return}. The last-20 mean is recomputed from the episodes, one rule for all.
+    """
+    a = bench_args(impls)
+    print(f"{name}: {len(a.seeds)} {seed_set_name(a.seeds)} seeds {a.seeds}", flush=True)
+
+    def final(r):
+        m = last_mean(r["episodes"])
+        r["final_last20"] = round(m[-1][1], 1) if m else None
+        return (f"last-20 {r['final_last20']} eval {r['eval_mean_return']:.1f} ± "
+                f"{r['eval_std_return']:.1f} train {r['train_s']:.0f} s")  # fmt: skip
+
+    results = run_alternating(impls, a, final)
+    loads = machine_line(a, results)
+    print("| seed | " + " | ".join(f"{n}: last-20 | eval | train s" for n in results) + " |")
+    print("|---" * (1 + 3 * len(results)) + "|")
+    for i, seed in enumerate(a.seeds):
+        cells = [f"{r['final_last20']:,.0f} | {r['eval_mean_return']:,.0f} ± "
+                 f"{r['eval_std_return']:,.0f} | {r['train_s']:.0f}"
+                 for r in (rs[i] for rs in results.values())]  # fmt: skip
+        print(f"| {seed} | " + " | ".join(cells) + " |")
+
+    rows = {n: summarize_final(rs) for n, rs in results.items()}
+    print(f"\n| implementation | last-20 training mean at {budget:,} (mean ± std / min) | "
+          "deterministic eval (mean ± std / min) | training seconds (median) |")  # fmt: skip
+    print("|---|---|---|---|")
+    for n, s in rows.items():
+        f, e = s["final_last20"], s["eval"]
+        print(
+            f"| {n} | {f['mean']:,.0f} ± {f['std']:,.0f} / {f['min']:,.0f} | "
+            f"{e['mean']:,.0f} ± {e['std']:,.0f} / {e['min']:,.0f} | {s['median_train_s']:.0f} |"
+        )
+    first, *others = rows
+    ratios = {o: round(rows[first]["median_train_s"] / rows[o]["median_train_s"], 3)
+              for o in others}  # fmt: skip
+    for o, v in ratios.items():
+        print(f"\n{first} / {o}: median training seconds ratio {v}")
+    if a.no_save:
+        return results, rows
+    extra = {"budget": budget, "summary": rows, "train_s_ratio_first_over_other": ratios}
+    plot_args = dict(
+        budget=budget,
+        threshold=None,
+        ylim=ylim,
+        solved_panel=False,
+        title=f"{title}, {seed_set_name(a.seeds)} seeds, one line per seed",
+    )
+    save_results(name, a, results, loads, extra, plot_args)
     return results, rows

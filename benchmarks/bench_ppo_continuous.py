@@ -1,20 +1,18 @@
 """Benchmark ppo_continuous.py against Stable-Baselines3 PPO on Pendulum-v1 or MuJoCo, same
-machine, same run, same rule. Pendulum-v1: steps and wall seconds until the mean return of the
-last 20 finished training episodes reaches −200. HalfCheetah-v5 and Hopper-v5 (`--env-id`):
-the last-20 training mean at 1M steps, a 10-episode deterministic evaluation of the final
-policy with its observation statistics frozen, and the training seconds.
+machine, same run, same rules (harness.continuous_benchmark). Pendulum-v1: steps and wall
+seconds until the mean return of the last 20 finished training episodes reaches −200.
+HalfCheetah-v5 and Hopper-v5 (`--env-id`): the last-20 training mean at 1M steps, a 10-episode
+deterministic evaluation of the final policy with its observation statistics frozen, and the
+training seconds.
 
-Ours runs with its documented Pendulum set (ppo_continuous.PENDULUM). SB3 uses the RL Zoo's
-Pendulum-v1 hyperparameters (rl_zoo3 2.7.0 hyperparams/ppo.yml: 4 envs × 1024 steps, batch
-64, 10 epochs, γ 0.9, λ 0.95, lr 1e-3, clip 0.2, gSDE with sample frequency 4, no
-normalisation, 100k steps). Both run to the full 100k steps, one process per seed, CPU, one
-torch thread, time counted from the start of training. Everything else is
-benchmarks/harness.py: the held-out seeds 1001..1010 by default, alternating seed by seed.
-
-On MuJoCo ours runs with its defaults (CleanRL's settings) and SB3 with the RL Zoo's tuned
-HalfCheetah and Hopper sets (hyperparams/ppo.yml, tuned on v3: VecNormalize with the
-algorithm's γ, 1 env × 512 steps, ReLU 256-256 networks, log σ₀ = −2; the rest per env in
-SB3_MUJOCO below). Held-out seeds 1001..1003 by default; about 15–25 minutes a run here.
+Pendulum: ours runs with its documented set (ppo_continuous.PENDULUM); SB3 with the RL Zoo's
+(rl_zoo3 hyperparams/ppo.yml: 4 envs × 1024 steps, batch 64, 10 epochs, γ 0.9, λ 0.95, lr
+1e-3, clip 0.2, gSDE with sample frequency 4, no normalisation). MuJoCo: ours runs with its
+defaults (CleanRL's settings), SB3 with the Zoo's tuned HalfCheetah and Hopper sets (tuned on
+v3: VecNormalize with the algorithm's γ, 1 env × 512 steps, ReLU 256-256 networks, log σ₀ =
+−2; the rest per env in SB3_MUJOCO). Both to the full budget, one process per seed, CPU, one
+torch thread, alternating seed by seed on the held-out seeds (1001..1010 on Pendulum,
+1001..1003 on MuJoCo: about 15–25 minutes a run here).
 
     pip install -r benchmarks/requirements.txt
     python benchmarks/bench_ppo_continuous.py
@@ -31,15 +29,11 @@ import harness  # noqa: E402
 
 import ppo_continuous  # noqa: E402  (for its PENDULUM set only)
 
-BUDGET, THRESHOLD, FLOOR = 100_000, -200.0, -400.0
-SEEDS = harness.HELD_OUT_SEEDS[:10]  # Pendulum: 1001..1010
-MUJOCO_BUDGET, MUJOCO_SEEDS = 1_000_000, harness.HELD_OUT_SEEDS[:3]
-
 # The documented Pendulum-v1 set of ppo_continuous.py, as a command line.
 PENDULUM_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in ppo_continuous.PENDULUM.items()]
-assert ppo_continuous.PENDULUM["total_timesteps"] == BUDGET
+assert ppo_continuous.PENDULUM["total_timesteps"] == harness.PENDULUM_BUDGET
 
-SB3_RUNNER = r"""
+SB3_PENDULUM = r"""
 from stable_baselines3 import PPO
 t_start = time.time()
 env = make_vec_env("Pendulum-v1", n_envs=4, seed=seed)
@@ -50,7 +44,6 @@ cb = Episodes()
 model.learn(total_timesteps=total, callback=cb)
 report(cb, t_start)
 """
-
 
 # RL Zoo hyperparams/ppo.yml, HalfCheetah-v3 and Hopper-v3 (the Zoo's newest tuned MuJoCo sets).
 SB3_MUJOCO = {
@@ -78,47 +71,11 @@ train_s = round(time.time() - t_start, 2)
 report(cb, t_start, train_s=train_s, **evaluate_normalized(model, env, env_id, seed))
 """
 
-
-def ours(seed, out_dir):
-    return harness.run_script("ppo_continuous.py", seed, out_dir, PENDULUM_FLAGS)
-
-
-def sb3(seed, out_dir):
-    return harness.run_peer(SB3_RUNNER, seed, BUDGET, THRESHOLD)
-
-
-def ours_mujoco(env_id):
-    flags = [f"--env-id={env_id}", f"--total-timesteps={MUJOCO_BUDGET}"]
-    return lambda seed, out: harness.run_script_final(
-        "ppo_continuous.py", seed, out, "agent.pt", flags
-    )
-
-
-def sb3_mujoco(env_id):
-    runner = SB3_MUJOCO_RUNNER.replace("ENV_ID", repr(env_id)).replace(
-        "HP", repr(SB3_MUJOCO[env_id])
-    )
-    return lambda seed, out: harness.run_peer(runner, seed, MUJOCO_BUDGET, float("inf"))
-
-
 if __name__ == "__main__":
-    env_id = harness.pop_option("--env-id", "Pendulum-v1", ["Pendulum-v1", *SB3_MUJOCO])
-    seeds = SEEDS if env_id == "Pendulum-v1" else MUJOCO_SEEDS
-    sys.argv[1:1] = [] if "--seeds" in sys.argv else ["--seeds", *map(str, seeds)]
-    if env_id != "Pendulum-v1":
-        harness.benchmark_final(
-            f"ppo_continuous_{env_id.split('-')[0].lower()}",
-            {"ppo_continuous.py": ours_mujoco(env_id), "SB3 PPO (RL Zoo)": sb3_mujoco(env_id)},
-            MUJOCO_BUDGET,
-            title=env_id,
-        )
-        sys.exit()
-    harness.benchmark(
-        "ppo_continuous_pendulum",
-        {"ppo_continuous.py": ours, "SB3 PPO (RL Zoo, gSDE)": sb3},
-        BUDGET,
-        threshold=THRESHOLD,
-        floor=FLOOR,
-        title="Pendulum-v1",
-        ylim=(-1600, 0),
+    runners = {
+        env_id: ([], SB3_MUJOCO_RUNNER.replace("ENV_ID", repr(env_id)).replace("HP", repr(hp)))
+        for env_id, hp in SB3_MUJOCO.items()
+    }
+    harness.continuous_benchmark(
+        "ppo_continuous.py", "agent.pt", "SB3 PPO", PENDULUM_FLAGS, SB3_PENDULUM, runners
     )

@@ -333,9 +333,9 @@ def machine_line(a, results):
     return [min(loads), max(loads)]
 
 
-def save_results(name, a, results, loads, extra, plot_args):
+def save_results(name, a, results, loads, extra, title, **plot_args):
     """benchmarks/results/<name>.json (no episodes, no absolute paths), the full episode lists
-    in --out, and docs/img/<name>_curve.png."""
+    in --out, and docs/img/<name>_curve.png titled with the seed set."""
     slim = {
         n: [{k: v for k, v in r.items() if k != "episodes"} for r in rs]
         for n, rs in results.items()
@@ -358,7 +358,8 @@ def save_results(name, a, results, loads, extra, plot_args):
         json.dump(payload, f, indent=1)
     with open(os.path.join(a.out, f"{name}_runs_with_episodes.json"), "w") as f:
         json.dump(results, f)
-    plot(results, os.path.join(ROOT, "docs", "img", f"{name}_curve.png"), **plot_args)
+    title = f"{title}, {seed_set_name(a.seeds)} seeds, one line per seed"
+    plot(results, os.path.join(ROOT, "docs", "img", f"{name}_curve.png"), title=title, **plot_args)
 
 
 def benchmark(
@@ -426,13 +427,9 @@ def benchmark(
         "summary": rows,
         "ratios_first_over_other": ratios,
     }
-    plot_args = dict(
-        budget=budget,
-        threshold=threshold,
-        ylim=ylim,
-        title=f"{title}, {seed_set_name(a.seeds)} seeds, one line per seed",
+    save_results(
+        name, a, results, loads, extra, title, budget=budget, threshold=threshold, ylim=ylim
     )
-    save_results(name, a, results, loads, extra, plot_args)
     return results, rows
 
 
@@ -502,12 +499,39 @@ def benchmark_final(name, impls, budget, title, ylim=None):
     if a.no_save:
         return results, rows
     extra = {"budget": budget, "summary": rows, "train_s_ratio_first_over_other": ratios}
-    plot_args = dict(
-        budget=budget,
-        threshold=None,
-        ylim=ylim,
+    save_results(
+        name, a, results, loads, extra, title, budget=budget, threshold=None, ylim=ylim,
         solved_panel=False,
-        title=f"{title}, {seed_set_name(a.seeds)} seeds, one line per seed",
-    )
-    save_results(name, a, results, loads, extra, plot_args)
+    )  # fmt: skip
     return results, rows
+
+
+PENDULUM_BUDGET, MUJOCO_BUDGET = 100_000, 1_000_000
+
+
+def continuous_benchmark(script, checkpoint, peer, pendulum_flags, pendulum_runner, mujoco):
+    """The command line of the continuous-control benchmarks. `--env-id Pendulum-v1` (the
+    default): the solved rule (last-20 mean ≥ −200) within 100k steps on the held-out seeds
+    1001..1010. `--env-id` one of `mujoco`'s ids: the fixed 1M-step benchmark_final on
+    1001..1003. mujoco = {env_id: (our extra flags, the peer's runner)}; `peer` names it."""
+    env_id = pop_option("--env-id", "Pendulum-v1", ["Pendulum-v1", *mujoco])
+    stem = os.path.splitext(script)[0]
+    if "--seeds" not in sys.argv:
+        seeds = HELD_OUT_SEEDS[:10] if env_id == "Pendulum-v1" else HELD_OUT_SEEDS[:3]
+        sys.argv[1:1] = ["--seeds", *map(str, seeds)]
+    if env_id == "Pendulum-v1":
+        budget = PENDULUM_BUDGET
+        impls = {
+            script: lambda s, o: run_script(script, s, o, pendulum_flags),
+            f"{peer} (RL Zoo, gSDE)": lambda s, o: run_peer(pendulum_runner, s, budget, -200.0),
+        }
+        return benchmark(f"{stem}_pendulum", impls, PENDULUM_BUDGET, threshold=-200.0,
+                         floor=-400.0, title="Pendulum-v1", ylim=(-1600, 0))  # fmt: skip
+    flags, runner = mujoco[env_id]
+    flags = [f"--env-id={env_id}", f"--total-timesteps={MUJOCO_BUDGET}", *flags]
+    impls = {
+        script: lambda s, o: run_script_final(script, s, o, checkpoint, flags),
+        f"{peer} (RL Zoo)": lambda s, o: run_peer(runner, s, MUJOCO_BUDGET, float("inf")),
+    }
+    name = f"{stem}_{env_id.split('-')[0].lower()}"
+    return benchmark_final(name, impls, MUJOCO_BUDGET, title=env_id)

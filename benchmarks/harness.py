@@ -433,6 +433,11 @@ def benchmark(
     return results, rows
 
 
+def num(x):
+    """A return for a table: thousands separated, no decimals; '-' for none."""
+    return "-" if x is None else f"{x:,.0f}"
+
+
 def summarize_final(results):
     """For a fixed budget with no solved rule (MuJoCo): over the seeds, the mean ± std and the
     minimum of the final last-20 training mean and of the deterministic evaluation mean, and
@@ -476,8 +481,8 @@ def benchmark_final(name, impls, budget, title, ylim=None):
     print("| seed | " + " | ".join(f"{n}: last-20 | eval | train s" for n in results) + " |")
     print("|---" * (1 + 3 * len(results)) + "|")
     for i, seed in enumerate(a.seeds):
-        cells = [f"{r['final_last20']:,.0f} | {r['eval_mean_return']:,.0f} ± "
-                 f"{r['eval_std_return']:,.0f} | {r['train_s']:.0f}"
+        cells = [f"{num(r['final_last20'])} | {num(r['eval_mean_return'])} ± "
+                 f"{num(r['eval_std_return'])} | {r['train_s']:.0f}"
                  for r in (rs[i] for rs in results.values())]  # fmt: skip
         print(f"| {seed} | " + " | ".join(cells) + " |")
 
@@ -486,10 +491,10 @@ def benchmark_final(name, impls, budget, title, ylim=None):
           "deterministic eval (mean ± std / min) | training seconds (median) |")  # fmt: skip
     print("|---|---|---|---|")
     for n, s in rows.items():
-        f, e = s["final_last20"], s["eval"]
+        f, e = (s[k] or dict.fromkeys(("mean", "std", "min")) for k in ("final_last20", "eval"))
         print(
-            f"| {n} | {f['mean']:,.0f} ± {f['std']:,.0f} / {f['min']:,.0f} | "
-            f"{e['mean']:,.0f} ± {e['std']:,.0f} / {e['min']:,.0f} | {s['median_train_s']:.0f} |"
+            f"| {n} | {num(f['mean'])} ± {num(f['std'])} / {num(f['min'])} | "
+            f"{num(e['mean'])} ± {num(e['std'])} / {num(e['min'])} | {s['median_train_s']:.0f} |"
         )
     first, *others = rows
     ratios = {o: round(rows[first]["median_train_s"] / rows[o]["median_train_s"], 3)

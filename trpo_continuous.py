@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
 
@@ -476,19 +477,24 @@ def make_envs(env_id, num_envs, action_spaces, video_dir=None):
     """
     if video_dir is not None and importlib.util.find_spec("moviepy") is None:
         raise ValueError("--capture-video needs moviepy, an optional extra: pip install moviepy")
+    # Gymnasium's warnings (an outdated version, ...) are shown only if the env is made: if
+    # not, the one error line says it all.
     try:
-        if video_dir is None:
-            envs = gym.make_vec(env_id, num_envs=num_envs)
-        else:  # one env object per copy, each with its own file name
-            names = iter(range(num_envs))
-            record = lambda env: gym.wrappers.RecordVideo(  # noqa: E731
-                env, video_dir, lambda episode: episode == 0, name_prefix=f"env{next(names)}"
-            )
-            envs = gym.make_vec(
-                env_id, num_envs, "sync", wrappers=[record], render_mode="rgb_array"
-            )
+        with warnings.catch_warnings(record=True) as caught:
+            if video_dir is None:
+                envs = gym.make_vec(env_id, num_envs=num_envs)
+            else:  # one env object per copy, each with its own file name
+                names = iter(range(num_envs))
+                record = lambda env: gym.wrappers.RecordVideo(  # noqa: E731
+                    env, video_dir, lambda episode: episode == 0, name_prefix=f"env{next(names)}"
+                )
+                envs = gym.make_vec(
+                    env_id, num_envs, "sync", wrappers=[record], render_mode="rgb_array"
+                )
     except Exception as e:  # gym.error.Error, a missing extra's ModuleNotFoundError, ...
         raise ValueError(f"cannot make --env-id {env_id!r}: {' '.join(str(e).split())}") from None
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     act, obs = envs.single_action_space, envs.single_observation_space
     problem = None
     if not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:
@@ -612,12 +618,13 @@ def log_rollout_episodes(log, ep_return, rewards, dones, global_step):
 
 
 def check_finite(numbers, module, iteration, hint):
-    """FloatingPointError if a loss is NaN or infinite, or a parameter is, or lies beyond ±1e30,
-    where the next forward pass would overflow float32 (3.4e38) and sampling fail on a NaN.
-    Called once per iteration, not once per minibatch: a NaN anywhere ends up in the mean
-    losses or weights."""
+    """FloatingPointError if a loss or a parameter is NaN or infinite, or a parameter lies
+    beyond ±1e20: no training gets there without diverging, and a little further on the
+    forward pass overflows float32 (3.4e38), so that sampling would fail on a NaN. Called
+    once per iteration, not once per minibatch: a NaN anywhere ends up in the mean losses or
+    weights."""
     params = torch.cat([p.detach().flatten() for p in module.parameters()])
-    if not (np.isfinite(numbers).all() and params.abs().max() <= 1e30):  # False for a NaN
+    if not (np.isfinite(numbers).all() and params.abs().max() <= 1e20):  # False for a NaN
         raise FloatingPointError(
             f"non-finite loss at iteration {iteration}; the checkpoint keeps the parameters of "
             f"the iteration before; try a lower {hint}"

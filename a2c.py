@@ -135,8 +135,8 @@ def check_args(args):
     check_flags(args, positive=(*counts, "learning_rate", "max_grad_norm", "optimizer_eps"),
                 nonneg=("seed", "ent_coef", "vf_coef", "eval_episodes"),
                 unit=("gamma", "gae_lambda"))  # fmt: skip
-    # numpy takes 32-bit seeds; Adam's first step, lr / (1 − β1), must fit in a float32; each
-    # env and evaluation episode is an environment object.
+    # numpy's seeds are 32-bit; the optimizer's first step, ~10 lr, must fit in a float32; one
+    # environment object per env or evaluation episode.
     most = dict(seed=2**32 - 1, learning_rate=1e37, num_envs=10_000, eval_episodes=10_000)
     for name, bound in most.items():
         if getattr(args, name) > bound:

@@ -161,9 +161,8 @@ def check_args(args):
                                 "kl_beta", "kl_target", "clip_obs", "clip_reward"),
                 nonneg=("seed", "clip_coef", "ent_coef", "vf_coef", "target_kl", "eval_episodes"),
                 unit=("gamma", "gae_lambda"))  # fmt: skip
-    # numpy takes 32-bit seeds; Adam's first step, lr / (1 − β1), must fit in a float32; each
-    # env and evaluation episode is an environment object; 1000 epochs on one rollout only
-    # overfit it, and more make a run that never ends.
+    # numpy's seeds are 32-bit; the optimizer's first step, ~10 lr, must fit in a float32; one
+    # environment object per env or evaluation episode; more epochs make a run never end.
     most = dict(seed=2**32 - 1, learning_rate=1e37, num_envs=10_000, eval_episodes=10_000,
                 update_epochs=1000)  # fmt: skip
     for name, bound in most.items():

@@ -146,11 +146,9 @@ def check_args(args):
                 unit=("gamma", "gae_lambda"))  # fmt: skip
     if args.cg_tol >= 1:  # |r_0| = |g| <= cg_tol·|g|: no CG iteration, so never a step
         raise ValueError(f"--cg-tol must be below 1, not {args.cg_tol}: TRPO would never step")
-    # numpy takes 32-bit seeds; Adam's first step, lr / (1 − β1), must fit in a float32; each
-    # env and evaluation episode is an environment object; CG solves F s = g exactly in as
-    # many iterations as θ has entries, but 1000 already take minutes per update; a step
-    # halved 100 times moves no float32 weight; more critic epochs only make a run that
-    # never ends.
+    # numpy's seeds are 32-bit; the optimizer's first step, ~10 lr, must fit in a float32; one
+    # environment object per env or evaluation episode; more CG iterations, halvings of the
+    # step (100 move no float32 weight) or critic epochs make a run never end.
     most = dict(seed=2**32 - 1, learning_rate=1e37, num_envs=10_000, eval_episodes=10_000,
                 cg_iters=1000, line_search_steps=100, critic_epochs=1000)  # fmt: skip
     for name, bound in most.items():

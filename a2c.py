@@ -31,7 +31,9 @@ import random
 import signal
 import sys
 import tempfile
+import threading
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
 
@@ -96,20 +98,60 @@ def parse_args(argv=None) -> Args:
     return Args(**vars(parser.parse_args(argv)))
 
 
+def check_flags(args, positive=(), nonneg=(), unit=()):
+    """The one rule every script applies to its numeric flags, naming the flag at fault: every
+    float flag finite (a NaN trains nothing and an inf stalls it); every count, step size or
+    norm bound > 0 (a negative gradient-norm bound would flip the gradient); every weight, ε
+    or tolerance ≥ 0; every probability, γ or λ in [0, 1]."""
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{field.name.replace('_', '-')} must be finite, not {value}")
+    rules = (
+        (positive, lambda v: v > 0, "positive"),
+        (nonneg, lambda v: v >= 0, "0 or more"),
+        (unit, lambda v: 0 <= v <= 1, "in [0, 1]"),
+    )
+    for names, ok, what in rules:
+        for name in names:
+            if not ok(getattr(args, name)):
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be {what}, not {getattr(args, name)}"
+                )
+
+
+def check_memory(nbytes, flags):
+    """ValueError, before anything is allocated, if about `nbytes` would not fit in half of
+    this machine's memory: numpy and torch would fail with a traceback, or the run would swap."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > total / 2:
+        raise ValueError(f"{flags} need about {nbytes / 2**30:.3g} GiB, more than half of this "
+                         f"machine's {total / 2**30:.0f} GiB; lower them")  # fmt: skip
+
+
 def check_args(args):
     """Reject settings that would fail later with an obscure error, saying what to fix."""
-    sizes = ("total_timesteps", "num_envs", "num_steps", "hidden_size")
-    for name in (*sizes, "learning_rate", "max_grad_norm", "optimizer_eps"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    counts = ("total_timesteps", "num_envs", "num_steps", "hidden_size")
+    check_flags(args, positive=(*counts, "learning_rate", "max_grad_norm", "optimizer_eps"),
+                nonneg=("seed", "ent_coef", "vf_coef", "eval_episodes"),
+                unit=("gamma", "gae_lambda"))  # fmt: skip
+    # numpy's seeds are 32-bit; the optimizer's first step, ~10 lr, must fit in a float32; one
+    # environment object per env or evaluation episode.
+    most = dict(seed=2**32 - 1, learning_rate=1e37, num_envs=10_000, eval_episodes=10_000)
+    for name, bound in most.items():
+        if getattr(args, name) > bound:
+            raise ValueError(f"--{name.replace('_', '-')} must be at most {bound}, not "
+                             f"{getattr(args, name)}")  # fmt: skip
+    # The rollout buffers and the networks, at ~1 KiB per stored step (observations of up
+    # to ~250 floats) and 3 weight copies (weights, the optimizer's moments) of the two MLPs.
+    check_memory(1024 * args.num_envs * args.num_steps + 4 * 3 * 2 * 2 * args.hidden_size**2,
+                 "--num-envs x --num-steps and --hidden-size")  # fmt: skip
     if args.optimizer not in ("rmsprop", "adam"):
         raise ValueError(f"--optimizer must be rmsprop or adam, not {args.optimizer!r}")
     if not 0 <= args.rms_alpha < 1:
         raise ValueError("--rms-alpha must lie in [0, 1)")
-    if not 0 <= args.gamma <= 1 or not 0 <= args.gae_lambda <= 1:
-        raise ValueError("--gamma and --gae-lambda must lie in [0, 1]")
-    if args.eval_episodes < 0 or (args.eval_checkpoint and args.eval_episodes == 0):
-        raise ValueError("--eval-episodes must be >= 0, and > 0 with --eval-checkpoint")
+    if args.eval_checkpoint and args.eval_episodes == 0:
+        raise ValueError("--eval-episodes must be > 0 with --eval-checkpoint")
 
 
 # ---------------------------------------------------------------------------------------
@@ -168,11 +210,6 @@ def explained_variance(pred, target):
     constant. NaN when the targets do not vary."""
     var = target.var()
     return float("nan") if var == 0 else float(1 - (target - pred).var() / var)
-
-
-# ---------------------------------------------------------------------------------------
-# The agent
-# ---------------------------------------------------------------------------------------
 
 
 # ---------------------------------------------------------------------------------------
@@ -246,40 +283,51 @@ def make_envs(env_id, num_envs, action_spaces, video_dir=None):
     """A Gymnasium >= 1.0 vector env with next-step autoreset: the numpy-vectorised version
     when the environment has one (CartPole does), else one copy per env in this process.
 
-    The action space must be one of `action_spaces`, the observation space a flat Box; other
-    dtypes than float32 (the networks') are cast to it. With `video_dir`, the envs render
-    rgb_array frames and Gymnasium's RecordVideo saves each env's first episode there as MP4.
-    Any failure is one ValueError, and envs made so far are closed.
+    The observation space must be a flat Box, the action space one of `action_spaces`. The
+    observations are cast to float32 (the networks' dtype), and a NaN or infinite one is a
+    ValueError. With `video_dir`, the envs render rgb_array frames and Gymnasium's RecordVideo
+    saves each env's first episode there as MP4. Any failure is one ValueError, and envs made
+    so far are closed.
     """
     if video_dir is not None and importlib.util.find_spec("moviepy") is None:
         raise ValueError("--capture-video needs moviepy, an optional extra: pip install moviepy")
+    # Gymnasium's warnings (an outdated version, ...) are shown only if the env is made: if
+    # not, the one error line says it all.
     try:
-        if video_dir is None:
-            envs = gym.make_vec(env_id, num_envs=num_envs)
-        else:  # one env object per copy, each with its own file name
-            names = iter(range(num_envs))
-            record = lambda env: gym.wrappers.RecordVideo(  # noqa: E731
-                env, video_dir, lambda episode: episode == 0, name_prefix=f"env{next(names)}"
-            )
-            envs = gym.make_vec(
-                env_id, num_envs, "sync", wrappers=[record], render_mode="rgb_array"
-            )
+        with warnings.catch_warnings(record=True) as caught:
+            if video_dir is None:
+                envs = gym.make_vec(env_id, num_envs=num_envs)
+            else:  # one env object per copy, each with its own file name
+                names = iter(range(num_envs))
+                record = lambda env: gym.wrappers.RecordVideo(  # noqa: E731
+                    env, video_dir, lambda episode: episode == 0, name_prefix=f"env{next(names)}"
+                )
+                envs = gym.make_vec(
+                    env_id, num_envs, "sync", wrappers=[record], render_mode="rgb_array"
+                )
     except Exception as e:  # gym.error.Error, a missing extra's ModuleNotFoundError, ...
         raise ValueError(f"cannot make --env-id {env_id!r}: {' '.join(str(e).split())}") from None
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     act, obs = envs.single_action_space, envs.single_observation_space
     problem = None
-    if not isinstance(act, action_spaces):
-        problem = f"has {act}; need {' or '.join(s.__name__ for s in action_spaces)}"
-    elif not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:
+    if not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:
         problem = f"has observations {obs}; need a flat Box"
+    elif not isinstance(act, action_spaces):
+        problem = f"has {act}; need {' or '.join(s.__name__ for s in action_spaces)}"
     elif envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.NEXT_STEP:
         problem = "does not autoreset in the next step"
     if problem:
         envs.close()
         raise ValueError(f"--env-id {env_id} {problem}")
-    if obs.dtype != np.float32:  # float64 observations would meet float32 weights
-        envs = gym.wrappers.vector.DtypeObservation(envs, np.float32)
-    return envs
+
+    def checked(o):  # a NaN would fail deep inside sampling, float64 meet float32 weights
+        if not np.isfinite(o).all():
+            raise ValueError(f"--env-id {env_id} returned an observation with NaN or inf")
+        return o.astype(np.float32, copy=False)
+
+    box = gym.spaces.Box(-np.inf, np.inf, obs.shape, np.float32)  # no network uses bounds
+    return gym.wrappers.vector.TransformObservation(envs, checked, single_observation_space=box)
 
 
 def evaluate_greedy(policy, envs, seed, device):
@@ -364,14 +412,34 @@ def log_rollout_episodes(log, ep_return, rewards, dones, global_step):
 
 
 def check_finite(numbers, module, iteration, hint):
-    """FloatingPointError if a loss or a parameter is NaN or infinite. Called once per
-    iteration, not once per minibatch: a NaN anywhere ends up in the mean losses or weights."""
+    """FloatingPointError if a loss or a parameter is NaN or infinite, or a parameter lies
+    beyond ±1e20: no training gets there without diverging, and a little further on the
+    forward pass overflows float32 (3.4e38), so that sampling would fail on a NaN. Called
+    once per iteration, not once per minibatch: a NaN anywhere ends up in the mean losses or
+    weights."""
     params = torch.cat([p.detach().flatten() for p in module.parameters()])
-    if not (np.isfinite(numbers).all() and torch.isfinite(params).all()):
+    if not (np.isfinite(numbers).all() and params.abs().max() <= 1e20):  # False for a NaN
         raise FloatingPointError(
             f"non-finite loss at iteration {iteration}; the checkpoint keeps the parameters of "
             f"the iteration before; try a lower {hint}"
         )
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Hold Ctrl-C and SIGTERM while the final files are written, then act on them: an
+    interrupt inside torch.save would leave a temporary file and no checkpoint at all."""
+    caught = []
+    held = {
+        s: signal.signal(s, lambda *_: caught.append(1)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for s, handler in held.items():
+            signal.signal(s, handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def save_checkpoint(path, state, args, **extra):
@@ -499,14 +567,19 @@ def train(args):
     if args.eval_checkpoint:
         return evaluate_checkpoint(args)
     start = time.time()
-    out = run_dir(args, "train")
-    writer = SummaryWriter(out)
-    writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
     device = seed_and_device(args.seed, args.cuda)
     envs = make_envs(args.env_id, args.num_envs, (gym.spaces.Discrete,))
     space = envs.single_observation_space.shape[0], envs.single_action_space.n
     agent = Agent(*space, args.hidden_size).to(device)
     optimizer = make_optimizer(agent.parameters(), args)
+    out = run_dir(args, "train")  # made only once the envs exist: bad input leaves nothing
+    # A full disk fails the writer's thread, which would print its own traceback; the writer
+    # raises the same OSError here at its next call, which main() reports in one line.
+    threading.excepthook = lambda a: (
+        None if isinstance(a.exc_value, OSError) else threading.__excepthook__(a)
+    )
+    writer = SummaryWriter(out)
+    writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
 
     num_iterations = max(1, args.total_timesteps // (args.num_steps * args.num_envs))
     # A2C's iterations are tiny (40 steps by default): TensorBoard gets ~200 points, not all.
@@ -514,7 +587,7 @@ def train(args):
     obs, _ = envs.reset(seed=args.seed)
     prev_done, ep_return = np.zeros(args.num_envs, bool), np.zeros(args.num_envs)
     global_step = 0
-    last_good = copy.deepcopy(agent.state_dict())
+    last_good, trained = copy.deepcopy(agent.state_dict()), False
     log = EpisodeLog(writer)
     print(f"training {args.env_id} for {args.total_timesteps} steps; logs in {out}")
     try:
@@ -533,7 +606,7 @@ def train(args):
             stats = a2c_update(agent, optimizer, t, args)
 
             check_finite(list(stats.values()), agent, iteration, "--learning-rate")
-            last_good = copy.deepcopy(agent.state_dict())
+            last_good, trained = copy.deepcopy(agent.state_dict()), True
             sps = int(global_step / (time.time() - log.t0))
             if iteration % log_every == 0:
                 stats["explained_variance"] = explained_variance(t["value"], t["ret"])
@@ -548,11 +621,15 @@ def train(args):
                     f"entropy={stats['entropy']:.3f} SPS={sps}"
                 )
     finally:
-        # Runs on success, on a non-finite loss and on Ctrl-C alike.
-        save_checkpoint(os.path.join(out, "agent.pt"), last_good, args)
-        log.save_csv(os.path.join(out, "episodes.csv"))
-        envs.close()
-        writer.close()
+        # Runs on success, on a non-finite loss and on Ctrl-C or SIGTERM alike; a second
+        # interrupt waits until these files are complete. Before its first iteration ends, a
+        # run leaves an earlier run's files (--overwrite) as they are: untrained is no better.
+        with signals_held():
+            if trained or not os.path.exists(os.path.join(out, "agent.pt")):
+                save_checkpoint(os.path.join(out, "agent.pt"), last_good, args)
+                log.save_csv(os.path.join(out, "episodes.csv"))
+            envs.close()
+            writer.close()
 
     eval_returns = None
     if args.eval_episodes > 0:

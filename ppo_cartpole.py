@@ -20,7 +20,9 @@ import random
 import signal
 import sys
 import tempfile
+import threading
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
 
@@ -124,16 +126,22 @@ def check_memory(nbytes, flags):
 def check_args(args):
     """Reject settings that would fail later with an obscure error, saying what to fix."""
     counts = ("total_timesteps", "num_envs", "num_steps", "num_minibatches", "update_epochs")
-    check_flags(args, positive=(*counts, "hidden_size", "learning_rate", "max_grad_norm"),
-                nonneg=("clip_coef", "ent_coef", "vf_coef", "target_kl", "kl_beta", "kl_target",
-                        "eval_episodes"),
+    check_flags(args, positive=(*counts, "hidden_size", "learning_rate", "max_grad_norm",
+                                "kl_beta", "kl_target"),
+                nonneg=("seed", "clip_coef", "ent_coef", "vf_coef", "target_kl", "eval_episodes"),
                 unit=("gamma", "gae_lambda"))  # fmt: skip
+    # numpy's seeds are 32-bit; the optimizer's first step, ~10 lr, must fit in a float32; one
+    # environment object per env or evaluation episode; more epochs make a run never end.
+    most = dict(seed=2**32 - 1, learning_rate=1e37, num_envs=10_000, eval_episodes=10_000,
+                update_epochs=1000)  # fmt: skip
+    for name, bound in most.items():
+        if getattr(args, name) > bound:
+            raise ValueError(f"--{name.replace('_', '-')} must be at most {bound}, not "
+                             f"{getattr(args, name)}")  # fmt: skip
     # The rollout buffers and the networks, at ~1 KiB per stored step (observations of up
     # to ~250 floats) and 3 weight copies (weights, Adam's two moments) of the two MLPs.
     check_memory(1024 * args.num_envs * args.num_steps + 4 * 3 * 2 * 2 * args.hidden_size**2,
                  "--num-envs x --num-steps and --hidden-size")  # fmt: skip
-    if max(args.num_envs, args.eval_episodes) > 10_000:  # one environment object each
-        raise ValueError("--num-envs and --eval-episodes make one environment each: at most 10000")
     if (args.num_envs * args.num_steps) % args.num_minibatches:
         raise ValueError(
             f"the batch of num_envs*num_steps={args.num_envs * args.num_steps} does not split "
@@ -305,40 +313,51 @@ def make_envs(env_id, num_envs, action_spaces, video_dir=None):
     """A Gymnasium >= 1.0 vector env with next-step autoreset: the numpy-vectorised version
     when the environment has one (CartPole does), else one copy per env in this process.
 
-    The action space must be one of `action_spaces`, the observation space a flat Box; other
-    dtypes than float32 (the networks') are cast to it. With `video_dir`, the envs render
-    rgb_array frames and Gymnasium's RecordVideo saves each env's first episode there as MP4.
-    Any failure is one ValueError, and envs made so far are closed.
+    The observation space must be a flat Box, the action space one of `action_spaces`. The
+    observations are cast to float32 (the networks' dtype), and a NaN or infinite one is a
+    ValueError. With `video_dir`, the envs render rgb_array frames and Gymnasium's RecordVideo
+    saves each env's first episode there as MP4. Any failure is one ValueError, and envs made
+    so far are closed.
     """
     if video_dir is not None and importlib.util.find_spec("moviepy") is None:
         raise ValueError("--capture-video needs moviepy, an optional extra: pip install moviepy")
+    # Gymnasium's warnings (an outdated version, ...) are shown only if the env is made: if
+    # not, the one error line says it all.
     try:
-        if video_dir is None:
-            envs = gym.make_vec(env_id, num_envs=num_envs)
-        else:  # one env object per copy, each with its own file name
-            names = iter(range(num_envs))
-            record = lambda env: gym.wrappers.RecordVideo(  # noqa: E731
-                env, video_dir, lambda episode: episode == 0, name_prefix=f"env{next(names)}"
-            )
-            envs = gym.make_vec(
-                env_id, num_envs, "sync", wrappers=[record], render_mode="rgb_array"
-            )
+        with warnings.catch_warnings(record=True) as caught:
+            if video_dir is None:
+                envs = gym.make_vec(env_id, num_envs=num_envs)
+            else:  # one env object per copy, each with its own file name
+                names = iter(range(num_envs))
+                record = lambda env: gym.wrappers.RecordVideo(  # noqa: E731
+                    env, video_dir, lambda episode: episode == 0, name_prefix=f"env{next(names)}"
+                )
+                envs = gym.make_vec(
+                    env_id, num_envs, "sync", wrappers=[record], render_mode="rgb_array"
+                )
     except Exception as e:  # gym.error.Error, a missing extra's ModuleNotFoundError, ...
         raise ValueError(f"cannot make --env-id {env_id!r}: {' '.join(str(e).split())}") from None
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     act, obs = envs.single_action_space, envs.single_observation_space
     problem = None
-    if not isinstance(act, action_spaces):
-        problem = f"has {act}; need {' or '.join(s.__name__ for s in action_spaces)}"
-    elif not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:
+    if not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:
         problem = f"has observations {obs}; need a flat Box"
+    elif not isinstance(act, action_spaces):
+        problem = f"has {act}; need {' or '.join(s.__name__ for s in action_spaces)}"
     elif envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.NEXT_STEP:
         problem = "does not autoreset in the next step"
     if problem:
         envs.close()
         raise ValueError(f"--env-id {env_id} {problem}")
-    if obs.dtype != np.float32:  # float64 observations would meet float32 weights
-        envs = gym.wrappers.vector.DtypeObservation(envs, np.float32)
-    return envs
+
+    def checked(o):  # a NaN would fail deep inside sampling, float64 meet float32 weights
+        if not np.isfinite(o).all():
+            raise ValueError(f"--env-id {env_id} returned an observation with NaN or inf")
+        return o.astype(np.float32, copy=False)
+
+    box = gym.spaces.Box(-np.inf, np.inf, obs.shape, np.float32)  # no network uses bounds
+    return gym.wrappers.vector.TransformObservation(envs, checked, single_observation_space=box)
 
 
 def evaluate_greedy(policy, envs, seed, device):
@@ -423,10 +442,13 @@ def log_rollout_episodes(log, ep_return, rewards, dones, global_step):
 
 
 def check_finite(numbers, module, iteration, hint):
-    """FloatingPointError if a loss or a parameter is NaN or infinite. Called once per
-    iteration, not once per minibatch: a NaN anywhere ends up in the mean losses or weights."""
+    """FloatingPointError if a loss or a parameter is NaN or infinite, or a parameter lies
+    beyond ±1e20: no training gets there without diverging, and a little further on the
+    forward pass overflows float32 (3.4e38), so that sampling would fail on a NaN. Called
+    once per iteration, not once per minibatch: a NaN anywhere ends up in the mean losses or
+    weights."""
     params = torch.cat([p.detach().flatten() for p in module.parameters()])
-    if not (np.isfinite(numbers).all() and torch.isfinite(params).all()):
+    if not (np.isfinite(numbers).all() and params.abs().max() <= 1e20):  # False for a NaN
         raise FloatingPointError(
             f"non-finite loss at iteration {iteration}; the checkpoint keeps the parameters of "
             f"the iteration before; try a lower {hint}"
@@ -591,21 +613,26 @@ def train(args):
     if args.eval_checkpoint:
         return evaluate_checkpoint(args)
     start = time.time()
-    out = run_dir(args, "train")
-    writer = SummaryWriter(out)
-    writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
     device = seed_and_device(args.seed, args.cuda)
     envs = make_envs(args.env_id, args.num_envs, (gym.spaces.Discrete,))
     space = envs.single_observation_space.shape[0], envs.single_action_space.n
     agent = Agent(*space, args.hidden_size).to(device)
     # eps=1e-5 rather than 1e-8, as in OpenAI baselines' PPO.
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5, fused=True)
+    out = run_dir(args, "train")  # made only once the envs exist: bad input leaves nothing
+    # A full disk fails the writer's thread, which would print its own traceback; the writer
+    # raises the same OSError here at its next call, which main() reports in one line.
+    threading.excepthook = lambda a: (
+        None if isinstance(a.exc_value, OSError) else threading.__excepthook__(a)
+    )
+    writer = SummaryWriter(out)
+    writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
 
     num_iterations = max(1, args.total_timesteps // (args.num_steps * args.num_envs))
     obs, _ = envs.reset(seed=args.seed)
     prev_done, ep_return = np.zeros(args.num_envs, bool), np.zeros(args.num_envs)
     global_step, beta = 0, args.kl_beta
-    last_good = copy.deepcopy(agent.state_dict())
+    last_good, trained = copy.deepcopy(agent.state_dict()), False
     log = EpisodeLog(writer)
     print(f"training {args.env_id} for {args.total_timesteps} steps; logs in {out}")
     try:
@@ -623,7 +650,7 @@ def train(args):
             stats = ppo_epochs(agent, optimizer, t, args, beta)
 
             check_finite(list(stats.values())[:3], agent, iteration, "--learning-rate")
-            last_good = copy.deepcopy(agent.state_dict())
+            last_good, trained = copy.deepcopy(agent.state_dict()), True
             if args.loss_type == "kl_penalty":
                 with torch.no_grad():
                     d = approx_kl(agent.evaluate(t["obs"], t["action"])[0], t["logp"]).item()
@@ -643,10 +670,12 @@ def train(args):
                 )
     finally:
         # Runs on success, on a non-finite loss and on Ctrl-C or SIGTERM alike; a second
-        # interrupt waits until these files are complete.
+        # interrupt waits until these files are complete. Before its first iteration ends, a
+        # run leaves an earlier run's files (--overwrite) as they are: untrained is no better.
         with signals_held():
-            save_checkpoint(os.path.join(out, "agent.pt"), last_good, args)
-            log.save_csv(os.path.join(out, "episodes.csv"))
+            if trained or not os.path.exists(os.path.join(out, "agent.pt")):
+                save_checkpoint(os.path.join(out, "agent.pt"), last_good, args)
+                log.save_csv(os.path.join(out, "episodes.csv"))
             envs.close()
             writer.close()
 

@@ -20,7 +20,9 @@ import random
 import signal
 import sys
 import tempfile
+import threading
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
 
@@ -90,18 +92,53 @@ def parse_args(argv=None) -> Args:
     return Args(**vars(parser.parse_args(argv)))
 
 
+def check_flags(args, positive=(), nonneg=(), unit=()):
+    """The one rule every script applies to its numeric flags, naming the flag at fault: every
+    float flag finite (a NaN trains nothing and an inf stalls it); every count, step size or
+    norm bound > 0 (a negative gradient-norm bound would flip the gradient); every weight, ε
+    or tolerance ≥ 0; every probability, γ or λ in [0, 1]."""
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{field.name.replace('_', '-')} must be finite, not {value}")
+    rules = (
+        (positive, lambda v: v > 0, "positive"),
+        (nonneg, lambda v: v >= 0, "0 or more"),
+        (unit, lambda v: 0 <= v <= 1, "in [0, 1]"),
+    )
+    for names, ok, what in rules:
+        for name in names:
+            if not ok(getattr(args, name)):
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be {what}, not {getattr(args, name)}"
+                )
+
+
+def check_memory(nbytes, flags):
+    """ValueError, before anything is allocated, if about `nbytes` would not fit in half of
+    this machine's memory: numpy and torch would fail with a traceback, or the run would swap."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > total / 2:
+        raise ValueError(f"{flags} need about {nbytes / 2**30:.3g} GiB, more than half of this "
+                         f"machine's {total / 2**30:.0f} GiB; lower them")  # fmt: skip
+
+
 def check_args(args):
     """Reject settings that would fail later with an obscure error, saying what to fix."""
-    for name in ("total_timesteps", "num_envs", "hidden_size", "learning_rate"):
-        if not getattr(args, name) > 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive")
-    if not args.value_learning_rate > 0:
-        raise ValueError("--value-learning-rate must be positive")
-    for name in ("ent_coef", "max_grad_norm", "eval_episodes"):
-        if not getattr(args, name) >= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
-    if not 0 <= args.gamma <= 1:
-        raise ValueError(f"--gamma must lie in [0, 1], not {args.gamma}")
+    check_flags(args, positive=("total_timesteps", "num_envs", "hidden_size", "learning_rate",
+                                "value_learning_rate"),
+                nonneg=("seed", "ent_coef", "max_grad_norm", "eval_episodes"),
+                unit=("gamma",))  # fmt: skip
+    # numpy's seeds are 32-bit; the optimizer's first step, ~10 lr, must fit in a float32; one
+    # environment object per env or evaluation episode.
+    most = dict(seed=2**32 - 1, learning_rate=1e37, value_learning_rate=1e37, num_envs=10_000,
+                eval_episodes=10_000)  # fmt: skip
+    for name, bound in most.items():
+        if getattr(args, name) > bound:
+            raise ValueError(f"--{name.replace('_', '-')} must be at most {bound}, not "
+                             f"{getattr(args, name)}")  # fmt: skip
+    # 3 weight copies (weights, Adam's two moments) of the two MLPs.
+    check_memory(4 * 3 * 2 * 2 * args.hidden_size**2, "the networks of --hidden-size")
     if args.baseline not in ("none", "mean", "value"):
         raise ValueError(f"--baseline must be none, mean or value, not {args.baseline!r}")
     if args.eval_checkpoint and args.eval_episodes == 0:
@@ -240,40 +277,51 @@ def make_envs(env_id, num_envs, action_spaces, video_dir=None):
     """A Gymnasium >= 1.0 vector env with next-step autoreset: the numpy-vectorised version
     when the environment has one (CartPole does), else one copy per env in this process.
 
-    The action space must be one of `action_spaces`, the observation space a flat Box; other
-    dtypes than float32 (the networks') are cast to it. With `video_dir`, the envs render
-    rgb_array frames and Gymnasium's RecordVideo saves each env's first episode there as MP4.
-    Any failure is one ValueError, and envs made so far are closed.
+    The observation space must be a flat Box, the action space one of `action_spaces`. The
+    observations are cast to float32 (the networks' dtype), and a NaN or infinite one is a
+    ValueError. With `video_dir`, the envs render rgb_array frames and Gymnasium's RecordVideo
+    saves each env's first episode there as MP4. Any failure is one ValueError, and envs made
+    so far are closed.
     """
     if video_dir is not None and importlib.util.find_spec("moviepy") is None:
         raise ValueError("--capture-video needs moviepy, an optional extra: pip install moviepy")
+    # Gymnasium's warnings (an outdated version, ...) are shown only if the env is made: if
+    # not, the one error line says it all.
     try:
-        if video_dir is None:
-            envs = gym.make_vec(env_id, num_envs=num_envs)
-        else:  # one env object per copy, each with its own file name
-            names = iter(range(num_envs))
-            record = lambda env: gym.wrappers.RecordVideo(  # noqa: E731
-                env, video_dir, lambda episode: episode == 0, name_prefix=f"env{next(names)}"
-            )
-            envs = gym.make_vec(
-                env_id, num_envs, "sync", wrappers=[record], render_mode="rgb_array"
-            )
+        with warnings.catch_warnings(record=True) as caught:
+            if video_dir is None:
+                envs = gym.make_vec(env_id, num_envs=num_envs)
+            else:  # one env object per copy, each with its own file name
+                names = iter(range(num_envs))
+                record = lambda env: gym.wrappers.RecordVideo(  # noqa: E731
+                    env, video_dir, lambda episode: episode == 0, name_prefix=f"env{next(names)}"
+                )
+                envs = gym.make_vec(
+                    env_id, num_envs, "sync", wrappers=[record], render_mode="rgb_array"
+                )
     except Exception as e:  # gym.error.Error, a missing extra's ModuleNotFoundError, ...
         raise ValueError(f"cannot make --env-id {env_id!r}: {' '.join(str(e).split())}") from None
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     act, obs = envs.single_action_space, envs.single_observation_space
     problem = None
-    if not isinstance(act, action_spaces):
-        problem = f"has {act}; need {' or '.join(s.__name__ for s in action_spaces)}"
-    elif not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:
+    if not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:
         problem = f"has observations {obs}; need a flat Box"
+    elif not isinstance(act, action_spaces):
+        problem = f"has {act}; need {' or '.join(s.__name__ for s in action_spaces)}"
     elif envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.NEXT_STEP:
         problem = "does not autoreset in the next step"
     if problem:
         envs.close()
         raise ValueError(f"--env-id {env_id} {problem}")
-    if obs.dtype != np.float32:  # float64 observations would meet float32 weights
-        envs = gym.wrappers.vector.DtypeObservation(envs, np.float32)
-    return envs
+
+    def checked(o):  # a NaN would fail deep inside sampling, float64 meet float32 weights
+        if not np.isfinite(o).all():
+            raise ValueError(f"--env-id {env_id} returned an observation with NaN or inf")
+        return o.astype(np.float32, copy=False)
+
+    box = gym.spaces.Box(-np.inf, np.inf, obs.shape, np.float32)  # no network uses bounds
+    return gym.wrappers.vector.TransformObservation(envs, checked, single_observation_space=box)
 
 
 def evaluate_greedy(policy, envs, seed, device):
@@ -345,14 +393,34 @@ class EpisodeLog:
 
 
 def check_finite(numbers, module, iteration, hint):
-    """FloatingPointError if a loss or a parameter is NaN or infinite. Called once per
-    iteration, not once per minibatch: a NaN anywhere ends up in the mean losses or weights."""
+    """FloatingPointError if a loss or a parameter is NaN or infinite, or a parameter lies
+    beyond ±1e20: no training gets there without diverging, and a little further on the
+    forward pass overflows float32 (3.4e38), so that sampling would fail on a NaN. Called
+    once per iteration, not once per minibatch: a NaN anywhere ends up in the mean losses or
+    weights."""
     params = torch.cat([p.detach().flatten() for p in module.parameters()])
-    if not (np.isfinite(numbers).all() and torch.isfinite(params).all()):
+    if not (np.isfinite(numbers).all() and params.abs().max() <= 1e20):  # False for a NaN
         raise FloatingPointError(
             f"non-finite loss at iteration {iteration}; the checkpoint keeps the parameters of "
             f"the iteration before; try a lower {hint}"
         )
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Hold Ctrl-C and SIGTERM while the final files are written, then act on them: an
+    interrupt inside torch.save would leave a temporary file and no checkpoint at all."""
+    caught = []
+    held = {
+        s: signal.signal(s, lambda *_: caught.append(1)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for s, handler in held.items():
+            signal.signal(s, handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def save_checkpoint(path, state, args, **extra):
@@ -481,7 +549,7 @@ def reinforce_update(agent, optimizer, obs, actions, returns, args, iteration):
         nn.utils.clip_grad_norm_(agent.critic.parameters(), args.max_grad_norm)
     optimizer.step()
     stats = dict(policy_loss=pg_loss.item(), value_loss=v_loss.item(), entropy=entropy.item())
-    check_finite(list(stats.values()), agent, iteration, "--learning-rate")
+    check_finite(list(stats.values()), agent, iteration, "--learning-rate or --value-learning-rate")
     return stats | dict(policy_grad_norm=float(grad_norm))
 
 
@@ -501,10 +569,15 @@ def train(args):
         ]
     )
     out = run_dir(args, "train")  # made only once the envs exist: bad input leaves nothing
+    # A full disk fails the writer's thread, which would print its own traceback; the writer
+    # raises the same OSError here at its next call, which main() reports in one line.
+    threading.excepthook = lambda a: (
+        None if isinstance(a.exc_value, OSError) else threading.__excepthook__(a)
+    )
     writer = SummaryWriter(out)
     writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
     log = EpisodeLog(writer)
-    global_step, iteration, simulated = 0, 0, 0
+    global_step, iteration, simulated, trained = 0, 0, 0, False
     critic = agent.critic if args.baseline == "value" and args.bootstrap_truncated else None
     print(f"reinforce on {args.env_id}: {device}, output in {out}", flush=True)
     try:
@@ -527,6 +600,7 @@ def train(args):
 
             save_checkpoint(os.path.join(out, "checkpoint.pt"), agent.state_dict(), args,
                             optimizer=optimizer.state_dict(), iteration=iteration)  # fmt: skip
+            trained = True
             stats.update(episodes_per_update=int(batch["ends"].sum()))
             for tag, val in stats.items():
                 writer.add_scalar(f"losses/{tag}", val, global_step)
@@ -539,8 +613,13 @@ def train(args):
                     flush=True,
                 )
     finally:
-        log.save_csv(os.path.join(out, "episodes.csv"))
-        envs.close()
+        # Runs on success, on a non-finite loss and on Ctrl-C or SIGTERM alike; a second
+        # interrupt waits until the file is complete. Before its first checkpoint, a run
+        # leaves an earlier run's episodes (--overwrite) as they are.
+        with signals_held():
+            if trained or not os.path.exists(os.path.join(out, "episodes.csv")):
+                log.save_csv(os.path.join(out, "episodes.csv"))
+            envs.close()
 
     eval_returns = None
     if args.eval_episodes:

@@ -362,7 +362,7 @@ def test_determinism(tmp_path):
         (["--num-steps", "-1"], "--num-steps must be positive"),
         (["--optimizer", "sgd"], "--optimizer must be rmsprop or adam"),
         (["--rms-alpha", "1"], "--rms-alpha must lie in [0, 1)"),
-        (["--gae-lambda", "1.5"], "must lie in [0, 1]"),
+        (["--gae-lambda", "1.5"], "--gae-lambda must be in [0, 1]"),
         (["--env-id", "Pendulum-v1"], "need Discrete"),
         (["--env-id", "NoSuchEnv-v0"], "cannot make --env-id"),
         (["--seed", "x"], "invalid int value"),
@@ -376,7 +376,7 @@ def test_bad_input_one_line_error(flags, message, tmp_path, capsys):
 
 def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, capsys):
     code, _, err = run_main(
-        capsys, "--learning-rate", "inf", "--output-dir", str(tmp_path / "out"),
+        capsys, "--learning-rate", "1e30", "--output-dir", str(tmp_path / "out"),
         "--total-timesteps", "400",
     )  # fmt: skip
     assert code == 1 and "non-finite loss at iteration 1" in err

@@ -336,7 +336,7 @@ def test_capture_video_writes_mp4_of_the_evaluation(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, capsys):
     code, _, err = run_main(
-        capsys, *PENDULUM_FLAGS, "--learning-rate", "inf", "--total-timesteps", "2048",
+        capsys, *PENDULUM_FLAGS, "--learning-rate", "1e30", "--total-timesteps", "2048",
         "--output-dir", str(tmp_path / "out"),
     )  # fmt: skip
     assert code == 1 and "non-finite loss at iteration 1" in err

@@ -326,7 +326,7 @@ def test_determinism(tmp_path):
         (["--max-kl", "0"], "--max-kl must be positive"),
         (["--cg-iters", "0"], "--cg-iters must be positive"),
         (["--critic-minibatch-size", "0"], "--critic-minibatch-size must be positive"),
-        (["--gae-lambda", "1.5"], "must lie in [0, 1]"),
+        (["--gae-lambda", "1.5"], "--gae-lambda must be in [0, 1]"),
         (["--env-id", "Pendulum-v1"], "need Discrete"),
         (["--env-id", "NoSuchEnv-v0"], "cannot make --env-id"),
         (["--max-kl", "x"], "invalid float value"),

@@ -762,15 +762,16 @@ def valid_transitions(b, adv):
     return {k: v.flatten(0, 1)[keep] for k, v in flat.items()}
 
 
-def gaussian_ppo_epochs(agent, optimizer, t, args, beta):
+def ppo_epochs(agent, optimizer, t, args, beta, entropy):
     """--update-epochs passes of shuffled minibatches over the transitions `t`, each step
-    minimising L = −L^CLIP (or −L^KLPEN) + c1 L^VF − c2 S, S the Gaussian's entropy.
-    Returns the mean losses. (ppo_cartpole.py's ppo_epochs, with gaussian_entropy.)"""
+    minimising L = −L^CLIP (or −L^KLPEN) + c1 L^VF − c2 S. `entropy` maps the distribution
+    parameters that agent.evaluate returns (the logits, or log σ) to S, the batch's mean
+    entropy. Returns the mean losses."""
     stats = []
     for _epoch in range(args.update_epochs):
         perm = torch.randperm(len(t["obs"]), device=t["obs"].device)
         for mb in torch.tensor_split(perm, args.num_minibatches):
-            logp, log_std, v = agent.evaluate(t["obs"][mb], t["action"][mb])
+            logp, dist, v = agent.evaluate(t["obs"][mb], t["action"][mb])
             mb_adv = t["adv"][mb]
             if args.norm_adv and len(mb) > 1:
                 mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
@@ -783,16 +784,16 @@ def gaussian_ppo_epochs(agent, optimizer, t, args, beta):
                 clipfrac = torch.zeros((), device=logp.device)
             v_clip = args.clip_coef if args.clip_vloss else 0.0
             v_loss = value_loss(v, t["value"][mb], t["ret"][mb], v_clip)
-            entropy = gaussian_entropy(log_std).mean()
+            entropy_mean = entropy(dist)
             # L = L^CLIP − c1 L^VF + c2 S is maximised; we minimise its negative.
-            loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy
+            loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy_mean
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
             optimizer.step()
             with torch.no_grad():
                 kl = approx_kl(logp, t["logp"][mb])
-            stats.append(torch.stack([pg_loss, v_loss, entropy, kl, clipfrac]))
+            stats.append(torch.stack([pg_loss, v_loss, entropy_mean, kl, clipfrac]))
         if args.target_kl > 0 and kl > args.target_kl:
             break  # early stop: the policy has moved far enough from π_θold
     return dict(zip(("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac"),
@@ -844,7 +845,9 @@ def train(args):
                 b["reward"], b["value"], b["terminated"], b["done"], args.gamma, args.gae_lambda
             )
             t = valid_transitions(b, adv)
-            stats = gaussian_ppo_epochs(agent, optimizer, t, args, beta)
+            # ppo_cartpole.py's update, with S the Gaussian's entropy (the same in every state).
+            mean_entropy = lambda log_std: gaussian_entropy(log_std).mean()  # noqa: E731
+            stats = ppo_epochs(agent, optimizer, t, args, beta, mean_entropy)
 
             check_finite(list(stats.values())[:3], agent, iteration, "--learning-rate")
             last_good, trained = copy.deepcopy((agent.state_dict(), normalizer.state_dict())), True

@@ -293,7 +293,14 @@ def test_ppo_with_one_epoch_is_a2c_update_by_update(optimizer, norm_adv):
         a2c.a2c_update(agent_a2c, opt_a2c, a2c.valid_transitions(b, adv), args)
         # PPO's side from PPO's own functions, on the same rollout.
         adv = ppo.gae(b["reward"], b["value"], b["terminated"], b["done"], args.gamma, 0.95)
-        stats = ppo.ppo_epochs(agent_ppo, opt_ppo, ppo.valid_transitions(b, adv), ppo_args, 1.0)
+        stats = ppo.ppo_epochs(
+            agent_ppo,
+            opt_ppo,
+            ppo.valid_transitions(b, adv),
+            ppo_args,
+            1.0,
+            ppo.categorical_entropy,
+        )
         assert stats["clipfrac"] == 0  # the first pass over a rollout: r = 1 everywhere
         after = torch.cat([p.detach().flatten() for p in agent_a2c.parameters()])
         moved += (after - before).abs().max().item()

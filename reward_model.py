@@ -628,6 +628,11 @@ def length_grouped_batches(rng, lengths, batch_size, pool=16):
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def learning_rate(args):
+    """--learning-rate, or for 0 the default: 3e-3 for the tiny model, 1e-5 for pretrained."""
+    return args.learning_rate or (3e-3 if args.model_name == "tiny" else 1e-5)
+
+
 def check_rm_args(args):
     """Refuse flag values that cannot work, with a message that says what to fix."""
     if args.model_name == "":
@@ -641,8 +646,10 @@ def check_rm_args(args):
         raise ValueError(f"--seed must be in [0, 2**32), not {args.seed}")
     # AdamW moves each weight by about lr per step and shrinks it by the fraction lr x decay:
     # beyond 1 either destroys the weights it should refine.
-    if max(args.learning_rate, args.learning_rate * args.weight_decay) > 1:
-        raise ValueError("--learning-rate and --learning-rate x --weight-decay must be <= 1")
+    lr = learning_rate(args)
+    if max(lr, lr * args.weight_decay) > 1:
+        raise ValueError(f"--learning-rate {lr:g} and its product with --weight-decay "
+                         f"{args.weight_decay:g} must be <= 1")  # fmt: skip
     # The built-in pairs, their tokens and gold scores: about 2 KiB a pair or demonstration.
     check_memory(2048 * (args.num_pairs + args.num_reference + args.label_pairs),
                  "--num-pairs, --num-reference and --label-pairs")  # fmt: skip
@@ -795,8 +802,9 @@ def train(args):
 
     backbone, tokenizer = load_gpt2(GPT2Model, args.model_name)
     model = RewardModel(backbone).to(device)
-    lr = args.learning_rate or (3e-3 if args.model_name == "tiny" else 1e-5)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=learning_rate(args), weight_decay=args.weight_decay
+    )
     steps_per_epoch = -(-len(pairs) // args.batch_size)
     # Tokens in the longer sequence of each pair: what the pair's batch is padded to.
     seq_len = [

@@ -29,6 +29,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -471,6 +472,14 @@ def brief(e):
     return " ".join(str(e).split())[:200] or type(e).__name__
 
 
+def quiet_tensorboard_thread(hook):
+    """threading.excepthook that drops the OSError of TensorBoard's writer thread (a full disk):
+    that thread stops, the main thread's next call to the writer raises the same OSError, and
+    main() reports it in one line, which the thread's traceback would only garble."""
+    if not (issubclass(hook.exc_type, OSError) and "tensorboard" in type(hook.thread).__module__):
+        threading.__excepthook__(hook)
+
+
 def require_finite(model, what, hint):
     """FloatingPointError if a weight of `model` is NaN or infinite: such a model must be
     neither saved nor sampled from. The message names `what` and the likely cause, `hint`."""
@@ -628,7 +637,7 @@ def length_grouped_batches(rng, lengths, batch_size, pool=16):
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def learning_rate(args):
+def adamw_lr(args):
     """--learning-rate, or for 0 the default: 3e-3 for the tiny model, 1e-5 for pretrained."""
     return args.learning_rate or (3e-3 if args.model_name == "tiny" else 1e-5)
 
@@ -646,7 +655,7 @@ def check_rm_args(args):
         raise ValueError(f"--seed must be in [0, 2**32), not {args.seed}")
     # AdamW moves each weight by about lr per step and shrinks it by the fraction lr x decay:
     # beyond 1 either destroys the weights it should refine.
-    lr = learning_rate(args)
+    lr = adamw_lr(args)
     if max(lr, lr * args.weight_decay) > 1:
         raise ValueError(f"--learning-rate {lr:g} and its product with --weight-decay "
                          f"{args.weight_decay:g} must be <= 1")  # fmt: skip
@@ -803,7 +812,7 @@ def train(args):
     backbone, tokenizer = load_gpt2(GPT2Model, args.model_name)
     model = RewardModel(backbone).to(device)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=learning_rate(args), weight_decay=args.weight_decay
+        model.parameters(), lr=adamw_lr(args), weight_decay=args.weight_decay
     )
     steps_per_epoch = -(-len(pairs) // args.batch_size)
     # Tokens in the longer sequence of each pair: what the pair's batch is padded to.
@@ -820,6 +829,7 @@ def train(args):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / total_steps)
 
     make_output_dir(out, stale)
+    threading.excepthook = quiet_tensorboard_thread
     writer = SummaryWriter(out)
     writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
     print(

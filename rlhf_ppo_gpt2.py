@@ -45,6 +45,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -518,6 +519,14 @@ def save_dir_atomic(path, write):
 def brief(e):
     """An exception's message on one line of at most 200 characters, for an `error:` line."""
     return " ".join(str(e).split())[:200] or type(e).__name__
+
+
+def quiet_tensorboard_thread(hook):
+    """threading.excepthook that drops the OSError of TensorBoard's writer thread (a full disk):
+    that thread stops, the main thread's next call to the writer raises the same OSError, and
+    main() reports it in one line, which the thread's traceback would only garble."""
+    if not (issubclass(hook.exc_type, OSError) and "tensorboard" in type(hook.thread).__module__):
+        threading.__excepthook__(hook)
 
 
 def require_finite(model, what, hint):
@@ -1324,17 +1333,8 @@ def check_rlhf_args(args):
         raise ValueError(f"--algo must be ppo, rloo, grpo or dr_grpo, not {args.algo!r}")
     if args.reward not in ("rm", "gold"):
         raise ValueError(f"--reward must be rm or gold, not {args.reward!r}")
-    counts = (
-        "sft_demos",
-        "sft_batch_size",
-        "rm_pairs",
-        "rm_batch_size",
-        "rollout_batch_size",
-        "minibatch_size",
-        "ppo_epochs",
-        "max_new_tokens",
-        "kl_horizon",
-    )
+    counts = ("sft_demos", "sft_batch_size", "rm_pairs", "rm_batch_size", "rollout_batch_size",
+              "minibatch_size", "ppo_epochs", "max_new_tokens", "kl_horizon")  # fmt: skip
     check_flags(args, positive=(*counts, "sft_lr", "rm_lr", "learning_rate", "adam_eps",
                                 "temperature", "max_grad_norm"),
                 nonneg=("threads", "sft_epochs", "rm_epochs", "ppo_iterations", "sample_every",
@@ -1461,6 +1461,7 @@ def train(args):
     writer = NullWriter()
     if rank == 0:
         make_output_dir(out_dir, stale)
+        threading.excepthook = quiet_tensorboard_thread
         writer = SummaryWriter(out_dir)
     writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
 
@@ -1493,8 +1494,9 @@ def train(args):
                 all_gather_cat(score(reward_model, rm_tokenizer, reference_prompts, sft_texts))
             )
         except FloatingPointError as e:
-            hint = f"{RM_HINT} or raise --eval-samples" if not args.reward_model_path else ""
-            raise FloatingPointError(f"[rm] {e}; {hint or 'check --reward-model-path'}") from None
+            hint = f"{RM_HINT} or raise --eval-samples"
+            hint = "check --reward-model-path" if args.reward_model_path else hint
+            raise FloatingPointError(f"[rm] {e}; {hint}") from None
         print(f"[rm] normalised on {len(sft_texts)} SFT samples (mean {mean:.3f}, std {std:.3f})")
         if rank == 0:
             with signals_held():

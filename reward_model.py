@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import glob
 import json
 import logging
 import math
@@ -27,6 +28,8 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -54,6 +57,7 @@ class Args:
     seed: int = flag(1, "seed of random, numpy, torch and the built-in task")
     cuda: bool = flag(True, "use CUDA when it is available")
     output_dir: str = flag("", "logs and the reward model go here; default runs/<run-name>")
+    overwrite: bool = flag(False, "replace the files of an earlier run in --output-dir")
     model_name: str = flag(
         "gpt2", "'tiny' (random small GPT-2, no download), a hub name, or a local directory"
     )
@@ -89,6 +93,54 @@ def parse_args(argv=None) -> Args:
         )
     parser.error = lambda message: sys.exit(f"error: {message} (see --help)")
     return Args(**vars(parser.parse_args(argv)))
+
+
+def check_flags(args, positive=(), nonneg=(), unit=()):
+    """The one rule every script applies to its numeric flags, naming the flag at fault: every
+    float flag finite (a NaN trains nothing and an inf stalls it); every count, step size or
+    norm bound > 0 (a negative gradient-norm bound would flip the gradient); every weight, ε
+    or tolerance ≥ 0; every probability, γ or λ in [0, 1]."""
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{field.name.replace('_', '-')} must be finite, not {value}")
+    rules = (
+        (positive, lambda v: v > 0, "positive"),
+        (nonneg, lambda v: v >= 0, "0 or more"),
+        (unit, lambda v: 0 <= v <= 1, "in [0, 1]"),
+    )
+    for names, ok, what in rules:
+        for name in names:
+            if not ok(getattr(args, name)):
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be {what}, not {getattr(args, name)}"
+                )
+
+
+def check_memory(nbytes, flags):
+    """ValueError, before anything is allocated, if about `nbytes` would not fit in half of
+    this machine's memory: numpy and torch would fail with a traceback, or the run would swap."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > total / 2:
+        raise ValueError(f"{flags} need about {nbytes / 2**30:.3g} GiB, more than half of this "
+                         f"machine's {total / 2**30:.0f} GiB; lower them")  # fmt: skip
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Hold Ctrl-C and SIGTERM while the final files are written, then act on them: an
+    interrupt inside torch.save would leave a temporary file and no checkpoint at all."""
+    caught = []
+    held = {
+        s: signal.signal(s, lambda *_: caught.append(1)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for s, handler in held.items():
+            signal.signal(s, handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def save_atomic(obj, path, write=torch.save):
@@ -229,23 +281,44 @@ def builtin_preferences(rng, n, temperature):
     ]
 
 
-def read_jsonl(path, keys):
-    """Rows of a JSONL file, each a dict with string values for `keys`; a malformed line or a
-    missing key raises ValueError naming the file and line, and so does an empty file."""
+def read_jsonl(path, keys, nonempty=(), pair=()):
+    """Rows of a UTF-8 JSONL file (a byte-order mark may open it), each a dict with string
+    values for `keys`; the `nonempty` keys must not be empty, and the two `pair` keys are two
+    responses, which must be non-empty and differ (an identical pair states no preference).
+    Any problem with a line (bytes that are not UTF-8, bad or too deeply nested JSON, a missing
+    key, a lone UTF-16 surrogate, which no tokenizer accepts) raises ValueError naming the
+    file and line, and so does an empty file."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            where = f"{path}:{line_no}"
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"{where}: not UTF-8 (byte {e.start + 1} is {raw[e.start]:#x})"
+                ) from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+            except RecursionError:
+                raise ValueError(f"{where}: JSON nested too deeply") from None
             missing = [
                 k for k in keys if not isinstance(row, dict) or not isinstance(row.get(k), str)
             ]
             if missing:
-                raise ValueError(f"{path}:{line_no}: needs string fields {', '.join(missing)}")
+                raise ValueError(f"{where}: needs string fields {', '.join(missing)}")
+            surrogates = [k for k in keys if re.search("[\ud800-\udfff]", row[k])]
+            if surrogates:
+                raise ValueError(f"{where}: lone UTF-16 surrogate in {', '.join(surrogates)}")
+            empty = [k for k in (*nonempty, *pair) if not row[k]]
+            if empty:
+                raise ValueError(f"{where}: empty {', '.join(empty)}")
+            if pair and row[pair[0]] == row[pair[1]]:
+                raise ValueError(f"{where}: {' and '.join(pair)} are the same text: no preference")
             rows.append({k: row[k] for k in keys})
     if not rows:
         raise ValueError(f"{path}: no examples; expected one JSON object per line with {keys}")
@@ -315,6 +388,8 @@ def load_gpt2(model_cls, model_name):
             model = model_cls.from_pretrained(model_name, local_files_only=True, **no_dropout)
             tokenizer = AutoTokenizer.from_pretrained(model_name, local_files_only=True)
         except OSError:
+            if os.path.isdir(model_name):
+                raise
             if not hub_reachable():
                 raise OSError("not found locally; the Hugging Face hub is unreachable") from None
             print(f"{model_name}: not found locally; trying the Hugging Face hub", file=sys.stderr)
@@ -322,12 +397,13 @@ def load_gpt2(model_cls, model_name):
             logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
             model = model_cls.from_pretrained(model_name, **no_dropout)
             tokenizer = AutoTokenizer.from_pretrained(model_name)
-    except OSError as e:
+    except Exception as e:  # missing, truncated or foreign files: the loaders raise many kinds
         raise OSError(
             f"cannot load '{model_name}' from a local directory, the Hugging Face cache or the "
-            f"hub ({str(e).splitlines()[0]}); use --model-name tiny (no download), or pass a "
+            f"hub ({brief(e)}); use --model-name tiny (no download), or pass a "
             "directory that holds a saved GPT-2 (config.json, weights, tokenizer files)"
         ) from None
+    require_finite(model, f"--model-name {model_name}", "it was saved from a diverged run")
     tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has no pad token; masks mark padding
     tokenizer.clean_up_tokenization_spaces = False
     return model.eval(), tokenizer
@@ -375,6 +451,75 @@ def replace_dir(tmp, path):
     shutil.rmtree(path + ".old", ignore_errors=True)
 
 
+def save_dir_atomic(path, write):
+    """write(path + ".tmp"), a directory, then replace_dir it to `path`: a reader finds the old
+    directory or the complete new one. A failed or interrupted write removes the temporary
+    directory and keeps the old one; a failure is an OSError that names `path`."""
+    path = path.rstrip("/")
+    shutil.rmtree(path + ".tmp", ignore_errors=True)
+    try:
+        write(path + ".tmp")
+        replace_dir(path + ".tmp", path)
+    except BaseException as e:
+        shutil.rmtree(path + ".tmp", ignore_errors=True)
+        if isinstance(e, Exception):  # ENOSPC comes as OSError, RuntimeError or SafetensorError
+            raise OSError(f"cannot write {path}: {brief(e)}") from None
+        raise
+
+
+def brief(e):
+    """An exception's message on one line of at most 200 characters, for an `error:` line."""
+    return " ".join(str(e).split())[:200] or type(e).__name__
+
+
+def quiet_tensorboard_thread(hook):
+    """threading.excepthook that drops the OSError of TensorBoard's writer thread (a full disk):
+    that thread stops, the main thread's next call to the writer raises the same OSError, and
+    main() reports it in one line, which the thread's traceback would only garble."""
+    if not (issubclass(hook.exc_type, OSError) and "tensorboard" in type(hook.thread).__module__):
+        threading.__excepthook__(hook)
+
+
+def require_finite(model, what, hint):
+    """FloatingPointError if a weight of `model` is NaN or infinite: such a model must be
+    neither saved nor sampled from. The message names `what` and the likely cause, `hint`."""
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise FloatingPointError(f"{what} has non-finite weights; {hint}")
+
+
+def earlier_outputs(out, overwrite, patterns):
+    """The files of an earlier run in `out`: those matching the glob `patterns` (what this
+    script writes). A ValueError if there are any and not --overwrite: a rerun must never mix
+    its files with an earlier run's, nor truncate them."""
+    found = [p for pat in patterns for p in sorted(glob.glob(os.path.join(glob.escape(out), pat)))]
+    if found and not overwrite:
+        raise ValueError(
+            f"--output-dir {out} holds an earlier run ({os.path.basename(found[0])}"
+            f"{', ...' if found[1:] else ''}); name a new directory, or pass --overwrite"
+        )
+    return found
+
+
+def make_output_dir(out, stale):
+    """Delete `stale` (an earlier run's files, under --overwrite), create `out` and check that
+    it is writable: an unusable directory is one line naming it, before any training."""
+    try:
+        for p in stale:
+            shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+        os.makedirs(out, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as e:
+        raise OSError(f"cannot write to --output-dir {out}: {e.strerror or e}") from None
+
+
+def activation_bytes(config, sequences, length):
+    """About the memory of a forward and backward pass of a GPT-2 over `sequences` of `length`
+    tokens: per token, float32 activations of each layer (~20 n_embd, and n_head attention
+    weights per position) and three copies of the logits (logits, log-softmax, gradient)."""
+    per_layer = 20 * config.n_embd + config.n_head * length
+    return 4 * sequences * length * (3 * config.vocab_size + config.n_layer * per_layer)
+
+
 class RewardModel(nn.Module):
     """r(x, y): a GPT-2 backbone and a linear head read at the last real (non-padding) token."""
 
@@ -403,6 +548,11 @@ class RewardModel(nn.Module):
         """Fold r ← (r - μ)/σ into the head, with μ, σ the mean and (sample) std of the rewards
         of reference responses: they then score mean 0, std 1 (Ziegler et al. 2019)."""
         mean, std = reference_rewards.mean(), reference_rewards.std()
+        if not (torch.isfinite(mean) and std > 0 and torch.isfinite(std)):
+            raise FloatingPointError(
+                f"the reward model scores its {len(reference_rewards)} reference responses with "
+                f"mean {mean:.3g}, std {std:.3g}: that cannot be normalised to mean 0, std 1"
+            )
         # r' = (w·h + b - μ)/σ = (w/σ)·h + (b - μ)/σ
         self.head.weight.div_(std)
         self.head.bias.sub_(mean).div_(std)
@@ -410,24 +560,29 @@ class RewardModel(nn.Module):
 
     def save(self, path, tokenizer):
         """backbone.save_pretrained + the tokenizer + the head, written atomically."""
-        tmp = path.rstrip("/") + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.backbone.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        torch.save(self.head.state_dict(), os.path.join(tmp, "reward_head.pt"))
-        replace_dir(tmp, path.rstrip("/"))
+
+        def write(tmp):
+            self.backbone.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            torch.save(self.head.state_dict(), os.path.join(tmp, "reward_head.pt"))
+
+        save_dir_atomic(path, write)
 
     @classmethod
     def load(cls, path):
-        """(reward model, tokenizer) saved by `save`, on the CPU, dropout off."""
+        """(reward model, tokenizer) saved by `save`, on the CPU, dropout off. A missing,
+        damaged or non-finite model is an error naming `path`."""
         if not os.path.isfile(os.path.join(path, "reward_head.pt")):
             raise OSError(f"{path}: no reward model here (reward_head.pt is missing)")
-        backbone = GPT2Model.from_pretrained(path, local_files_only=True)
-        model = cls(backbone)
-        model.head.load_state_dict(
-            torch.load(os.path.join(path, "reward_head.pt"), map_location="cpu")
-        )
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        try:
+            model = cls(GPT2Model.from_pretrained(path, local_files_only=True))
+            model.head.load_state_dict(
+                torch.load(os.path.join(path, "reward_head.pt"), map_location="cpu")
+            )
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except Exception as e:  # truncated or foreign files: the loaders raise many kinds
+            raise OSError(f"{path}: cannot load the reward model ({brief(e)})") from None
+        require_finite(model, f"the reward model in {path}", "it was saved from a diverged run")
         return model.eval(), tokenizer
 
 
@@ -482,19 +637,62 @@ def length_grouped_batches(rng, lengths, batch_size, pool=16):
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def adamw_lr(args):
+    """--learning-rate, or for 0 the default: 3e-3 for the tiny model, 1e-5 for pretrained."""
+    return args.learning_rate or (3e-3 if args.model_name == "tiny" else 1e-5)
+
+
 def check_rm_args(args):
     """Refuse flag values that cannot work, with a message that says what to fix."""
     if args.model_name == "":
         raise ValueError("--model-name is empty; use gpt2, tiny or a local model directory")
+    check_flags(args, positive=("epochs", "batch_size", "num_pairs", "num_reference",
+                                "label_pairs", "max_grad_norm"),
+                nonneg=("annotator_temperature", "learning_rate", "weight_decay"))  # fmt: skip
     if not 0 < args.eval_fraction < 1:
         raise ValueError(f"--eval-fraction must be in (0, 1), got {args.eval_fraction}")
-    for name in ("epochs", "batch_size", "num_pairs", "num_reference", "label_pairs"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.annotator_temperature < 0:
-        raise ValueError("--annotator-temperature must be >= 0 (0 = noiseless annotators)")
-    if args.learning_rate < 0:
-        raise ValueError("--learning-rate must be >= 0 (0 = automatic)")
+    if not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must be in [0, 2**32), not {args.seed}")
+    # AdamW moves each weight by about lr per step and shrinks it by the fraction lr x decay:
+    # beyond 1 either destroys the weights it should refine.
+    lr = adamw_lr(args)
+    if max(lr, lr * args.weight_decay) > 1:
+        raise ValueError(f"--learning-rate {lr:g} and its product with --weight-decay "
+                         f"{args.weight_decay:g} must be <= 1")  # fmt: skip
+    # The built-in pairs, their tokens and gold scores: about 2 KiB a pair or demonstration.
+    check_memory(2048 * (args.num_pairs + args.num_reference + args.label_pairs),
+                 "--num-pairs, --num-reference and --label-pairs")  # fmt: skip
+
+
+def printable(text):
+    """`text` with each character that a terminal would act on rather than show (escape
+    sequences, carriage returns, bidirectional overrides) written as its Python escape, so
+    that data cannot clear or recolour the annotator's screen."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def mend_last_line(path):
+    """Make `path` end with a newline before answers are appended to it. A last line without
+    one is a whole answer (the newline is added) or one torn by an interrupted write: the torn
+    part is moved to path + '.torn', and the user is told."""
+    if not os.path.isfile(path):
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        start = data.rfind(b"\n") + 1
+        if start == len(data):
+            return
+        try:
+            json.loads(data[start:])
+            f.write(b"\n")
+            return
+        except (ValueError, RecursionError):
+            pass
+        with open(path + ".torn", "ab") as torn:
+            torn.write(data[start:] + b"\n")
+            os.fsync(torn.fileno())
+        f.truncate(start)
+    print(f"{path}: its last line was torn by an interrupted write; moved it to {path}.torn")
 
 
 def label_preferences(args):
@@ -502,11 +700,13 @@ def label_preferences(args):
 
     Every answer is one JSON line, flushed and fsync-ed before the next pair is shown, so
     Ctrl-C, a crash or a power cut loses at most the pair on screen. A rerun skips the pairs
-    already answered (in either order of the two responses).
+    already answered (in either order of the two responses), and a pair is asked only once.
     """
     start = time.time()
+    if sys.stdin is None:
+        raise ValueError("--label reads the answers from standard input, which is closed")
     if args.label_input:
-        pairs = read_jsonl(args.label_input, ("prompt", "a", "b"))
+        pairs = read_jsonl(args.label_input, ("prompt", "a", "b"), pair=("a", "b"))
     else:
         # A pure function of --seed, so that a resumed session sees the same pairs.
         rng = np.random.default_rng(args.seed)
@@ -515,22 +715,30 @@ def label_preferences(args):
         pairs = [
             {"prompt": d["prompt"], "a": d["response"], "b": b}
             for d, b in zip(demos, second, strict=True)
+            if d["response"] != b
         ]
+    mend_last_line(args.label_output)
     done = set()
     if os.path.exists(args.label_output) and os.path.getsize(args.label_output) > 0:
         for row in read_jsonl(args.label_output, ("prompt", "chosen", "rejected")):
             done.add((row["prompt"], frozenset((row["chosen"], row["rejected"]))))
-    todo = [p for p in pairs if (p["prompt"], frozenset((p["a"], p["b"]))) not in done]
+    todo, unique = [], set()
+    for p in pairs:  # each distinct pair once, unless it was answered before
+        key = (p["prompt"], frozenset((p["a"], p["b"])))
+        if key not in unique and key not in done:
+            todo.append(p)
+        unique.add(key)
     print(
-        f"{len(pairs) - len(todo)} of {len(pairs)} pairs already answered in "
+        f"{len(unique) - len(todo)} of {len(unique)} pairs already answered in "
         f"{args.label_output}; {len(todo)} to go. Which response is better? 1 or 2; "
         "s = skip, q = quit."
     )
     answered = skipped = 0
     with open(args.label_output, "a", encoding="utf-8") as out:
         for k, p in enumerate(todo, 1):
-            print(f"\n[{k}/{len(todo)}] {p['prompt']}\n  1: {p['prompt']}{p['a']}")
-            print(f"  2: {p['prompt']}{p['b']}")
+            prompt, a, b = (printable(p[key]) for key in ("prompt", "a", "b"))
+            print(f"\n[{k}/{len(todo)}] {prompt}\n  1: {prompt}{a}")
+            print(f"  2: {prompt}{b}")
             answer = ""
             while answer not in ("1", "2", "s", "q"):
                 print("better? [1/2/s/q] ", end="", flush=True)
@@ -552,8 +760,8 @@ def label_preferences(args):
         "mode": "label",
         "answered": answered,
         "skipped": skipped,
-        "answered_total": len(pairs) - len(todo) + answered,
-        "pairs_total": len(pairs),
+        "answered_total": len(unique) - len(todo) + answered,
+        "pairs_total": len(unique),
         "label_output": args.label_output,
         "wall_time_s": round(time.time() - start, 2),
     }
@@ -568,6 +776,7 @@ def train(args):
     task = os.path.basename(args.preference_data) if args.preference_data else "builtin-reviews"
     run_name = f"{task}__reward_model__{args.seed}__{int(start)}"
     out = args.output_dir or os.path.join("runs", run_name)
+    stale = earlier_outputs(out, args.overwrite, ("reward_model", "events.out.tfevents.*"))
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -581,7 +790,9 @@ def train(args):
 
     # ---- Data: preference pairs, split into train and held-out -------------------------
     if args.preference_data:
-        pairs = read_jsonl(args.preference_data, ("prompt", "chosen", "rejected"))
+        pairs = read_jsonl(
+            args.preference_data, ("prompt", "chosen", "rejected"), pair=("chosen", "rejected")
+        )
     else:
         pairs = builtin_preferences(rng, args.num_pairs, args.annotator_temperature)
     perm = rng.permutation(len(pairs))
@@ -600,8 +811,9 @@ def train(args):
 
     backbone, tokenizer = load_gpt2(GPT2Model, args.model_name)
     model = RewardModel(backbone).to(device)
-    lr = args.learning_rate or (3e-3 if args.model_name == "tiny" else 1e-5)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=adamw_lr(args), weight_decay=args.weight_decay
+    )
     steps_per_epoch = -(-len(pairs) // args.batch_size)
     # Tokens in the longer sequence of each pair: what the pair's batch is padded to.
     seq_len = [
@@ -609,12 +821,15 @@ def train(args):
         for k in ("chosen", "rejected")
     ]
     lengths = np.maximum(*seq_len)
+    max_length = backbone.config.n_positions
+    check_memory(activation_bytes(backbone.config, 2 * min(args.batch_size, len(pairs)),
+                                  min(max_length, lengths.max() + 1)), "--batch-size")  # fmt: skip
     total_steps = args.epochs * steps_per_epoch
     # Linear decay to 0: the last, small steps average out the annotators' label noise.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / total_steps)
-    max_length = backbone.config.n_positions
 
-    os.makedirs(out, exist_ok=True)
+    make_output_dir(out, stale)
+    threading.excepthook = quiet_tensorboard_thread
     writer = SummaryWriter(out)
     writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
     print(
@@ -632,69 +847,71 @@ def train(args):
     label_acc = gold_acc = None
     step = 0
     t0 = time.time()
-    for epoch in range(1, args.epochs + 1):
-        model.train()  # dropout is off in the config; train() only marks the phase
-        for indices in length_grouped_batches(rng, lengths, args.batch_size):
-            batch = [pairs[i] for i in indices]
-            n = len(batch)
-            # Chosen and rejected go through one forward pass: [chosen; rejected].
-            ids, mask, _ = encode(
-                tokenizer,
-                [p["prompt"] for p in batch] * 2,
-                [p["chosen"] for p in batch] + [p["rejected"] for p in batch],
-                max_length,
-            )
-            rewards = model(ids.to(device), mask.to(device))
-            loss = bradley_terry_loss(rewards[:n], rewards[n:])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite loss at epoch {epoch}, step {step}; nothing was saved; try "
-                    "a lower --learning-rate"
+    try:  # nothing is saved before the end: say so plainly on Ctrl-C
+        for epoch in range(1, args.epochs + 1):
+            model.train()  # dropout is off in the config; train() only marks the phase
+            for indices in length_grouped_batches(rng, lengths, args.batch_size):
+                batch = [pairs[i] for i in indices]
+                n = len(batch)
+                # Chosen and rejected go through one forward pass: [chosen; rejected].
+                ids, mask, _ = encode(
+                    tokenizer,
+                    [p["prompt"] for p in batch] * 2,
+                    [p["chosen"] for p in batch] + [p["rejected"] for p in batch],
+                    max_length,
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            if step % 20 == 0 or step == total_steps:
-                acc = (rewards[:n] > rewards[n:]).float().mean().item()
-                writer.add_scalar("train/loss", loss.item(), step)
-                writer.add_scalar("train/label_accuracy", acc, step)
-                writer.add_scalar("train/learning_rate", scheduler.get_last_lr()[0], step)
-            if step % max(1, total_steps // 10) == 0:
-                print(
-                    f"[{100 * step // total_steps:3d}%] epoch {epoch} step {step} "
-                    f"loss {loss.item():.4f} ({time.time() - t0:.1f}s)"
-                )
-        model.eval()
-        label_acc, gold_acc = evaluate_held_out()
-        writer.add_scalar("eval/label_accuracy", label_acc, step)
-        line = f"epoch {epoch}: held-out accuracy vs annotators {label_acc:.3f}"
-        if gold_acc is not None:
-            writer.add_scalar("eval/gold_accuracy", gold_acc, step)
-            line += f", vs gold order {gold_acc:.3f}"
-        print(line + f" ({time.time() - t0:.1f}s)")
-    train_time = time.time() - t0
+                rewards = model(ids.to(device), mask.to(device))
+                loss = bradley_terry_loss(rewards[:n], rewards[n:])
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"non-finite loss at epoch {epoch}, step {step}; nothing was saved; try "
+                        "a lower --learning-rate"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                if step % 20 == 0 or step == total_steps:
+                    acc = (rewards[:n] > rewards[n:]).float().mean().item()
+                    writer.add_scalar("train/loss", loss.item(), step)
+                    writer.add_scalar("train/label_accuracy", acc, step)
+                    writer.add_scalar("train/learning_rate", scheduler.get_last_lr()[0], step)
+                if step % max(1, total_steps // 10) == 0:
+                    print(
+                        f"[{100 * step // total_steps:3d}%] epoch {epoch} step {step} "
+                        f"loss {loss.item():.4f} ({time.time() - t0:.1f}s)"
+                    )
+            model.eval()
+            label_acc, gold_acc = evaluate_held_out()
+            writer.add_scalar("eval/label_accuracy", label_acc, step)
+            line = f"epoch {epoch}: held-out accuracy vs annotators {label_acc:.3f}"
+            if gold_acc is not None:
+                writer.add_scalar("eval/gold_accuracy", gold_acc, step)
+                line += f", vs gold order {gold_acc:.3f}"
+            print(line + f" ({time.time() - t0:.1f}s)")
+        train_time = time.time() - t0
 
-    # ---- Normalise: reference responses score mean 0, std 1 -----------------------------
-    if args.preference_data:
-        ref_prompts = [p["prompt"] for p in pairs] * 2
-        ref_responses = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-    else:
-        demos = builtin_demonstrations(rng, args.num_reference)
-        ref_prompts = [d["prompt"] for d in demos]
-        ref_responses = [d["response"] for d in demos]
-    ref = score(model, tokenizer, ref_prompts, ref_responses)
-    if len(ref) < 2 or not ref.std() > 0:
-        raise FloatingPointError(
-            "the reward model gives every reference response the same score, so it cannot "
-            "be normalised; train longer or check the data"
-        )
-    raw_mean, raw_std = model.normalize_(ref)
+        # ---- Normalise: reference responses score mean 0, std 1 -------------------------
+        if args.preference_data:
+            ref_prompts = [p["prompt"] for p in pairs] * 2
+            ref_responses = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+        else:
+            demos = builtin_demonstrations(rng, args.num_reference)
+            ref_prompts = [d["prompt"] for d in demos]
+            ref_responses = [d["response"] for d in demos]
+        require_finite(model, "the reward model", "nothing was saved; try a lower --learning-rate")
+        ref = score(model, tokenizer, ref_prompts, ref_responses)
+        raw_mean, raw_std = model.normalize_(ref)
+    except KeyboardInterrupt:
+        print(f"interrupted before the reward model was saved: {out} keeps only the "
+              "TensorBoard logs", file=sys.stderr)  # fmt: skip
+        raise
     path = os.path.join(out, "reward_model")
-    model.save(path, tokenizer)
-    writer.close()
+    with signals_held():  # a second Ctrl-C or SIGTERM waits until the model is complete
+        model.save(path, tokenizer)
+        writer.close()
     print(
         f"normalised (reference rewards had mean {raw_mean:.3f}, std {raw_std:.3f}); "
         f"saved to {path}"

@@ -33,6 +33,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import glob
 import json
 import logging
 import math
@@ -43,6 +44,8 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -78,6 +81,7 @@ class Args:
     seed: int = flag(1, "seed of random, numpy and torch")
     cuda: bool = flag(True, "use CUDA when it is available")
     output_dir: str = flag("", "logs and checkpoints go here; default runs/<run-name>")
+    overwrite: bool = flag(False, "replace the files of an earlier run in --output-dir")
     model_name: str = flag("gpt2", "'gpt2' (pretrained, hub or local dir) or 'tiny' (offline)")
     sft_data: str = flag("", "JSONL of {prompt, response} for SFT; '' = built-in demonstrations")
     preference_data: str = flag("", "JSONL of {prompt, chosen, rejected}; '' = annotators label")
@@ -138,6 +142,54 @@ def parse_args(argv=None) -> Args:
         )
     parser.error = lambda message: sys.exit(f"error: {message} (see --help)")
     return Args(**vars(parser.parse_args(argv)))
+
+
+def check_flags(args, positive=(), nonneg=(), unit=()):
+    """The one rule every script applies to its numeric flags, naming the flag at fault: every
+    float flag finite (a NaN trains nothing and an inf stalls it); every count, step size or
+    norm bound > 0 (a negative gradient-norm bound would flip the gradient); every weight, ε
+    or tolerance ≥ 0; every probability, γ or λ in [0, 1]."""
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{field.name.replace('_', '-')} must be finite, not {value}")
+    rules = (
+        (positive, lambda v: v > 0, "positive"),
+        (nonneg, lambda v: v >= 0, "0 or more"),
+        (unit, lambda v: 0 <= v <= 1, "in [0, 1]"),
+    )
+    for names, ok, what in rules:
+        for name in names:
+            if not ok(getattr(args, name)):
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be {what}, not {getattr(args, name)}"
+                )
+
+
+def check_memory(nbytes, flags):
+    """ValueError, before anything is allocated, if about `nbytes` would not fit in half of
+    this machine's memory: numpy and torch would fail with a traceback, or the run would swap."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > total / 2:
+        raise ValueError(f"{flags} need about {nbytes / 2**30:.3g} GiB, more than half of this "
+                         f"machine's {total / 2**30:.0f} GiB; lower them")  # fmt: skip
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Hold Ctrl-C and SIGTERM while the final files are written, then act on them: an
+    interrupt inside torch.save would leave a temporary file and no checkpoint at all."""
+    caught = []
+    held = {
+        s: signal.signal(s, lambda *_: caught.append(1)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for s, handler in held.items():
+            signal.signal(s, handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def save_atomic(obj, path, write=torch.save):
@@ -278,23 +330,44 @@ def builtin_preferences(rng, n, temperature):
     ]
 
 
-def read_jsonl(path, keys):
-    """Rows of a JSONL file, each a dict with string values for `keys`; a malformed line or a
-    missing key raises ValueError naming the file and line, and so does an empty file."""
+def read_jsonl(path, keys, nonempty=(), pair=()):
+    """Rows of a UTF-8 JSONL file (a byte-order mark may open it), each a dict with string
+    values for `keys`; the `nonempty` keys must not be empty, and the two `pair` keys are two
+    responses, which must be non-empty and differ (an identical pair states no preference).
+    Any problem with a line (bytes that are not UTF-8, bad or too deeply nested JSON, a missing
+    key, a lone UTF-16 surrogate, which no tokenizer accepts) raises ValueError naming the
+    file and line, and so does an empty file."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            where = f"{path}:{line_no}"
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"{where}: not UTF-8 (byte {e.start + 1} is {raw[e.start]:#x})"
+                ) from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+            except RecursionError:
+                raise ValueError(f"{where}: JSON nested too deeply") from None
             missing = [
                 k for k in keys if not isinstance(row, dict) or not isinstance(row.get(k), str)
             ]
             if missing:
-                raise ValueError(f"{path}:{line_no}: needs string fields {', '.join(missing)}")
+                raise ValueError(f"{where}: needs string fields {', '.join(missing)}")
+            surrogates = [k for k in keys if re.search("[\ud800-\udfff]", row[k])]
+            if surrogates:
+                raise ValueError(f"{where}: lone UTF-16 surrogate in {', '.join(surrogates)}")
+            empty = [k for k in (*nonempty, *pair) if not row[k]]
+            if empty:
+                raise ValueError(f"{where}: empty {', '.join(empty)}")
+            if pair and row[pair[0]] == row[pair[1]]:
+                raise ValueError(f"{where}: {' and '.join(pair)} are the same text: no preference")
             rows.append({k: row[k] for k in keys})
     if not rows:
         raise ValueError(f"{path}: no examples; expected one JSON object per line with {keys}")
@@ -364,6 +437,8 @@ def load_gpt2(model_cls, model_name):
             model = model_cls.from_pretrained(model_name, local_files_only=True, **no_dropout)
             tokenizer = AutoTokenizer.from_pretrained(model_name, local_files_only=True)
         except OSError:
+            if os.path.isdir(model_name):
+                raise
             if not hub_reachable():
                 raise OSError("not found locally; the Hugging Face hub is unreachable") from None
             print(f"{model_name}: not found locally; trying the Hugging Face hub", file=sys.stderr)
@@ -371,12 +446,13 @@ def load_gpt2(model_cls, model_name):
             logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
             model = model_cls.from_pretrained(model_name, **no_dropout)
             tokenizer = AutoTokenizer.from_pretrained(model_name)
-    except OSError as e:
+    except Exception as e:  # missing, truncated or foreign files: the loaders raise many kinds
         raise OSError(
             f"cannot load '{model_name}' from a local directory, the Hugging Face cache or the "
-            f"hub ({str(e).splitlines()[0]}); use --model-name tiny (no download), or pass a "
+            f"hub ({brief(e)}); use --model-name tiny (no download), or pass a "
             "directory that holds a saved GPT-2 (config.json, weights, tokenizer files)"
         ) from None
+    require_finite(model, f"--model-name {model_name}", "it was saved from a diverged run")
     tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has no pad token; masks mark padding
     tokenizer.clean_up_tokenization_spaces = False
     return model.eval(), tokenizer
@@ -424,6 +500,75 @@ def replace_dir(tmp, path):
     shutil.rmtree(path + ".old", ignore_errors=True)
 
 
+def save_dir_atomic(path, write):
+    """write(path + ".tmp"), a directory, then replace_dir it to `path`: a reader finds the old
+    directory or the complete new one. A failed or interrupted write removes the temporary
+    directory and keeps the old one; a failure is an OSError that names `path`."""
+    path = path.rstrip("/")
+    shutil.rmtree(path + ".tmp", ignore_errors=True)
+    try:
+        write(path + ".tmp")
+        replace_dir(path + ".tmp", path)
+    except BaseException as e:
+        shutil.rmtree(path + ".tmp", ignore_errors=True)
+        if isinstance(e, Exception):  # ENOSPC comes as OSError, RuntimeError or SafetensorError
+            raise OSError(f"cannot write {path}: {brief(e)}") from None
+        raise
+
+
+def brief(e):
+    """An exception's message on one line of at most 200 characters, for an `error:` line."""
+    return " ".join(str(e).split())[:200] or type(e).__name__
+
+
+def quiet_tensorboard_thread(hook):
+    """threading.excepthook that drops the OSError of TensorBoard's writer thread (a full disk):
+    that thread stops, the main thread's next call to the writer raises the same OSError, and
+    main() reports it in one line, which the thread's traceback would only garble."""
+    if not (issubclass(hook.exc_type, OSError) and "tensorboard" in type(hook.thread).__module__):
+        threading.__excepthook__(hook)
+
+
+def require_finite(model, what, hint):
+    """FloatingPointError if a weight of `model` is NaN or infinite: such a model must be
+    neither saved nor sampled from. The message names `what` and the likely cause, `hint`."""
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise FloatingPointError(f"{what} has non-finite weights; {hint}")
+
+
+def earlier_outputs(out, overwrite, patterns):
+    """The files of an earlier run in `out`: those matching the glob `patterns` (what this
+    script writes). A ValueError if there are any and not --overwrite: a rerun must never mix
+    its files with an earlier run's, nor truncate them."""
+    found = [p for pat in patterns for p in sorted(glob.glob(os.path.join(glob.escape(out), pat)))]
+    if found and not overwrite:
+        raise ValueError(
+            f"--output-dir {out} holds an earlier run ({os.path.basename(found[0])}"
+            f"{', ...' if found[1:] else ''}); name a new directory, or pass --overwrite"
+        )
+    return found
+
+
+def make_output_dir(out, stale):
+    """Delete `stale` (an earlier run's files, under --overwrite), create `out` and check that
+    it is writable: an unusable directory is one line naming it, before any training."""
+    try:
+        for p in stale:
+            shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+        os.makedirs(out, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as e:
+        raise OSError(f"cannot write to --output-dir {out}: {e.strerror or e}") from None
+
+
+def activation_bytes(config, sequences, length):
+    """About the memory of a forward and backward pass of a GPT-2 over `sequences` of `length`
+    tokens: per token, float32 activations of each layer (~20 n_embd, and n_head attention
+    weights per position) and three copies of the logits (logits, log-softmax, gradient)."""
+    per_layer = 20 * config.n_embd + config.n_head * length
+    return 4 * sequences * length * (3 * config.vocab_size + config.n_layer * per_layer)
+
+
 class RewardModel(nn.Module):
     """r(x, y): a GPT-2 backbone and a linear head read at the last real (non-padding) token."""
 
@@ -452,6 +597,11 @@ class RewardModel(nn.Module):
         """Fold r ← (r - μ)/σ into the head, with μ, σ the mean and (sample) std of the rewards
         of reference responses: they then score mean 0, std 1 (Ziegler et al. 2019)."""
         mean, std = reference_rewards.mean(), reference_rewards.std()
+        if not (torch.isfinite(mean) and std > 0 and torch.isfinite(std)):
+            raise FloatingPointError(
+                f"the reward model scores its {len(reference_rewards)} reference responses with "
+                f"mean {mean:.3g}, std {std:.3g}: that cannot be normalised to mean 0, std 1"
+            )
         # r' = (w·h + b - μ)/σ = (w/σ)·h + (b - μ)/σ
         self.head.weight.div_(std)
         self.head.bias.sub_(mean).div_(std)
@@ -459,24 +609,29 @@ class RewardModel(nn.Module):
 
     def save(self, path, tokenizer):
         """backbone.save_pretrained + the tokenizer + the head, written atomically."""
-        tmp = path.rstrip("/") + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.backbone.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        torch.save(self.head.state_dict(), os.path.join(tmp, "reward_head.pt"))
-        replace_dir(tmp, path.rstrip("/"))
+
+        def write(tmp):
+            self.backbone.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            torch.save(self.head.state_dict(), os.path.join(tmp, "reward_head.pt"))
+
+        save_dir_atomic(path, write)
 
     @classmethod
     def load(cls, path):
-        """(reward model, tokenizer) saved by `save`, on the CPU, dropout off."""
+        """(reward model, tokenizer) saved by `save`, on the CPU, dropout off. A missing,
+        damaged or non-finite model is an error naming `path`."""
         if not os.path.isfile(os.path.join(path, "reward_head.pt")):
             raise OSError(f"{path}: no reward model here (reward_head.pt is missing)")
-        backbone = GPT2Model.from_pretrained(path, local_files_only=True)
-        model = cls(backbone)
-        model.head.load_state_dict(
-            torch.load(os.path.join(path, "reward_head.pt"), map_location="cpu")
-        )
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        try:
+            model = cls(GPT2Model.from_pretrained(path, local_files_only=True))
+            model.head.load_state_dict(
+                torch.load(os.path.join(path, "reward_head.pt"), map_location="cpu")
+            )
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except Exception as e:  # truncated or foreign files: the loaders raise many kinds
+            raise OSError(f"{path}: cannot load the reward model ({brief(e)})") from None
+        require_finite(model, f"the reward model in {path}", "it was saved from a diverged run")
         return model.eval(), tokenizer
 
 
@@ -931,12 +1086,14 @@ def progress(stage, done, total, start, **metrics):
 
 
 def save_pretrained_atomic(model, tokenizer, path):
-    """save_pretrained into path.tmp, then rename it to path: never a half-written model."""
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    replace_dir(tmp, path)
+    """model.save_pretrained and tokenizer.save_pretrained into one directory, atomically
+    (save_dir_atomic): never a half-written model."""
+
+    def write(tmp):
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    save_dir_atomic(path, write)
 
 
 @torch.no_grad()
@@ -988,6 +1145,9 @@ def evaluate_lm_policy(policy, reference, reward_model, rm_tokenizer, tokenizer,
     return {k: float(np.average([p[k] for p in parts], weights=weights)) for k in keys}
 
 
+SFT_HINT = "nothing of it was saved; lower --sft-lr or --max-grad-norm, or raise --adam-eps"
+
+
 def stage_sft(args, policy, tokenizer, demos, writer):
     """Stage 1: cross-entropy on the response tokens (and EOS) of the demonstrations."""
     device = next(policy.parameters()).device
@@ -1012,7 +1172,7 @@ def stage_sft(args, policy, tokenizer, demos, writer):
             if world_size > 1:  # the token mean over the global batch
                 loss = loss * token_share(resp[:, 1:])
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite SFT loss at step {step}; lower --sft-lr")
+                raise FloatingPointError(f"[sft] non-finite loss at step {step}; {SFT_HINT}")
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
@@ -1021,6 +1181,10 @@ def stage_sft(args, policy, tokenizer, demos, writer):
             writer.add_scalar("sft/loss", loss.item(), step)
             if step % max(1, total // 5) == 0 or step == total:
                 progress("sft", step, total, start, loss=loss.item())
+    require_finite(policy, "[sft] the SFT policy", SFT_HINT)
+
+
+RM_HINT = "it was not saved; lower --rm-lr"
 
 
 def stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng):
@@ -1063,7 +1227,7 @@ def stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng):
             if world_size > 1:  # the mean over the pairs of the global batch
                 loss = loss * token_share(torch.ones(len(rows)))
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite RM loss at step {step}; lower --rm-lr")
+                raise FloatingPointError(f"[rm] non-finite loss at step {step}; {RM_HINT}")
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(reward_model.parameters(), args.max_grad_norm)
@@ -1074,6 +1238,7 @@ def stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng):
             writer.add_scalar("rm/accuracy", acc, step)
             if step % max(1, total // 5) == 0 or step == total:
                 progress("rm", step, total, start, loss=loss.item(), acc=acc)
+    require_finite(reward_model, "[rm] the reward model", RM_HINT)
     return reward_model
 
 
@@ -1123,8 +1288,12 @@ def ppo_update(args, policy, value_model, optimizer, batch, beta=0.0):
                 # No value-loss weight: the two networks share no parameters, and Adam's step
                 # does not depend on the scale of the gradient, so a weight would cancel out.
                 loss = pg_loss + v_loss
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite {args.algo} loss; lower --learning-rate")
+            if not torch.isfinite(loss):  # before the first step, the rollout is at fault
+                raise FloatingPointError(
+                    f"non-finite {args.algo} loss; lower --learning-rate" if stats else
+                    f"non-finite {args.algo} loss before any update: the rewards overflow; "
+                    "lower --no-eos-penalty, --init-kl-coef or --loss-kl-coef"
+                )  # fmt: skip
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
@@ -1164,34 +1333,73 @@ def check_rlhf_args(args):
         raise ValueError(f"--algo must be ppo, rloo, grpo or dr_grpo, not {args.algo!r}")
     if args.reward not in ("rm", "gold"):
         raise ValueError(f"--reward must be rm or gold, not {args.reward!r}")
+    counts = ("sft_demos", "sft_batch_size", "rm_pairs", "rm_batch_size", "rollout_batch_size",
+              "minibatch_size", "ppo_epochs", "max_new_tokens", "kl_horizon")  # fmt: skip
+    check_flags(args, positive=(*counts, "sft_lr", "rm_lr", "learning_rate", "adam_eps",
+                                "temperature", "max_grad_norm"),
+                nonneg=("threads", "sft_epochs", "rm_epochs", "ppo_iterations", "sample_every",
+                        "samples_per_prompt", "annotator_temperature", "clip_coef", "value_clip",
+                        "init_kl_coef", "loss_kl_coef", "kl_target", "no_eos_penalty"),
+                unit=("gamma", "gae_lambda"))  # fmt: skip
+    if not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must be in [0, 2**32), not {args.seed}")
+    # Adam moves each weight by about its step size per step: beyond 1, more than the weights.
+    for name in ("sft_lr", "rm_lr", "learning_rate"):
+        if getattr(args, name) > 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be <= 1, not {getattr(args, name)}")
+    if args.threads > os.cpu_count():
+        raise ValueError(f"--threads {args.threads}: this machine has {os.cpu_count()} CPUs")
     k = responses_per_prompt(args)
-    if k < 1:
-        raise ValueError("--samples-per-prompt must be >= 0 (0 = automatic)")
     if args.algo != "ppo" and k < 2:
         raise ValueError(f"--algo {args.algo} needs --samples-per-prompt >= 2 (a group baseline)")
+    if args.algo == "ppo" and args.rollout_batch_size < 2:
+        raise ValueError("--algo ppo whitens the advantages with their variance over the "
+                         "rollout's tokens, which needs --rollout-batch-size >= 2")  # fmt: skip
     if args.rollout_batch_size % k:
         raise ValueError(
             f"--rollout-batch-size {args.rollout_batch_size} must be a multiple of "
             f"--samples-per-prompt {k}"
         )
-    for name in ["sft_batch_size", "rm_batch_size", "rollout_batch_size", "minibatch_size"]:
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     if args.minibatch_size > args.rollout_batch_size:
         raise ValueError("--minibatch-size must be <= --rollout-batch-size")
-    if args.temperature <= 0 or args.max_new_tokens < 1 or args.eval_samples < 2:
-        raise ValueError("need --temperature > 0, --max-new-tokens >= 1, --eval-samples >= 2")
-    if args.kl_target < 0 or args.kl_horizon < 1 or min(args.init_kl_coef, args.loss_kl_coef) < 0:
+    if args.eval_samples < 2:
+        raise ValueError("--eval-samples must be >= 2 (the RM is normalised on their std)")
+    if args.preference_data == "" and args.rm_pairs < 2:
+        raise ValueError("need --rm-pairs >= 2 for the built-in task")
+    # The built-in demonstrations, pairs and evaluation prompts: about 1 KiB a text.
+    check_memory(1024 * (args.sft_demos + 2 * args.rm_pairs + args.eval_samples),
+                 "--sft-demos, --rm-pairs and --eval-samples")  # fmt: skip
+
+
+def check_context_and_memory(args, config, tokenizer, prompts, demos, pairs):
+    """ValueError if a prompt and --max-new-tokens do not fit in the model's positions (no
+    prompt is cut: the policy would answer another question), or if the largest batch (SFT,
+    RM or rollout, at its longest) would not fit in memory."""
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    longest = int(np.argmax(lengths))
+    if lengths[longest] + args.max_new_tokens > config.n_positions:
         raise ValueError(
-            "need --kl-target >= 0, --kl-horizon >= 1, --init-kl-coef >= 0, --loss-kl-coef >= 0"
+            f"{args.sft_data or 'the built-in prompts'}: the prompt {prompts[longest][:40]!r} "
+            f"is {lengths[longest]} tokens; with --max-new-tokens {args.max_new_tokens} that "
+            f"exceeds the {config.n_positions} positions of {args.model_name}; shorten it or "
+            "lower --max-new-tokens"
         )
-    if (
-        args.sft_data == ""
-        and args.sft_demos < 1
-        or args.preference_data == ""
-        and args.rm_pairs < 2
-    ):
-        raise ValueError("need --sft-demos >= 1 and --rm-pairs >= 2 for the built-in task")
+    if min(lengths) == 0:  # a prompt of only whitespace the tokenizer drops, say
+        raise ValueError(f"{args.sft_data}: a prompt encodes to no tokens at all")
+
+    def tokens(texts):  # in the longest text, with EOS, as encode() cuts it
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return min(config.n_positions, 1 + max(map(len, ids)))
+
+    rollout = args.max_new_tokens + max(lengths)  # tokens, prompt included
+    rm_texts = [p["prompt"] + p[k] for p in pairs for k in ("chosen", "rejected")]
+    rm_len = tokens(rm_texts) if pairs else rollout  # without pairs, the RM scores samples
+    check_memory(max(
+        activation_bytes(config, min(args.sft_batch_size, len(demos)),
+                         tokens([d["prompt"] + d["response"] for d in demos])),
+        activation_bytes(config, 2 * min(args.rm_batch_size, len(pairs) or args.rm_pairs), rm_len),
+        activation_bytes(config, args.rollout_batch_size, rollout),
+    ), "--sft-batch-size, --rm-batch-size or --rollout-batch-size")  # fmt: skip
 
 
 def train(args):
@@ -1206,8 +1414,16 @@ def train(args):
         dist.init_process_group("nccl" if cuda else "gloo")
     rank, world_size = world()
     check_world_size(args, world_size)
+    task = os.path.basename(args.sft_data) if args.sft_data else "movie-reviews"
+    run_name = f"{task}__rlhf_ppo_gpt2__{args.seed}__{int(time.time())}"
+    out_dir = args.output_dir or os.path.join("runs", run_name)
+    outputs = ("policy", "reward_model", "sft", "*_metrics.csv", "events.out.tfevents.*")
+    stale = earlier_outputs(out_dir, args.overwrite, outputs)
     if rank > 0:
         sys.stdout = open(os.devnull, "w")  # rank 0 alone prints, logs and saves
+    reward_model = rm_tokenizer = None  # loaded before the seeds: its head's init draws
+    if args.reward == "rm" and args.reward_model_path:
+        reward_model, rm_tokenizer = RewardModel.load(args.reward_model_path)
     random.seed(args.seed)
     np.random.seed(args.seed)  # numpy's draws (prompts, annotators) are the same on every rank
     # torch's are not: each rank samples other responses (rank 0 draws what one process would)
@@ -1217,62 +1433,74 @@ def train(args):
     torch.set_num_threads(
         args.threads or (1 if args.model_name == "tiny" else torch.get_num_threads())
     )
-    task = os.path.basename(args.sft_data) if args.sft_data else "movie-reviews"
-    run_name = f"{task}__rlhf_ppo_gpt2__{args.seed}__{int(time.time())}"
-    out_dir = args.output_dir or os.path.join("runs", run_name)
-    if rank == 0:
-        os.makedirs(out_dir, exist_ok=True)
     hf_logging.disable_progress_bar()  # save_pretrained's tqdm bar would interleave with ours
-    writer = SummaryWriter(out_dir) if rank == 0 else NullWriter()
-    writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
     rng = np.random.default_rng(args.seed)
     t_start = time.time()
 
-    # Stage 1: SFT. Every model stays in eval mode for the whole run: GPT-2's only train-mode
-    # behaviour is dropout (also zeroed in the config), which would make rho != 1 at the start.
+    # Every input is read and checked before anything is written: a bad file or flag should
+    # stop the run before, not after, SFT.
     if args.sft_data:
-        demos = read_jsonl(args.sft_data, ["prompt", "response"])
+        demos = read_jsonl(args.sft_data, ["prompt", "response"], nonempty=["prompt"])
     else:
         demos = builtin_demonstrations(rng, args.sft_demos)
-    pairs = []  # read now: a bad file should stop the run before, not after, SFT
+    pairs = []
     if args.preference_data and not args.reward_model_path:
-        pairs = read_jsonl(args.preference_data, ["prompt", "chosen", "rejected"])
+        pairs = read_jsonl(args.preference_data, ["prompt", "chosen", "rejected"],
+                           pair=["chosen", "rejected"])  # fmt: skip
     policy, tokenizer = load_gpt2(GPT2LMHeadModel, args.model_name)
     policy = policy.to(device).eval()
+    if rm_tokenizer is not None and rm_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(
+            f"{args.reward_model_path}: the RM has another tokenizer than --model-name "
+            f"{args.model_name}; train it with reward_model.py --model-name {args.model_name}"
+        )
     prompts = sorted({d["prompt"] for d in demos})
+    check_context_and_memory(args, policy.config, tokenizer, prompts, demos, pairs)
+    if world_size > 1:
+        dist.barrier()  # every rank has checked --output-dir before rank 0 writes to it
+    writer = NullWriter()
+    if rank == 0:
+        make_output_dir(out_dir, stale)
+        threading.excepthook = quiet_tensorboard_thread
+        writer = SummaryWriter(out_dir)
+    writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
+
+    # Stage 1: SFT. Every model stays in eval mode for the whole run: GPT-2's only train-mode
+    # behaviour is dropout (also zeroed in the config), which would make rho != 1 at the start.
     print(f"[sft] {len(demos)} demonstrations, {len(prompts)} prompts, {args.model_name}, {device}")
     stage_sft(args, policy, tokenizer, demos, writer)
     if rank == 0:
-        save_pretrained_atomic(policy, tokenizer, os.path.join(out_dir, "sft"))
+        with signals_held():  # Ctrl-C or SIGTERM waits until the model is complete
+            save_pretrained_atomic(policy, tokenizer, os.path.join(out_dir, "sft"))
     t_sft = time.time()
 
     # Stage 2: RM, normalised so that its scores of SFT samples have mean 0 and std 1: the
     # KL coefficient and the value clip are then on a known scale (Ziegler et al. 2019).
     # --reward gold needs no RM: the task's own scorer is the reward, as with checkable answers.
-    reward_model, rm_tokenizer = None, tokenizer
     if args.reward == "gold":
+        rm_tokenizer = tokenizer
         print("[rm] --reward gold: no reward model; stage 3 is rewarded with the gold score")
-    elif args.reward_model_path:
-        reward_model, rm_tokenizer = RewardModel.load(args.reward_model_path)
-        if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise ValueError(
-                f"{args.reward_model_path}: the RM has another tokenizer than --model-name "
-                f"{args.model_name}; train it with reward_model.py --model-name {args.model_name}"
-            )
-    else:
+    elif reward_model is None:
         reward_model = stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng)
+        rm_tokenizer = tokenizer
     if reward_model is not None:
         reward_model = reward_model.to(device).eval().requires_grad_(False)
         reference_prompts = [prompts[i] for i in rng.integers(len(prompts), size=args.eval_samples)]
         # each rank samples its block; μ and σ are those of the scores of all ranks
         reference_prompts = [reference_prompts[i] for i in my_share(len(reference_prompts))]
         sft_texts = sample_texts(policy, tokenizer, reference_prompts, args)
-        mean, std = reward_model.normalize_(
-            all_gather_cat(score(reward_model, rm_tokenizer, reference_prompts, sft_texts))
-        )
+        try:
+            mean, std = reward_model.normalize_(
+                all_gather_cat(score(reward_model, rm_tokenizer, reference_prompts, sft_texts))
+            )
+        except FloatingPointError as e:
+            hint = f"{RM_HINT} or raise --eval-samples"
+            hint = "check --reward-model-path" if args.reward_model_path else hint
+            raise FloatingPointError(f"[rm] {e}; {hint}") from None
         print(f"[rm] normalised on {len(sft_texts)} SFT samples (mean {mean:.3f}, std {std:.3f})")
         if rank == 0:
-            reward_model.save(os.path.join(out_dir, "reward_model"), rm_tokenizer)
+            with signals_held():
+                reward_model.save(os.path.join(out_dir, "reward_model"), rm_tokenizer)
     t_rm = time.time()
 
     # Stage 3. pi_ref is a frozen copy of the SFT policy. PPO's V is a copy of the RM (of the
@@ -1334,6 +1562,8 @@ def train(args):
             roll["adv"] = adv
             try:
                 stats |= ppo_update(args, train_policy, train_value, optimizer, roll, beta)
+                for net in (policy, value_model or policy):  # the last step's update too
+                    require_finite(net, "the updated model", "lower --learning-rate")
             except FloatingPointError as e:
                 raise FloatingPointError(
                     f"{e} ({args.algo} iteration {it}); SFT and RM are saved in {out_dir}"
@@ -1360,7 +1590,8 @@ def train(args):
                 )[:3]:
                     print(f"    {p + t!r}  gold {gold_scores([t])[0]:+.2f}  {args.reward} {s:+.2f}")
     if rank == 0:
-        save_pretrained_atomic(policy, tokenizer, os.path.join(out_dir, "policy"))
+        with signals_held():
+            save_pretrained_atomic(policy, tokenizer, os.path.join(out_dir, "policy"))
     t_ppo = time.time()
     if world_size > 1:
         # DDP's reducers hold the process group: drop them while every rank is still here,

@@ -171,7 +171,8 @@ def check_memory(nbytes, flags):
     this machine's memory: numpy and torch would fail with a traceback, or the run would swap."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if nbytes > total / 2:
-        raise ValueError(f"{flags} need about {nbytes / 2**30:.3g} GiB, more than half of this "
+        gib = min(nbytes, 2**100) / 2**30  # a huge int would overflow the float division
+        raise ValueError(f"{flags} need about {gib:.3g} GiB, more than half of this "
                          f"machine's {total / 2**30:.0f} GiB; lower them")  # fmt: skip
 
 

@@ -149,7 +149,9 @@ def test_flag_rules_by_meaning(name):
              (["--learning-rate", "1e38"], "--learning-rate must be at most 1e+37"),
              (["--gamma", "1.01"], "--gamma must be in [0, 1]"),
              (["--num-envs", "10001"], "--num-envs must be at most 10000"),
-             (["--eval-episodes", "10001"], "--eval-episodes must be at most 10000")]  # fmt: skip
+             (["--eval-episodes", "10001"], "--eval-episodes must be at most 10000"),
+             # an estimate too large for a float once divided (it used to be an OverflowError)
+             (["--hidden-size", "9" * 170], "need about 1.18e+21 GiB")]  # fmt: skip
     fields = {f.name for f in dataclasses.fields(module.Args)}
     for flag, bound in (("update_epochs", 1000), ("critic_epochs", 1000), ("cg_iters", 1000),
                         ("line_search_steps", 100)):  # fmt: skip

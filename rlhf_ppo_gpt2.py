@@ -1404,7 +1404,13 @@ def check_context_and_memory(args, config, tokenizer, prompts, demos, pairs):
 
 
 def train(args):
-    check_rlhf_args(args)
+    try:  # under torchrun every rank checks the same flags: rank 0 alone says what is wrong
+        check_rlhf_args(args)
+        check_world_size(args, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        if int(os.environ.get("RANK", "0")) > 0:
+            sys.exit(1)
+        raise
     cuda = args.cuda and torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
@@ -1414,7 +1420,6 @@ def train(args):
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if cuda else "gloo")
     rank, world_size = world()
-    check_world_size(args, world_size)
     task = os.path.basename(args.sft_data) if args.sft_data else "movie-reviews"
     run_name = f"{task}__rlhf_ppo_gpt2__{args.seed}__{int(time.time())}"
     out_dir = args.output_dir or os.path.join("runs", run_name)

@@ -157,6 +157,22 @@ def test_uneven_global_batch_is_a_one_line_error():
         rl.check_world_size(rl.Args(algo="grpo", rollout_batch_size=24, minibatch_size=8), 4)
 
 
+def test_torchrun_uneven_global_batch_says_so_once_and_writes_nothing(tmp_path):
+    """A real launch with 3 ranks of the defaults (64 prompts): one error line, from rank 0,
+    before any process group or file exists (torchrun then adds its own failure report)."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "3",
+           "--master-port", str(free_port()), os.path.join(ROOT, "rlhf_ppo_gpt2.py"),
+           "--model-name", "tiny", "--no-cuda", "--output-dir", str(out)]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode != 0
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert ours == ["error: --rollout-batch-size 64 does not divide across 3 ranks; it is a "
+                    "global batch size"], proc.stderr[-2000:]  # fmt: skip
+    assert not out.exists()
+
+
 def test_torchrun_only_rank_zero_writes_and_the_checkpoint_reloads(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",

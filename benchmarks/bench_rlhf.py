@@ -97,9 +97,18 @@ def run_tiny(seed, out_dir, extra=()):
     return summary
 
 
-def gpt2_iteration(n_iterations):
-    """Child process: PPO iterations of a GPT-2-124M-sized policy, value model, RM and
-    reference (random weights), with the script's own functions and default Args."""
+GPT2_SIZES = {
+    "gpt2": (12, 768, 12),
+    "gpt2-medium": (24, 1024, 16),
+    "gpt2-large": (36, 1280, 20),
+    "gpt2-xl": (48, 1600, 25),
+}  # (layers, width, heads) of the hub's GPT-2 models
+
+
+def gpt2_iteration(n_iterations, size="gpt2"):
+    """Child process: PPO iterations of a GPT-2-sized policy, value model, RM and reference
+    (random weights; `size` one of GPT2_SIZES), with the script's own functions and default
+    Args. Run alone: python benchmarks/bench_rlhf.py --gpt2-child --gpt2-size gpt2-medium"""
     import resource
 
     import numpy as np
@@ -111,7 +120,9 @@ def gpt2_iteration(n_iterations):
     torch.manual_seed(0)
     args = rl.Args(model_name="gpt2")
     _, tokenizer = rl.load_gpt2(rl.GPT2LMHeadModel, "tiny")  # prompts only; ids < 50257
-    config = rl.GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    n_layer, n_embd, n_head = GPT2_SIZES[size]
+    config = rl.GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, resid_pdrop=0.0,
+                           embd_pdrop=0.0, attn_pdrop=0.0)  # fmt: skip
     policy = rl.GPT2LMHeadModel(config).eval()
     reference = rl.GPT2LMHeadModel(config).eval().requires_grad_(False)
     reward_model = rl.RewardModel(rl.GPT2Model(config)).eval().requires_grad_(False)
@@ -526,6 +537,7 @@ def main():
     )
     parser.add_argument("--gpt2-iterations", type=int, default=1)
     parser.add_argument("--gpt2-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--gpt2-size", choices=GPT2_SIZES, default="gpt2")
     parser.add_argument(
         "--algo",
         nargs="*",
@@ -561,7 +573,7 @@ def main():
     parser.add_argument("--beta", type=float, default=0.2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.gpt2_child:
-        return gpt2_iteration(args.gpt2_iterations)
+        return gpt2_iteration(args.gpt2_iterations, args.gpt2_size)
     if args.trl_child:
         return trl_child(args.trl_child, args.seed, args.sft_dir, 40, args.beta)
     if args.ddp:

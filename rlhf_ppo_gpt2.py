@@ -1243,6 +1243,29 @@ def stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng):
     return reward_model
 
 
+@torch.no_grad()
+def algo_advantages(args, roll, value_model, beta, k):
+    """Â for every response token of a rollout, by --algo (and, for ppo, the values and the
+    returns the value loss needs): PPO's token GAE over KL-shaped rewards, whitened over the
+    global batch; RLOO's leave-one-out baseline on a KL-penalised sequence reward; GRPO's
+    (Dr. GRPO's) group baseline, the same Â on every token of a response."""
+    m = roll["m"]
+    # a response cut at --max-new-tokens never ended: a fixed penalty on its score
+    scores = roll["scores"] - args.no_eos_penalty * (~roll["ended"]).float()
+    if args.algo == "ppo":
+        values = response_values(value_model, roll["q"], roll["qm"], roll["r"], m) * m
+        rewards = kl_shaped_rewards(scores, roll["logp"], roll["ref_logp"], m, beta)
+        adv, returns = token_gae(rewards, values, m, args.gamma, args.gae_lambda)
+        # whitened over all response tokens of the batch, after the returns are made
+        return {"adv": global_masked_whiten(adv, m), "values": values, "returns": returns}
+    if args.algo == "rloo":
+        # R = r_φ(x, y) − β Σ_t (log π − log π_ref): the KL (k1) in the sequence reward
+        seq_reward = scores - beta * (roll["logp"] - roll["ref_logp"]).sum(1)
+        return {"adv": rloo_advantages(seq_reward, k)[:, None] * m}
+    # the KL is a loss term (ppo_update), not part of the reward
+    return {"adv": group_advantages(scores, k, args.algo == "grpo")[:, None] * m}
+
+
 def ppo_update(args, policy, value_model, optimizer, batch, beta=0.0):
     """--ppo-epochs passes of shuffled minibatches over one rollout batch, for every --algo:
     the clipped surrogate with token-mean aggregation and, for PPO, the value loss (ppo,
@@ -1547,25 +1570,7 @@ def train(args):
             chosen = chosen[my_share(len(chosen))]  # this rank's groups (all of them, alone)
             batch_prompts = [prompts[i] for i in np.repeat(chosen, k)]
             roll, stats = collect_rollout(*models, batch_prompts, args)
-            q, qm, r, m = roll["q"], roll["qm"], roll["r"], roll["m"]
-            with torch.no_grad():
-                # a response cut at --max-new-tokens never ended: a fixed penalty on its score
-                scores = roll["scores"] - args.no_eos_penalty * (~roll["ended"]).float()
-                if args.algo == "ppo":
-                    values = response_values(value_model, q, qm, r, m) * m
-                    rewards = kl_shaped_rewards(scores, roll["logp"], roll["ref_logp"], m, beta)
-                    adv, returns = token_gae(rewards, values, m, args.gamma, args.gae_lambda)
-                    # whitened over all response tokens of the batch, after the returns are made
-                    adv = global_masked_whiten(adv, m)
-                    roll |= {"values": values, "returns": returns}
-                elif args.algo == "rloo":
-                    # R = r_φ(x, y) − β Σ_t (log π − log π_ref): the KL (k1) in the sequence reward
-                    seq_reward = scores - beta * (roll["logp"] - roll["ref_logp"]).sum(1)
-                    adv = rloo_advantages(seq_reward, k)[:, None] * m
-                else:
-                    # the KL is a loss term (ppo_update), not part of the reward
-                    adv = group_advantages(scores, k, args.algo == "grpo")[:, None] * m
-            roll["adv"] = adv
+            roll |= algo_advantages(args, roll, value_model, beta, k)
             try:
                 stats |= ppo_update(args, train_policy, train_value, optimizer, roll, beta)
                 for net in (policy, value_model or policy):  # the last step's update too
@@ -1577,7 +1582,7 @@ def train(args):
             stats = global_mean(stats)  # the controller and the logs see the global batch
             stats["beta"] = beta
             beta = adaptive_kl_coef(
-                beta, stats["kl"], args.kl_target, len(r) * world_size, args.kl_horizon
+                beta, stats["kl"], args.kl_target, len(roll["r"]) * world_size, args.kl_horizon
             )
             iteration_s.append(time.time() - t_it)
             for key, v in stats.items():

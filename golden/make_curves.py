@@ -30,8 +30,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("ppo_cartpole", "reinforce", "trpo", "a2c")  # the default set, CartPole-v1
-# On request only, with --extra giving its documented Pendulum-v1 flags (README):
-OTHER_SCRIPTS = ("ppo_continuous",)
+# On request only: ppo_continuous with --extra giving its documented Pendulum-v1 flags
+# (README); trpo_continuous in its default configuration, which is Pendulum-v1.
+OTHER_SCRIPTS = ("ppo_continuous", "trpo_continuous")
 
 
 def command(script, seed, output_dir, extra, python=sys.executable):

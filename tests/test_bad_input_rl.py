@@ -173,41 +173,34 @@ def test_flag_rules_by_meaning(name):
 # --------------------------------------------------------------------- environments
 
 
-class NaNAfterThree(gym.Env):
-    """Observations turn NaN at the fourth step; Discrete or Box actions."""
+class ToyEnv(gym.Env):
+    """Three-dimensional observations from `observe(t)`, Discrete or Box actions, 50 steps."""
 
-    observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
-
-    def __init__(self, box=False):
+    def __init__(self, observe, dtype, box=False):
+        self.observe, self.t = observe, 0
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (3,), dtype)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (1,)) if box else gym.spaces.Discrete(2)
 
     def reset(self, seed=None, options=None):
         super().reset(seed=seed)
         self.t = 0
-        return np.zeros(3, np.float32), {}
+        return self.observe(self, 0), {}
 
     def step(self, action):
         self.t += 1
-        obs = np.full(3, np.nan if self.t > 3 else 0.5, np.float32)
-        return obs, 1.0, False, self.t >= 50, {}
+        return self.observe(self, self.t), 1.0, False, self.t >= 50, {}
 
 
-class Float64(gym.Env):
-    """Float64 observations, which the networks must not see as float64."""
+def nan_after_three(env, t):  # observations turn NaN at the fourth step
+    return np.full(3, np.nan if t > 3 else 0.5, np.float32)
 
-    observation_space = gym.spaces.Box(-1.0, 1.0, (3,), np.float64)
 
-    def __init__(self, box=False):
-        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,)) if box else gym.spaces.Discrete(2)
+def float64(env, t):  # float64 observations, which the networks must not see as float64
+    return env.np_random.uniform(-1, 1, 3)
 
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return self.np_random.uniform(-1, 1, 3), {}
 
-    def step(self, action):
-        self.t += 1
-        return self.np_random.uniform(-1, 1, 3), 1.0, False, self.t >= 20, {}
+NaNAfterThree = lambda box=False: ToyEnv(nan_after_three, np.float32, box)  # noqa: E731
+Float64 = lambda box=False: ToyEnv(float64, np.float64, box)  # noqa: E731
 
 
 gym.register("test/NaNDiscrete-v0", NaNAfterThree)

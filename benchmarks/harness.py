@@ -16,6 +16,7 @@ import csv
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -306,6 +307,11 @@ def bench_args(impls):
     )
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "out"))
     p.add_argument("--no-save", action="store_true", help="print only; write no results/plot")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the runs an interrupted benchmark already finished (kept in --out/runs)",
+    )
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     return a
@@ -315,10 +321,22 @@ def run_alternating(impls, a, describe):
     """Every implementation on every seed, alternating seed by seed so that drifts in the
     machine's load hit all alike; describe(r) is the progress line of one run."""
     results = {label: [] for label in a.only}
+    cache = os.path.join(a.out, "runs")
+    os.makedirs(cache, exist_ok=True)
     for seed in a.seeds:
         for label in a.only:
-            r = impls[label](seed, a.out)
-            r["seed"] = seed
+            # Every finished run is kept, so that --resume after an interrupt (a long MuJoCo
+            # benchmark outliving the session) repeats only the runs that did not finish.
+            path = os.path.join(cache, re.sub(r"[^A-Za-z0-9.]+", "_", label) + f"_{seed}.json")
+            if a.resume and os.path.exists(path):
+                with open(path) as f:
+                    r = json.load(f)
+            else:
+                r = impls[label](seed, a.out)
+                r["seed"] = seed
+                with open(path + ".tmp", "w") as f:
+                    json.dump(r, f)
+                os.replace(path + ".tmp", path)
             results[label].append(r)
             print(f"seed {seed} {label}: {describe(r)} load={r['loadavg_before']}", flush=True)
     return results

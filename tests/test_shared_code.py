@@ -230,3 +230,38 @@ def test_make_envs_errors_are_one_line_and_close_the_envs(name, monkeypatch):
     assert closed == [1]
     with pytest.raises(ValueError, match="cannot make --env-id"):
         module.make_envs("NoSuchEnv-v0", 2, (gym.spaces.Discrete,))
+
+
+def naive_solved_step(episodes, threshold):
+    """The first step whose last-20 window (a full one) has mean ≥ threshold, by a plain loop."""
+    for i in range(19, len(episodes)):
+        window = [ret for _, ret in episodes[i - 19 : i + 1]]
+        if sum(window) / 20 >= threshold:
+            return episodes[i][0]
+    return None
+
+
+class NullWriter:
+    def add_scalar(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("threshold", [475.0, -200.0, None])
+def test_episode_log_solved_rule_matches_a_naive_window(threshold):
+    """EpisodeLog is one class in six scripts (identical source, proven above); its solved
+    rule, with the threshold a parameter, against a loop over explicit windows."""
+    mod = importlib.import_module("ppo_continuous")
+    rng = np.random.default_rng(0)
+    rets = np.concatenate(
+        [rng.uniform(-1500, -250, 30), rng.uniform(-260, 600, 60), rng.uniform(470, 520, 40)]
+    )
+    episodes = [(100 * (i + 1), float(r)) for i, r in enumerate(rets)]
+    log = mod.EpisodeLog(NullWriter(), threshold)
+    for step, ret in episodes:
+        log.add(step, ret)
+    expected = None if threshold is None else naive_solved_step(episodes, threshold)
+    assert log.solved_at_step == expected
+    if threshold is not None:
+        assert expected is not None  # the stream was built to cross both marks
+    default = mod.EpisodeLog(NullWriter())
+    assert default.threshold == 475.0

@@ -247,8 +247,8 @@ def fisher_vector_product(policy, obs, damping):
     return matvec
 
 
-def trpo_step(policy, obs, action, adv, max_kl, cg_iters, cg_damping, cg_tol, ls_steps):
-    """One TRPO update of `policy`, in place, on one batch (TRPO §6 and appendix C):
+def natural_step(params, fvp, evaluate, max_kl, cg_iters, cg_tol, ls_steps):
+    """The step of TRPO (§6 and appendix C) for any policy, in place on `params`:
 
     maximise_θ  L(θ) = E[π_θ(a|s) / π_θold(a|s) · Â]
     subject to  KL̄(θ) = E_s[KL(π_θold(·|s) ‖ π_θ(·|s))] <= δ
@@ -258,16 +258,14 @@ def trpo_step(policy, obs, action, adv, max_kl, cg_iters, cg_damping, cg_tol, ls
     step that puts the quadratic model exactly on the boundary: ½ (βs)ᵀF(βs) = δ. The models
     are only local, so a backtracking line search tries β s, β s/2, β s/4, ... (at most
     `ls_steps` candidates) and accepts the first with the real KL̄ <= δ and the real L above
-    L(θ_old); if none passes, θ_old is kept. Returns statistics for the logs.
+    L(θ_old); if none passes, θ_old is kept.
+
+    `fvp` is v ↦ (F + λI) v and `evaluate()` gives (KL̄, L) at the current parameters.
+    Returns statistics for the logs.
     """
-    params = list(policy.parameters())
-    with torch.no_grad():
-        old_logits = policy(obs)
-        logp_old = F.log_softmax(old_logits, -1).gather(-1, action[:, None]).squeeze(-1)
-    surr_old = surrogate_advantage(policy(obs), action, logp_old, adv)
+    surr_old = evaluate()[1]
     # g = ∇_θ L(θ) at θ_old
     g = parameters_to_vector(torch.autograd.grad(surr_old, params))
-    fvp = fisher_vector_product(policy, obs, cg_damping)
     # s ≈ F⁻¹ g, the natural-gradient direction
     s = conjugate_gradient(fvp, g, cg_iters, cg_tol)
     sFs = s @ fvp(s)
@@ -282,9 +280,8 @@ def trpo_step(policy, obs, action, adv, max_kl, cg_iters, cg_damping, cg_tol, ls
         for k in range(ls_steps):
             step = 0.5**k * full_step
             vector_to_parameters(theta_old + step, params)
-            logits = policy(obs)
-            kl = categorical_kl(old_logits, logits).mean().item()
-            improvement = (surrogate_advantage(logits, action, logp_old, adv) - surr_old).item()
+            kl, surr = evaluate()
+            improvement = (surr - surr_old).item()
             # the linear model's prediction of the improvement: gᵀ step
             expected = (g @ step).item()
             stats.update(kl=kl, improvement=improvement, expected_improvement=expected)
@@ -294,6 +291,23 @@ def trpo_step(policy, obs, action, adv, max_kl, cg_iters, cg_damping, cg_tol, ls
                 return stats
         vector_to_parameters(theta_old, params)
     return stats
+
+
+def trpo_step(policy, obs, action, adv, max_kl, cg_iters, cg_damping, cg_tol, ls_steps):
+    """One TRPO update of the categorical `policy`, in place, on one batch: natural_step()
+    with π_θ(a|s) = softmax(logits_θ(s))_a and the exact categorical KL."""
+    with torch.no_grad():
+        old_logits = policy(obs)
+        logp_old = F.log_softmax(old_logits, -1).gather(-1, action[:, None]).squeeze(-1)
+
+    def evaluate():  # (KL̄, L) at the current θ
+        logits = policy(obs)
+        kl = categorical_kl(old_logits, logits).mean().item()
+        return kl, surrogate_advantage(logits, action, logp_old, adv)
+
+    fvp = fisher_vector_product(policy, obs, cg_damping)
+    params = list(policy.parameters())
+    return natural_step(params, fvp, evaluate, max_kl, cg_iters, cg_tol, ls_steps)
 
 
 def fit_critic(critic, optimizer, obs, returns, epochs, minibatch_size):

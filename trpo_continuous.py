@@ -287,25 +287,25 @@ def gaussian_fisher_vector_product(agent, obs, damping):
     return matvec
 
 
-def gaussian_trpo_step(agent, obs, action, adv, max_kl, cg_iters, cg_damping, cg_tol, ls_steps):
-    """One TRPO update of the Gaussian policy of `agent`, in place (trpo.py's trpo_step with
-    the Gaussian log-density and the closed-form Gaussian KL):
+def natural_step(params, fvp, evaluate, max_kl, cg_iters, cg_tol, ls_steps):
+    """The step of TRPO (§6 and appendix C) for any policy, in place on `params`:
 
     maximise_θ  L(θ) = E[π_θ(a|s) / π_θold(a|s) · Â]
     subject to  KL̄(θ) = E_s[KL(π_θold(·|s) ‖ π_θ(·|s))] <= δ
 
-    θ_old + β s with F s = g (conjugate gradient) and β = sqrt(2δ / sᵀF s); a backtracking
-    line search tries β s, β s/2, ... and accepts the first with the real KL̄ <= δ and the real
-    L above L(θ_old); if none passes, θ_old is kept. Returns statistics for the logs.
+    With L linearised (gradient g) and KL̄ expanded to second order (Fisher F) at θ_old, the
+    solution is θ_old + β s with F s = g (conjugate gradient) and β = sqrt(2δ / sᵀF s), the
+    step that puts the quadratic model exactly on the boundary: ½ (βs)ᵀF(βs) = δ. The models
+    are only local, so a backtracking line search tries β s, β s/2, β s/4, ... (at most
+    `ls_steps` candidates) and accepts the first with the real KL̄ <= δ and the real L above
+    L(θ_old); if none passes, θ_old is kept.
+
+    `fvp` is v ↦ (F + λI) v and `evaluate()` gives (KL̄, L) at the current parameters.
+    Returns statistics for the logs.
     """
-    params = [*agent.actor_mean.parameters(), agent.actor_log_std]
-    with torch.no_grad():
-        old_mean, old_log_std = gaussian_policy(agent, obs)
-        logp_old = gaussian_log_prob(action, old_mean, old_log_std)
-    surr_old = gaussian_surrogate_advantage(*gaussian_policy(agent, obs), action, logp_old, adv)
+    surr_old = evaluate()[1]
     # g = ∇_θ L(θ) at θ_old
     g = parameters_to_vector(torch.autograd.grad(surr_old, params))
-    fvp = gaussian_fisher_vector_product(agent, obs, cg_damping)
     # s ≈ F⁻¹ g, the natural-gradient direction
     s = conjugate_gradient(fvp, g, cg_iters, cg_tol)
     sFs = s @ fvp(s)
@@ -320,10 +320,7 @@ def gaussian_trpo_step(agent, obs, action, adv, max_kl, cg_iters, cg_damping, cg
         for k in range(ls_steps):
             step = 0.5**k * full_step
             vector_to_parameters(theta_old + step, params)
-            mean, log_std = gaussian_policy(agent, obs)
-            # the closed-form KL(π_θold ‖ π_θ) per state, averaged
-            kl = gaussian_kl(old_mean, old_log_std, mean, log_std).mean().item()
-            surr = gaussian_surrogate_advantage(mean, log_std, action, logp_old, adv)
+            kl, surr = evaluate()
             improvement = (surr - surr_old).item()
             # the linear model's prediction of the improvement: gᵀ step
             expected = (g @ step).item()
@@ -334,6 +331,23 @@ def gaussian_trpo_step(agent, obs, action, adv, max_kl, cg_iters, cg_damping, cg
                 return stats
         vector_to_parameters(theta_old, params)
     return stats
+
+
+def gaussian_trpo_step(agent, obs, action, adv, max_kl, cg_iters, cg_damping, cg_tol, ls_steps):
+    """One TRPO update of the Gaussian policy of `agent`, in place, on one batch:
+    natural_step() with the Gaussian log-density and the closed-form Gaussian KL."""
+    with torch.no_grad():
+        old_mean, old_log_std = gaussian_policy(agent, obs)
+        logp_old = gaussian_log_prob(action, old_mean, old_log_std)
+
+    def evaluate():  # (KL̄, L) at the current θ
+        mean, log_std = gaussian_policy(agent, obs)
+        kl = gaussian_kl(old_mean, old_log_std, mean, log_std).mean().item()
+        return kl, gaussian_surrogate_advantage(mean, log_std, action, logp_old, adv)
+
+    fvp = gaussian_fisher_vector_product(agent, obs, cg_damping)
+    params = [*agent.actor_mean.parameters(), agent.actor_log_std]
+    return natural_step(params, fvp, evaluate, max_kl, cg_iters, cg_tol, ls_steps)
 
 
 def fit_critic(critic, optimizer, obs, returns, epochs, minibatch_size):

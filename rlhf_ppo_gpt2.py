@@ -1243,6 +1243,25 @@ def stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng):
     return reward_model
 
 
+def normalize_reward_model(args, policy, tokenizer, reward_model, rm_tokenizer, prompts, rng):
+    """Normalise the RM in place so that its scores of --eval-samples SFT samples have mean 0
+    and std 1: r ← (r − μ) / σ. The KL coefficient and the value clip are then on a known
+    scale (Ziegler et al. 2019). Under torchrun each rank samples its block of the prompts,
+    and μ and σ are those of the scores of all ranks."""
+    reference_prompts = [prompts[i] for i in rng.integers(len(prompts), size=args.eval_samples)]
+    reference_prompts = [reference_prompts[i] for i in my_share(len(reference_prompts))]
+    sft_texts = sample_texts(policy, tokenizer, reference_prompts, args)
+    try:
+        mean, std = reward_model.normalize_(
+            all_gather_cat(score(reward_model, rm_tokenizer, reference_prompts, sft_texts))
+        )
+    except FloatingPointError as e:
+        hint = f"{RM_HINT} or raise --eval-samples"
+        hint = "check --reward-model-path" if args.reward_model_path else hint
+        raise FloatingPointError(f"[rm] {e}; {hint}") from None
+    print(f"[rm] normalised on {len(sft_texts)} SFT samples (mean {mean:.3f}, std {std:.3f})")
+
+
 @torch.no_grad()
 def algo_advantages(args, roll, value_model, beta, k):
     """Â for every response token of a rollout, by --algo (and, for ppo, the values and the
@@ -1331,6 +1350,68 @@ def ppo_update(args, policy, value_model, optimizer, batch, beta=0.0):
     if value_model is None:
         del out["value_loss"]
     return out
+
+
+def stage_rl(args, models, value_model, prompts, rng, writer, out_dir):
+    """Stage 3: --ppo-iterations of rollout → advantages (by --algo) → update → log, starting
+    from the SFT policy with π_ref frozen. Under torchrun each rank samples its share of the
+    prompt groups, and the KL controller and the logs see the statistics of the global batch.
+    Returns the final β and the seconds of each iteration."""
+    policy, rank, world_size = models[0], *world()
+    trained = [*policy.parameters(), *(value_model.parameters() if value_model else [])]
+    optimizer = torch.optim.Adam(trained, lr=args.learning_rate, eps=args.adam_eps)
+    # under torchrun the update's forward passes go through DDP (the reference and the RM
+    # need no gradients: never wrapped); rollouts and saving use the plain modules. The DDP
+    # wrappers are freed on return, while every rank is still in the process group.
+    train_policy = data_parallel(policy)
+    train_value = data_parallel(value_model) if value_model is not None else None
+    k = responses_per_prompt(args)
+    # β weighs a KL penalty in the reward (ppo, rloo) or a KL term in the loss (grpo, dr_grpo):
+    # two scales, two starting values; one controller adapts either
+    beta = args.init_kl_coef if args.algo in ("ppo", "rloo") else args.loss_kl_coef
+    start, iteration_s = time.time(), []
+    shown = ["gold", "rm_score", "kl", "beta", "well_formed", "entropy", "clipfrac",
+             "approx_kl", "value_loss", "length"]  # fmt: skip
+    csv_path = os.path.join(out_dir, f"{args.algo}_metrics.csv") if rank == 0 else os.devnull
+    with open(csv_path, "w") as csv:
+        for it in range(1, args.ppo_iterations + 1):
+            t_it = time.time()
+            # k consecutive copies of each prompt: its group of k responses
+            chosen = rng.integers(len(prompts), size=args.rollout_batch_size // k)
+            chosen = chosen[my_share(len(chosen))]  # this rank's groups (all of them, alone)
+            batch_prompts = [prompts[i] for i in np.repeat(chosen, k)]
+            roll, stats = collect_rollout(*models, batch_prompts, args)
+            roll |= algo_advantages(args, roll, value_model, beta, k)
+            try:
+                stats |= ppo_update(args, train_policy, train_value, optimizer, roll, beta)
+                for net in (policy, value_model or policy):  # the last step's update too
+                    require_finite(net, "the updated model", "lower --learning-rate")
+            except FloatingPointError as e:
+                raise FloatingPointError(
+                    f"{e} ({args.algo} iteration {it}); SFT and RM are saved in {out_dir}"
+                ) from None
+            stats = global_mean(stats)  # the controller and the logs see the global batch
+            stats["beta"] = beta
+            beta = adaptive_kl_coef(
+                beta, stats["kl"], args.kl_target, len(roll["r"]) * world_size, args.kl_horizon
+            )
+            iteration_s.append(time.time() - t_it)
+            for key, v in stats.items():
+                writer.add_scalar(f"{args.algo}/{key}", v, it)
+            if it == 1:
+                csv.write("iteration," + ",".join(stats) + "\n")
+            csv.write(f"{it}," + ",".join(f"{v:.6g}" for v in stats.values()) + "\n")
+            csv.flush()
+            progress(
+                args.algo, it, args.ppo_iterations, start,
+                **{key: stats[key] for key in shown if key in stats},
+            )  # fmt: skip
+            if args.sample_every and (it % args.sample_every == 0 or it == 1):
+                for p, t, s in list(
+                    zip(batch_prompts, roll["texts"], roll["scores"].tolist(), strict=True)
+                )[:3]:
+                    print(f"    {p + t!r}  gold {gold_scores([t])[0]:+.2f}  {args.reward} {s:+.2f}")
+    return beta, iteration_s
 
 
 def responses_per_prompt(args):
@@ -1503,9 +1584,8 @@ def train(args):
             save_pretrained_atomic(policy, tokenizer, os.path.join(out_dir, "sft"))
     t_sft = time.time()
 
-    # Stage 2: RM, normalised so that its scores of SFT samples have mean 0 and std 1: the
-    # KL coefficient and the value clip are then on a known scale (Ziegler et al. 2019).
-    # --reward gold needs no RM: the task's own scorer is the reward, as with checkable answers.
+    # Stage 2: RM, normalised on SFT samples. --reward gold needs no RM: the task's own scorer
+    # is the reward, as with checkable answers.
     if args.reward == "gold":
         rm_tokenizer = tokenizer
         print("[rm] --reward gold: no reward model; stage 3 is rewarded with the gold score")
@@ -1514,19 +1594,7 @@ def train(args):
         rm_tokenizer = tokenizer
     if reward_model is not None:
         reward_model = reward_model.to(device).eval().requires_grad_(False)
-        reference_prompts = [prompts[i] for i in rng.integers(len(prompts), size=args.eval_samples)]
-        # each rank samples its block; μ and σ are those of the scores of all ranks
-        reference_prompts = [reference_prompts[i] for i in my_share(len(reference_prompts))]
-        sft_texts = sample_texts(policy, tokenizer, reference_prompts, args)
-        try:
-            mean, std = reward_model.normalize_(
-                all_gather_cat(score(reward_model, rm_tokenizer, reference_prompts, sft_texts))
-            )
-        except FloatingPointError as e:
-            hint = f"{RM_HINT} or raise --eval-samples"
-            hint = "check --reward-model-path" if args.reward_model_path else hint
-            raise FloatingPointError(f"[rm] {e}; {hint}") from None
-        print(f"[rm] normalised on {len(sft_texts)} SFT samples (mean {mean:.3f}, std {std:.3f})")
+        normalize_reward_model(args, policy, tokenizer, reward_model, rm_tokenizer, prompts, rng)
         if rank == 0:
             with signals_held():
                 reward_model.save(os.path.join(out_dir, "reward_model"), rm_tokenizer)
@@ -1541,74 +1609,25 @@ def train(args):
             reward_model if reward_model is not None else RewardModel(policy.transformer)
         )
         value_model = value_model.to(device).requires_grad_(True)
-    trained = [*policy.parameters(), *(value_model.parameters() if value_model else [])]
-    optimizer = torch.optim.Adam(trained, lr=args.learning_rate, eps=args.adam_eps)
-    # under torchrun the update's forward passes go through DDP (the reference and the RM
-    # need no gradients: never wrapped); rollouts and saving use the plain modules
-    train_policy = data_parallel(policy)
-    train_value = data_parallel(value_model) if value_model is not None else None
     held = [policy, reference, reward_model, value_model]
     stage3_params = sum(p.numel() for x in held if x is not None for p in x.parameters())
+    n_trained = sum(
+        p.numel() for x in (policy, value_model) if x is not None for p in x.parameters()
+    )
     # parameters of every stage-3 model, plus a gradient and Adam's two moments per trained one
-    stage3_state_mb = 4 * (stage3_params + 3 * sum(p.numel() for p in trained)) / 2**20
+    stage3_state_mb = 4 * (stage3_params + 3 * n_trained) / 2**20
     models = (policy, reference, reward_model, rm_tokenizer, tokenizer)
     sft_eval = evaluate_lm_policy(*models, prompts, args) if rank == 0 else {}
     print(f"[{args.algo}] SFT policy:   " + "  ".join(f"{k} {v:.3f}" for k, v in sft_eval.items()))
-    k = responses_per_prompt(args)
-    # β weighs a KL penalty in the reward (ppo, rloo) or a KL term in the loss (grpo, dr_grpo):
-    # two scales, two starting values; one controller adapts either
-    beta = args.init_kl_coef if args.algo in ("ppo", "rloo") else args.loss_kl_coef
-    start, iteration_s = time.time(), []
-    shown = ["gold", "rm_score", "kl", "beta", "well_formed", "entropy", "clipfrac",
-             "approx_kl", "value_loss", "length"]  # fmt: skip
-    csv_path = os.path.join(out_dir, f"{args.algo}_metrics.csv") if rank == 0 else os.devnull
-    with open(csv_path, "w") as csv:
-        for it in range(1, args.ppo_iterations + 1):
-            t_it = time.time()
-            # k consecutive copies of each prompt: its group of k responses
-            chosen = rng.integers(len(prompts), size=args.rollout_batch_size // k)
-            chosen = chosen[my_share(len(chosen))]  # this rank's groups (all of them, alone)
-            batch_prompts = [prompts[i] for i in np.repeat(chosen, k)]
-            roll, stats = collect_rollout(*models, batch_prompts, args)
-            roll |= algo_advantages(args, roll, value_model, beta, k)
-            try:
-                stats |= ppo_update(args, train_policy, train_value, optimizer, roll, beta)
-                for net in (policy, value_model or policy):  # the last step's update too
-                    require_finite(net, "the updated model", "lower --learning-rate")
-            except FloatingPointError as e:
-                raise FloatingPointError(
-                    f"{e} ({args.algo} iteration {it}); SFT and RM are saved in {out_dir}"
-                ) from None
-            stats = global_mean(stats)  # the controller and the logs see the global batch
-            stats["beta"] = beta
-            beta = adaptive_kl_coef(
-                beta, stats["kl"], args.kl_target, len(roll["r"]) * world_size, args.kl_horizon
-            )
-            iteration_s.append(time.time() - t_it)
-            for key, v in stats.items():
-                writer.add_scalar(f"{args.algo}/{key}", v, it)
-            if it == 1:
-                csv.write("iteration," + ",".join(stats) + "\n")
-            csv.write(f"{it}," + ",".join(f"{v:.6g}" for v in stats.values()) + "\n")
-            csv.flush()
-            progress(
-                args.algo, it, args.ppo_iterations, start,
-                **{key: stats[key] for key in shown if key in stats},
-            )  # fmt: skip
-            if args.sample_every and (it % args.sample_every == 0 or it == 1):
-                for p, t, s in list(
-                    zip(batch_prompts, roll["texts"], roll["scores"].tolist(), strict=True)
-                )[:3]:
-                    print(f"    {p + t!r}  gold {gold_scores([t])[0]:+.2f}  {args.reward} {s:+.2f}")
+    beta, iteration_s = stage_rl(args, models, value_model, prompts, rng, writer, out_dir)
     if rank == 0:
         with signals_held():
             save_pretrained_atomic(policy, tokenizer, os.path.join(out_dir, "policy"))
     t_ppo = time.time()
     if world_size > 1:
-        # DDP's reducers hold the process group: drop them while every rank is still here,
-        # then leave together (a reducer freed after destroy_process_group can hang in
-        # gloo's teardown once the other ranks have exited; seen here)
-        del train_policy, train_value
+        # DDP's reducers hold the process group: stage_rl() dropped them while every rank was
+        # still here; now leave together (a reducer freed after destroy_process_group can
+        # hang in gloo's teardown once the other ranks have exited; seen here)
         dist.barrier()
         dist.destroy_process_group()  # the other ranks are done; rank 0 evaluates alone
     if rank > 0:
@@ -1619,7 +1638,8 @@ def train(args):
     )
     writer.close()
     summary = {"algo": f"rlhf_{args.algo}", "task": task, "model_name": args.model_name}
-    summary |= {"seed": args.seed, "reward": args.reward, "samples_per_prompt": k}
+    summary |= {"seed": args.seed, "reward": args.reward}
+    summary["samples_per_prompt"] = responses_per_prompt(args)
     summary |= {f"sft_{k}": v for k, v in sft_eval.items()}
     summary |= {f"final_{k}": v for k, v in final_eval.items()}
     summary |= {

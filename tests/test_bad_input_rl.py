@@ -483,3 +483,31 @@ def test_interrupt_a_real_process_in_training_then_during_the_final_save(name, i
     assert proc.returncode == 130 and err == INTERRUPTED, err
     assert torch.load(out / CKPT.get(name, "agent.pt"), weights_only=True)["args"]["seed"] == 5
     assert_files_load(out)
+
+
+# Ctrl-C while the heavy modules load: the KeyboardInterrupt that a SIGINT raises inside
+# `import torch`, raised there on purpose so that the test does not race the import.
+INTERRUPT_AT_IMPORT = """
+import builtins, runpy, sys
+real_import = builtins.__import__
+def interrupted_import(name, *args, **kwargs):
+    if name == "torch":
+        raise KeyboardInterrupt
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = interrupted_import
+sys.argv = [sys.argv[1]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("name", [*SCRIPTS, "reward_model", "rlhf_ppo_gpt2"])
+def test_interrupt_during_start_up_is_one_line(name, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", INTERRUPT_AT_IMPORT, str(ROOT / f"{name}.py")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        "error: interrupted while starting up; nothing was written"
+    ]
+    assert list(tmp_path.iterdir()) == []

@@ -14,7 +14,6 @@ of a 150k run are the default run, bit for bit. SB3 A2C is too slow here to run 
 and stops once solved: its solved-within-500k count is exact. A seed of ours unsolved by
 150k counts as unsolved within 500k (against us).
 
-    pip install -r benchmarks/requirements.txt
     python benchmarks/bench_a2c.py                    # the 20 held-out seeds 1001..1020
     python benchmarks/bench_a2c.py --seeds 1001 1002 --only a2c.py --no-save
 """
@@ -38,9 +37,7 @@ class Horizon(Episodes):
 
 env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
 model = A2C("MlpPolicy", env, ent_coef=0.0, seed=seed, device="cpu", verbose=0)  # RL Zoo
-cb, t_start = Horizon(), time.time()
-model.learn(total_timesteps=total, callback=cb)
-report(cb, t_start)
+learn_and_report(model, time.time(), callback=Horizon())
 """
 )
 

@@ -3,12 +3,11 @@ rules): steps and seconds until the mean return of the last 20 finished training
 reaches 475, and whether it stays there. SB3 uses the RL Zoo's tuned CartPole-v1
 hyperparameters and runs to the full 100k budget, like ours.
 
-    pip install -r benchmarks/requirements.txt
     python benchmarks/bench_ppo.py                  # the 20 held-out seeds 1001..1020
     python benchmarks/bench_ppo.py --seeds 1001 1002 --only ppo_cartpole.py --no-save
 """
 
-from harness import benchmark, run_peer, run_script
+from harness import script_vs_peer
 
 BUDGET = 100_000
 
@@ -19,17 +18,8 @@ env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
 model = PPO("MlpPolicy", env, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98,
             n_epochs=20, ent_coef=0.0, learning_rate=lin(1e-3), clip_range=lin(0.2),
             seed=seed, device="cpu", verbose=0)
-cb = Episodes()
-model.learn(total_timesteps=total, callback=cb)
-report(cb, t_start)
+learn_and_report(model, t_start)
 """
 
 if __name__ == "__main__":
-    benchmark(
-        "ppo_cartpole",
-        {
-            "ppo_cartpole.py": lambda seed, out: run_script("ppo_cartpole.py", seed, out),
-            "SB3 PPO (RL Zoo)": lambda seed, out: run_peer(SB3_PPO, seed, BUDGET, 475.0),
-        },
-        BUDGET,
-    )
+    script_vs_peer("ppo_cartpole", "ppo_cartpole.py", "SB3 PPO (RL Zoo)", SB3_PPO, BUDGET)

@@ -14,7 +14,6 @@ v3: VecNormalize with the algorithm's γ, 1 env × 512 steps, ReLU 256-256 netwo
 torch thread, alternating seed by seed on the held-out seeds (1001..1010 on Pendulum,
 1001..1003 on MuJoCo: about 15–25 minutes a run here).
 
-    pip install -r benchmarks/requirements.txt
     python benchmarks/bench_ppo_continuous.py
     python benchmarks/bench_ppo_continuous.py --seeds 1001 --only ppo_continuous.py --no-save
     python benchmarks/bench_ppo_continuous.py --env-id Hopper-v5
@@ -40,9 +39,7 @@ env = make_vec_env("Pendulum-v1", n_envs=4, seed=seed)
 model = PPO("MlpPolicy", env, n_steps=1024, gae_lambda=0.95, gamma=0.9, n_epochs=10,
             ent_coef=0.0, learning_rate=1e-3, clip_range=0.2, use_sde=True,
             sde_sample_freq=4, seed=seed, device="cpu", verbose=0)
-cb = Episodes()
-model.learn(total_timesteps=total, callback=cb)
-report(cb, t_start)
+learn_and_report(model, t_start)
 """
 
 # RL Zoo hyperparams/ppo.yml, HalfCheetah-v3 and Hopper-v3 (the Zoo's newest tuned MuJoCo sets).
@@ -65,10 +62,7 @@ env = VecNormalize(make_vec_env(env_id, n_envs=1, seed=seed), gamma=hp["gamma"])
 model = PPO("MlpPolicy", env, n_steps=512, **hp, seed=seed, device="cpu", verbose=0,
             policy_kwargs=dict(log_std_init=-2, ortho_init=False, activation_fn=nn.ReLU,
                                net_arch=dict(pi=[256, 256], vf=[256, 256])))
-cb = Episodes()
-model.learn(total_timesteps=total, callback=cb)
-train_s = round(time.time() - t_start, 2)
-report(cb, t_start, train_s=train_s, **evaluate_normalized(model, env, env_id, seed))
+learn_and_report(model, t_start, env, env_id)
 """
 
 if __name__ == "__main__":

@@ -4,12 +4,11 @@ steps and seconds until the mean return of the last 20 finished training episode
 hyperparameters (n_envs 2, n_steps 512, batch 512, cg_damping 1e-3, gae_lambda 0.98, gamma
 0.99, lr 1e-3, 20 critic updates) and runs to the full 150k budget, like ours.
 
-    pip install -r benchmarks/requirements.txt
     python benchmarks/bench_trpo.py                 # the 20 held-out seeds 1001..1020
     python benchmarks/bench_trpo.py --seeds 1001 1002 --only trpo.py --no-save
 """
 
-from harness import benchmark, run_peer, run_script
+from harness import script_vs_peer
 
 BUDGET = 150_000
 
@@ -20,19 +19,8 @@ env = make_vec_env("CartPole-v1", n_envs=2, seed=seed)
 model = TRPO("MlpPolicy", env, n_steps=512, batch_size=512, cg_damping=1e-3, gae_lambda=0.98,
              gamma=0.99, learning_rate=1e-3, n_critic_updates=20, seed=seed, device="cpu",
              verbose=0)
-cb = Episodes()
-model.learn(total_timesteps=total, callback=cb)
-report(cb, t_start)
+learn_and_report(model, t_start)
 """
 
 if __name__ == "__main__":
-    benchmark(
-        "trpo",
-        {
-            "trpo.py": lambda seed, out: run_script("trpo.py", seed, out),
-            "sb3-contrib TRPO (RL Zoo)": lambda s, out: run_peer(
-                SB3_CONTRIB_TRPO, s, BUDGET, 475.0
-            ),
-        },
-        BUDGET,
-    )
+    script_vs_peer("trpo", "trpo.py", "sb3-contrib TRPO (RL Zoo)", SB3_CONTRIB_TRPO, BUDGET)

@@ -11,7 +11,6 @@ iterations, damping 0.1, 20 critic epochs of minibatch 128 at lr 1e-3, KL bound 
 HalfCheetah), translated into our flags and not re-tuned: the comparison is of the
 implementations. Held-out seeds 1001..1010 on Pendulum, 1001..1003 on MuJoCo.
 
-    pip install -r benchmarks/requirements.txt
     python benchmarks/bench_trpo_continuous.py
     python benchmarks/bench_trpo_continuous.py --env-id HalfCheetah-v5
 """
@@ -28,9 +27,7 @@ t_start = time.time()
 env = make_vec_env("Pendulum-v1", n_envs=2, seed=seed)
 model = TRPO("MlpPolicy", env, n_steps=1024, gamma=0.9, n_critic_updates=15, use_sde=True,
              sde_sample_freq=4, seed=seed, device="cpu", verbose=0)
-cb = Episodes()
-model.learn(total_timesteps=total, callback=cb)
-report(cb, t_start)
+learn_and_report(model, t_start)
 """
 
 MAX_KL = {"HalfCheetah-v5": 0.04, "Hopper-v5": 0.01}  # the Zoo's target_kl
@@ -48,10 +45,7 @@ env = VecNormalize(make_vec_env(env_id, n_envs=2, seed=seed), gamma=0.99)
 model = TRPO("MlpPolicy", env, n_steps=1024, batch_size=128, gamma=0.99, gae_lambda=0.95,
              sub_sampling_factor=1, cg_max_steps=25, cg_damping=0.1, n_critic_updates=20,
              learning_rate=1e-3, target_kl=MAX_KL, seed=seed, device="cpu", verbose=0)
-cb = Episodes()
-model.learn(total_timesteps=total, callback=cb)
-train_s = round(time.time() - t_start, 2)
-report(cb, t_start, train_s=train_s, **evaluate_normalized(model, env, env_id, seed))
+learn_and_report(model, t_start, env, env_id)
 """
 
 if __name__ == "__main__":

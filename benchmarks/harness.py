@@ -4,6 +4,8 @@ solved rule, stability counts, tables, plots and the JSON results.
 The scripts of this project are single files that import nothing of each other; the
 benchmarks are not, and each `bench_*.py` holds only what is particular to its algorithm
 (the peer's runner and hyperparameters, the budget, the threshold) and calls `benchmark()`.
+The peers need `pip install -r benchmarks/requirements.txt`; every bench takes `--seeds`,
+`--only`, `--out`, `--no-save` and `--resume`.
 
 The seed protocol (CONTRIBUTING.md, benchmarks/README.md):
 - TUNING_SEEDS are the only seeds any sweep or hyperparameter choice may use;
@@ -76,7 +78,16 @@ def evaluate_normalized(model, train_env, env_id, seed, episodes=10):
     return {"eval_mean_return": float(np.mean(rets)), "eval_std_return": float(np.std(rets)),
             "eval_episodes": len(rets)}
 
-def report(cb, t_start, **extra):
+def learn_and_report(model, t_start, eval_env=None, env_id=None, callback=None):
+    # Train to the budget under the Episodes callback (or a subclass's `callback`) and print
+    # the run as one JSON line; with eval_env (the training VecNormalize), also the training
+    # seconds and the deterministic evaluation of the final policy.
+    cb = callback or Episodes()
+    model.learn(total_timesteps=total, callback=cb)
+    extra = {}
+    if eval_env is not None:
+        extra["train_s"] = round(time.time() - t_start, 2)
+        extra |= evaluate_normalized(model, eval_env, env_id, seed)
     step, secs = cb.solved or (None, None)
     print(json.dumps({"solved_at_step": step, "solved_at_s": secs, "episodes": cb.episodes,
                       "global_step": cb.num_timesteps,
@@ -449,6 +460,16 @@ def benchmark(
         name, a, results, loads, extra, title, budget=budget, threshold=threshold, ylim=ylim
     )
     return results, rows
+
+
+def script_vs_peer(name, script, peer_label, peer_runner, budget):
+    """benchmark() on CartPole-v1 of `script` with its default Args against one peer runner,
+    both to the full `budget`."""
+    impls = {
+        script: lambda seed, out: run_script(script, seed, out),
+        peer_label: lambda seed, out: run_peer(peer_runner, seed, budget, 475.0),
+    }
+    benchmark(name, impls, budget)
 
 
 def num(x):

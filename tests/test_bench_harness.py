@@ -54,3 +54,24 @@ def test_summarize_counts_and_medians():
     assert s["median_steps"] == 3000 and s["median_s"] == 2.0
     assert s["held_after_solve"] == "2/3" and s["ended_solved"] == "2/3"
     assert s["final_mean"] == [500.0, 500.0, 10.0]
+
+
+def test_peer_runs_report_every_episode_by_the_same_rule():
+    """A peer run through PEER_PREAMBLE's learn_and_report: the JSON line holds every training
+    episode, and its solved step is the harness's own rule applied to those episodes.
+    Needs the benchmark extras (benchmarks/requirements.txt); skipped without them."""
+    import pytest
+
+    pytest.importorskip("stable_baselines3")
+    runner = """
+from stable_baselines3 import PPO
+t_start = time.time()
+model = PPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=seed), n_steps=64,
+            seed=seed, device="cpu", verbose=0)
+learn_and_report(model, t_start)
+"""
+    out = harness.run_peer(runner, 3, 1024, 20.0)
+    assert out["global_step"] == 1024
+    eps = [tuple(e) for e in out["episodes"]]
+    assert len(eps) >= 20 and all(0 < s <= 1024 for s, _ in eps)
+    assert out["solved_at_step"] == harness.solved_step(eps, 20.0)

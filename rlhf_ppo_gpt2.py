@@ -777,6 +777,16 @@ def shared_permutation(n):
     return perm
 
 
+def my_batches(rows, batch_size, epochs):
+    """`epochs` passes over `rows` in global batches of `batch_size`, each pass in a new order
+    that every rank shares (shared_permutation). Yields this rank's rows of each global batch:
+    under torchrun every W-th row, starting at its rank; in a plain run all of them."""
+    rank, world_size = world()
+    for _ in range(epochs):
+        for idx in shared_permutation(len(rows)).split(batch_size):
+            yield [rows[j] for j in idx[rank::world_size].tolist()]
+
+
 def data_parallel(model):
     """The model wrapped in DistributedDataParallel for training under torchrun (gradients
     averaged across ranks in backward, parameters broadcast from rank 0 at wrap time); the
@@ -1152,36 +1162,33 @@ SFT_HINT = "nothing of it was saved; lower --sft-lr or --max-grad-norm, or raise
 def stage_sft(args, policy, tokenizer, demos, writer):
     """Stage 1: cross-entropy on the response tokens (and EOS) of the demonstrations."""
     device = next(policy.parameters()).device
-    rank, world_size = world()
+    world_size = world()[1]
     train_model = data_parallel(policy)
     optimizer = torch.optim.Adam(policy.parameters(), lr=args.sft_lr, eps=args.adam_eps)
     total = args.sft_epochs * math.ceil(len(demos) / args.sft_batch_size)
     step, start = 0, time.time()
-    for _ in range(args.sft_epochs):
-        for idx in shared_permutation(len(demos)).split(args.sft_batch_size):
-            # under torchrun each rank takes every W-th demonstration of the global batch
-            rows = [demos[j] for j in idx[rank::world_size].tolist()]
-            ids, mask, resp = encode(
-                tokenizer, [x["prompt"] for x in rows], [x["response"] for x in rows],
-                policy.config.n_positions,
-            )  # fmt: skip
-            ids, mask, resp = ids.to(device), mask.to(device), resp.to(device)
-            out = train_model(
-                input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)
-            )
-            loss = sft_loss(out.logits, ids, resp)
-            if world_size > 1:  # the token mean over the global batch
-                loss = loss * token_share(resp[:, 1:])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"[sft] non-finite loss at step {step}; {SFT_HINT}")
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
-            optimizer.step()
-            step += 1
-            writer.add_scalar("sft/loss", loss.item(), step)
-            if step % max(1, total // 5) == 0 or step == total:
-                progress("sft", step, total, start, loss=loss.item())
+    for rows in my_batches(demos, args.sft_batch_size, args.sft_epochs):
+        ids, mask, resp = encode(
+            tokenizer, [x["prompt"] for x in rows], [x["response"] for x in rows],
+            policy.config.n_positions,
+        )  # fmt: skip
+        ids, mask, resp = ids.to(device), mask.to(device), resp.to(device)
+        out = train_model(
+            input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)
+        )
+        loss = sft_loss(out.logits, ids, resp)
+        if world_size > 1:  # the token mean over the global batch
+            loss = loss * token_share(resp[:, 1:])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"[sft] non-finite loss at step {step}; {SFT_HINT}")
+        optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
+        optimizer.step()
+        step += 1
+        writer.add_scalar("sft/loss", loss.item(), step)
+        if step % max(1, total // 5) == 0 or step == total:
+            progress("sft", step, total, start, loss=loss.item())
     require_finite(policy, "[sft] the SFT policy", SFT_HINT)
 
 
@@ -1214,31 +1221,29 @@ def stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng):
     optimizer = torch.optim.Adam(reward_model.parameters(), lr=args.rm_lr, eps=args.adam_eps)
     total = args.rm_epochs * math.ceil(len(pairs) / args.rm_batch_size)
     step, start = 0, time.time()
-    for _ in range(args.rm_epochs):
-        for idx in shared_permutation(len(pairs)).split(args.rm_batch_size):
-            rows = [pairs[j] for j in idx[rank::world_size].tolist()]
-            # chosen and rejected in one forward pass: rows [0, n) and [n, 2n)
-            ids, mask, _ = encode(
-                tokenizer, [x["prompt"] for x in rows] * 2,
-                [x["chosen"] for x in rows] + [x["rejected"] for x in rows],
-                policy.config.n_positions,
-            )  # fmt: skip
-            r_chosen, r_rejected = train_model(ids.to(device), mask.to(device)).chunk(2)
-            loss = bradley_terry_loss(r_chosen, r_rejected)
-            if world_size > 1:  # the mean over the pairs of the global batch
-                loss = loss * token_share(torch.ones(len(rows)))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"[rm] non-finite loss at step {step}; {RM_HINT}")
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(reward_model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            step += 1
-            acc = (r_chosen > r_rejected).float().mean().item()
-            writer.add_scalar("rm/loss", loss.item(), step)
-            writer.add_scalar("rm/accuracy", acc, step)
-            if step % max(1, total // 5) == 0 or step == total:
-                progress("rm", step, total, start, loss=loss.item(), acc=acc)
+    for rows in my_batches(pairs, args.rm_batch_size, args.rm_epochs):
+        # chosen and rejected in one forward pass: rows [0, n) and [n, 2n)
+        ids, mask, _ = encode(
+            tokenizer, [x["prompt"] for x in rows] * 2,
+            [x["chosen"] for x in rows] + [x["rejected"] for x in rows],
+            policy.config.n_positions,
+        )  # fmt: skip
+        r_chosen, r_rejected = train_model(ids.to(device), mask.to(device)).chunk(2)
+        loss = bradley_terry_loss(r_chosen, r_rejected)
+        if world_size > 1:  # the mean over the pairs of the global batch
+            loss = loss * token_share(torch.ones(len(rows)))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"[rm] non-finite loss at step {step}; {RM_HINT}")
+        optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(reward_model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        step += 1
+        acc = (r_chosen > r_rejected).float().mean().item()
+        writer.add_scalar("rm/loss", loss.item(), step)
+        writer.add_scalar("rm/accuracy", acc, step)
+        if step % max(1, total // 5) == 0 or step == total:
+            progress("rm", step, total, start, loss=loss.item(), acc=acc)
     require_finite(reward_model, "[rm] the reward model", RM_HINT)
     return reward_model
 

@@ -768,6 +768,27 @@ def label_preferences(args):
     }
 
 
+def split_held_out(pairs, rng, eval_fraction):
+    """(training pairs, held-out pairs): a random max(1, round(f·n)) of the n pairs are held
+    out, at least one is left to train on."""
+    perm = rng.permutation(len(pairs))
+    n_eval = max(1, round(eval_fraction * len(pairs)))
+    if len(pairs) - n_eval < 1:
+        raise ValueError(f"{len(pairs)} preference pairs: too few to hold {n_eval} out")
+    return [pairs[i] for i in perm[n_eval:]], [pairs[i] for i in perm[:n_eval]]
+
+
+def reference_responses(args, pairs, rng):
+    """The (prompts, responses) whose rewards set the normalisation r ← (r − μ)/σ: on the
+    built-in task --num-reference fresh demonstrations (the distribution that SFT imitates);
+    on a user's data both responses of every training pair."""
+    if args.preference_data:
+        prompts = [p["prompt"] for p in pairs] * 2
+        return prompts, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    demos = builtin_demonstrations(rng, args.num_reference)
+    return [d["prompt"] for d in demos], [d["response"] for d in demos]
+
+
 def train(args):
     check_rm_args(args)
     if args.label:
@@ -796,12 +817,8 @@ def train(args):
         )
     else:
         pairs = builtin_preferences(rng, args.num_pairs, args.annotator_temperature)
-    perm = rng.permutation(len(pairs))
-    n_eval = max(1, round(args.eval_fraction * len(pairs)))
-    if len(pairs) - n_eval < 1:
-        raise ValueError(f"{len(pairs)} preference pairs: too few to hold {n_eval} out")
-    held_out = [pairs[i] for i in perm[:n_eval]]
-    pairs = [pairs[i] for i in perm[n_eval:]]
+    pairs, held_out = split_held_out(pairs, rng, args.eval_fraction)
+    n_eval = len(held_out)
     # Gold scores exist for the built-in task only: VADER is no judge of other data.
     gold = None
     if not args.preference_data:
@@ -895,13 +912,7 @@ def train(args):
         train_time = time.time() - t0
 
         # ---- Normalise: reference responses score mean 0, std 1 -------------------------
-        if args.preference_data:
-            ref_prompts = [p["prompt"] for p in pairs] * 2
-            ref_responses = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-        else:
-            demos = builtin_demonstrations(rng, args.num_reference)
-            ref_prompts = [d["prompt"] for d in demos]
-            ref_responses = [d["response"] for d in demos]
+        ref_prompts, ref_responses = reference_responses(args, pairs, rng)
         require_finite(model, "the reward model", "nothing was saved; try a lower --learning-rate")
         ref = score(model, tokenizer, ref_prompts, ref_responses)
         raw_mean, raw_std = model.normalize_(ref)

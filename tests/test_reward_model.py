@@ -446,3 +446,16 @@ def test_length_grouped_batches_cover_every_pair_once_and_pad_less():
     padded = sum(len(b) * lengths[b].max() for b in batches)
     random_batches = np.array_split(rng.permutation(1000), len(batches))
     assert padded < 0.85 * sum(len(b) * lengths[b].max() for b in random_batches)
+
+
+@pytest.mark.parametrize(
+    "n,fraction,n_eval", [(10, 0.1, 1), (10, 0.25, 2), (200, 0.1, 20), (3, 0.0, 1)]
+)
+def test_split_held_out_is_a_partition_of_the_stated_size(n, fraction, n_eval):
+    pairs = [{"prompt": str(i), "chosen": "a", "rejected": "b"} for i in range(n)]
+    train, held = rm.split_held_out(pairs, np.random.default_rng(0), fraction)
+    assert len(held) == n_eval  # max(1, round(f·n)), by hand
+    ids = sorted(int(p["prompt"]) for p in train + held)
+    assert ids == list(range(n))  # every pair once: disjoint and complete
+    with pytest.raises(ValueError, match="too few"):
+        rm.split_held_out(pairs[:1], np.random.default_rng(0), fraction)

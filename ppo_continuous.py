@@ -6,8 +6,8 @@ as a diff of ppo_cartpole.py: the same loop, losses and flags, plus what continu
 needs: a Gaussian policy with a learned, state-independent log σ; actions sampled unbounded
 and clipped only on their way to the environment; running observation normalisation and
 reward scaling by the running std of the discounted return, saved with the checkpoint and
-frozen at evaluation. The defaults are CleanRL's MuJoCo settings (1M steps, HalfCheetah-v5);
-PENDULUM below is the tuned set for Pendulum-v1.
+frozen at evaluation. The defaults are CleanRL's MuJoCo settings (1M steps, HalfCheetah-v5)
+with a smaller initial σ; PENDULUM below is the tuned set for Pendulum-v1.
 
     pip install "gymnasium[mujoco]"      # the MuJoCo environments (HalfCheetah-v5, Hopper-v5)
     python ppo_continuous.py             # HalfCheetah-v5, 1M steps

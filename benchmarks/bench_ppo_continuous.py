@@ -8,11 +8,11 @@ training seconds.
 Pendulum: ours runs with its documented set (ppo_continuous.PENDULUM); SB3 with the RL Zoo's
 (rl_zoo3 hyperparams/ppo.yml: 4 envs × 1024 steps, batch 64, 10 epochs, γ 0.9, λ 0.95, lr
 1e-3, clip 0.2, gSDE with sample frequency 4, no normalisation). MuJoCo: ours runs with its
-defaults (CleanRL's settings), SB3 with the Zoo's tuned HalfCheetah and Hopper sets (tuned on
-v3: VecNormalize with the algorithm's γ, 1 env × 512 steps, ReLU 256-256 networks, log σ₀ =
-−2; the rest per env in SB3_MUJOCO). Both to the full budget, one process per seed, CPU, one
-torch thread, alternating seed by seed on the held-out seeds (1001..1010 on Pendulum,
-1001..1003 on MuJoCo: about 15–25 minutes a run here).
+defaults (CleanRL's settings, log σ₀ = −1), SB3 with the Zoo's tuned HalfCheetah and Hopper
+sets (tuned on v3: VecNormalize with the algorithm's γ, 1 env × 512 steps, ReLU 256-256
+networks, log σ₀ = −2; the rest per env in SB3_MUJOCO). Both to the full budget, one process
+per seed, CPU, one torch thread, alternating seed by seed on the held-out seeds (1001..1010
+on Pendulum, 1001..1003 on MuJoCo: about 15–25 minutes a run here).
 
     python benchmarks/bench_ppo_continuous.py
     python benchmarks/bench_ppo_continuous.py --seeds 1001 --only ppo_continuous.py --no-save

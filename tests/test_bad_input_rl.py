@@ -43,6 +43,15 @@ CKPT = {"reinforce": "checkpoint.pt", "trpo": "trpo.pt", "trpo_continuous": "trp
 CONTINUOUS = {"ppo_continuous", "trpo_continuous"}
 
 
+def to_main_thread(sig):
+    """Send `sig` to this process's main thread. os.kill(getpid()) lets the kernel pick any
+    thread (TensorBoard's writer, torch's pool); Python then runs the handler at some later
+    bytecode of the main thread, and a KeyboardInterrupt raised inside a finalizer is only
+    printed ("Exception ignored"): the likely cause of a Ctrl-C lost once in a full-suite run.
+    pthread_kill to the main thread raises at once, right here."""
+    signal.pthread_kill(threading.main_thread().ident, sig)
+
+
 def argv_for(name, *flags, steps=None):
     steps = STEPS.get(name, 64) if steps is None else steps
     return ["--no-cuda", *TINY[name], "--total-timesteps", str(steps), *flags]
@@ -370,13 +379,13 @@ def test_signals_in_training_and_during_the_final_save(name, earlier_run, capsys
     def add_scalar_then_signal(self, tag, *a, **k):
         if tag == "charts/SPS" and not sent:
             sent.append(IN_TRAINING[name])
-            os.kill(os.getpid(), IN_TRAINING[name])  # KeyboardInterrupt here, in training
+            to_main_thread(IN_TRAINING[name])  # KeyboardInterrupt here, in training
         return add_scalar(self, tag, *a, **k)
 
     def replace_under_signals(src, dst):
         if str(src).endswith("episodes.csv.tmp"):
-            os.kill(os.getpid(), signal.SIGTERM)
-            os.kill(os.getpid(), signal.SIGINT)
+            to_main_thread(signal.SIGTERM)
+            to_main_thread(signal.SIGINT)
             time.sleep(0.01)  # both handled by now, and held
         return replace(src, dst)
 

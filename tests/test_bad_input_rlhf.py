@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,10 +39,14 @@ BASE = {rm: RM_BASE, rl: RL_BASE}
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """Each test in its own directory, offline, with the signal handlers and thread count
-    that it found restored (main() points SIGTERM at KeyboardInterrupt)."""
+    that it found restored (main() points SIGTERM at KeyboardInterrupt). It starts from the
+    handlers of a fresh process: in two of three full-suite runs the Ctrl-C test below
+    trained to the end, likely because an earlier test's interrupt had left a handler held."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     threads, writers = torch.get_num_threads(), []
 
     class Writer(rl.SummaryWriter):  # a run that fails leaves its writer open: close it here
@@ -57,6 +62,11 @@ def isolated(tmp_path, monkeypatch):
     for s, h in handlers.items():
         signal.signal(s, h)
     torch.set_num_threads(threads)
+
+
+def to_main_thread(sig):
+    """The signal to the main thread, which raises at once (why: test_bad_input_rl.py)."""
+    signal.pthread_kill(threading.main_thread().ident, sig)
 
 
 def run_main(module, argv, capsys):
@@ -460,7 +470,7 @@ def kill_self_at(monkeypatch, module, name, signals, when=lambda *a: True):
     def wrapped(*args, **kwargs):
         if when(*args):
             for s in signals:
-                os.kill(os.getpid(), s)
+                to_main_thread(s)
                 time.sleep(0.05)  # delivered; a held signal is only recorded
         return real(*args, **kwargs)
 
@@ -480,7 +490,8 @@ def test_reward_model_sigterm_in_training_says_nothing_is_kept(monkeypatch, caps
 def test_rlhf_interrupts_in_ppo_and_in_the_final_save(monkeypatch, capsys):
     with monkeypatch.context() as patch:
         kill_self_at(patch, rl, "ppo_update", [signal.SIGINT])
-        assert run_main(rl, [*RL_BASE, "--ppo-iterations", "3"], capsys)[0] == 130
+        code, out, _, err = run_main(rl, [*RL_BASE, "--ppo-iterations", "3"], capsys)
+        assert code == 130, (out + err)[-3000:]
     assert sorted(os.listdir("out"))[1:] == ["ppo_metrics.csv", "reward_model", "sft"]
     assert not leftovers()
     rl.RewardModel.load("out/reward_model")

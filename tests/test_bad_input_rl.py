@@ -46,9 +46,9 @@ CONTINUOUS = {"ppo_continuous", "trpo_continuous"}
 def to_main_thread(sig):
     """Send `sig` to this process's main thread. os.kill(getpid()) lets the kernel pick any
     thread (TensorBoard's writer, torch's pool); Python then runs the handler at some later
-    bytecode of the main thread, and a KeyboardInterrupt raised inside a finalizer is only
-    printed ("Exception ignored"): the likely cause of a Ctrl-C lost once in a full-suite run.
-    pthread_kill to the main thread raises at once, right here."""
+    bytecode of the main thread, wherever it happens to be (inside a finalizer the
+    KeyboardInterrupt is only printed). pthread_kill to the main thread raises at once, right
+    here, where the test means the interrupt to land."""
     signal.pthread_kill(threading.main_thread().ident, sig)
 
 

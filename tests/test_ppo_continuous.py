@@ -138,6 +138,17 @@ def test_update_moments_equals_numpy_on_the_whole_stream():
         assert stats[2] == len(every)
 
 
+
+def test_update_moments_first_batch_is_numpy_bit_for_bit():
+    """From empty moments, one batch gives exactly numpy's mean and var (the sums are
+    written out for speed; they must stay the same sums)."""
+    rng = np.random.default_rng(3)
+    for n in [1, 2, 7, 2048]:
+        batch = rng.normal(loc=5.0, scale=[0.1, 3.0], size=(n, 2))
+        mean, var, count = ppo.update_moments(np.zeros(2), np.ones(2), 0, batch)
+        assert np.array_equal(mean, batch.mean(0)) and np.array_equal(var, batch.var(0))
+        assert count == n
+
 def test_normalize_and_scale_by_hand():
     obs = np.array([[3.0, -1.0], [100.0, 0.0]])
     got = ppo.normalize_obs(obs, np.array([1.0, 0.0]), np.array([4.0, 0.25]), 10.0)

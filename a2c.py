@@ -171,15 +171,14 @@ def gae(rewards, values, terminated, dones, gamma, lam):
     episode's final observation, so at a truncation δ_t bootstraps with V(final obs) while
     the recursion still stops (done = terminated or truncated). Returns Â, shape [T, N].
     """
-    # δ_t = r_t + γ V(s_{t+1}) (1 − terminated_t) − V(s_t), for every t in one pass: only a
-    # real terminal state has value 0; a time-limit cut keeps the bootstrap.
+    # δ_t = r_t + γ V(s_{t+1}) (1 − terminated_t) − V(s_t), every t at once: only a real
+    # terminal state has value 0; a time-limit cut keeps the bootstrap.
     delta = rewards + gamma * values[1:] * (1 - terminated) - values[:-1]
-    # γλ (1 − done_t): advantages never leak across episodes.
     decay = gamma * lam * (1 - dones)
     advantages = torch.zeros_like(rewards)
     next_adv = torch.zeros_like(rewards[0])
     for t in reversed(range(rewards.shape[0])):
-        # Â_t = δ_t + γλ (1 − done_t) Â_{t+1}
+        # Â_t = δ_t + γλ (1 − done_t) Â_{t+1}: advantages never leak across episodes.
         next_adv = delta[t] + decay[t] * next_adv
         advantages[t] = next_adv
     return advantages

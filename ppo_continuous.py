@@ -207,15 +207,14 @@ def gae(rewards, values, terminated, dones, gamma, lam):
     episode's final observation, so at a truncation δ_t bootstraps with V(final obs) while
     the recursion still stops (done = terminated or truncated). Returns Â, shape [T, N].
     """
-    # δ_t = r_t + γ V(s_{t+1}) (1 − terminated_t) − V(s_t), for every t in one pass: only a
-    # real terminal state has value 0; a time-limit cut keeps the bootstrap.
+    # δ_t = r_t + γ V(s_{t+1}) (1 − terminated_t) − V(s_t), every t at once: only a real
+    # terminal state has value 0; a time-limit cut keeps the bootstrap.
     delta = rewards + gamma * values[1:] * (1 - terminated) - values[:-1]
-    # γλ (1 − done_t): advantages never leak across episodes.
     decay = gamma * lam * (1 - dones)
     advantages = torch.zeros_like(rewards)
     next_adv = torch.zeros_like(rewards[0])
     for t in reversed(range(rewards.shape[0])):
-        # Â_t = δ_t + γλ (1 − done_t) Â_{t+1}
+        # Â_t = δ_t + γλ (1 − done_t) Â_{t+1}: advantages never leak across episodes.
         next_adv = delta[t] + decay[t] * next_adv
         advantages[t] = next_adv
     return advantages
@@ -332,8 +331,7 @@ def update_moments(mean, var, count, batch):
     n_b = batch.shape[0]
     if n_b == 0:
         return mean, var, count
-    # The same sums as batch.mean(0) and batch.var(0), bit for bit, without their Python
-    # overhead (about 30 µs a call; the rollout calls this twice a step).
+    # batch.mean(0) and batch.var(0) bit for bit, without their ~30 µs of Python overhead
     mean_b = batch.sum(0) / n_b
     var_b = ((batch - mean_b) ** 2).sum(0) / n_b
     n = count + n_b
@@ -730,8 +728,7 @@ def rollout_normalized(agent, envs, obs, prev_done, num_steps, normalizer, devic
     low, high = envs.single_action_space.low, envs.single_action_space.high
     obs_buf = np.zeros((T + 1, *obs.shape), np.float32)
     reward, raw_reward, terminated, done, valid = (np.zeros((T, N), np.float32) for _ in range(5))
-    # numpy buffers throughout: writing one row of a torch tensor costs ~40 µs, a tenth
-    # of a whole step here.
+    # numpy buffers: writing a row of a torch tensor costs ~40 µs, a tenth of a step.
     action = np.zeros((T, N, *envs.single_action_space.shape), np.float32)
     for t in range(T):
         obs_buf[t] = obs

@@ -138,7 +138,6 @@ def test_update_moments_equals_numpy_on_the_whole_stream():
         assert stats[2] == len(every)
 
 
-
 def test_update_moments_first_batch_is_numpy_bit_for_bit():
     """From empty moments, one batch gives exactly numpy's mean and var (the sums are
     written out for speed; they must stay the same sums)."""
@@ -148,6 +147,7 @@ def test_update_moments_first_batch_is_numpy_bit_for_bit():
         mean, var, count = ppo.update_moments(np.zeros(2), np.ones(2), 0, batch)
         assert np.array_equal(mean, batch.mean(0)) and np.array_equal(var, batch.var(0))
         assert count == n
+
 
 def test_normalize_and_scale_by_hand():
     obs = np.array([[3.0, -1.0], [100.0, 0.0]])

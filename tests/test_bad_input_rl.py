@@ -392,6 +392,9 @@ def test_signals_in_training_and_during_the_final_save(name, earlier_run, capsys
     monkeypatch.setattr(module.SummaryWriter, "add_scalar", add_scalar_then_signal)
     monkeypatch.setattr(os, "replace", replace_under_signals)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    # A fresh process's handlers, whatever an earlier test (or pytest) left installed.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     argv = argv_for(name, "--seed", "5", "--overwrite", "--output-dir", str(out), steps=LONG)
     try:
         code, _, err = run_main(module, argv, capsys)

@@ -100,10 +100,9 @@ if __name__ == "__main__":
                                *btc.MUJOCO_FLAGS])  # fmt: skip
     print(f"{a.env_id}, s per {ppo_args.num_envs * ppo_args.num_steps:,} env steps, load "
           f"average {os.getloadavg()[0]:.1f}")  # fmt: skip
-    for name, args, update in [("ppo_continuous", ppo_args, ppo_update),
-                               ("trpo_continuous", trpo_args, trpo_update)]:  # fmt: skip
-        r, g, u = timed_iterations(sys.modules[name], args, update(args), a.iterations)
+    for module, args, update in [(pc, ppo_args, ppo_update), (tc, trpo_args, trpo_update)]:
+        r, g, u = timed_iterations(module, args, update(args), a.iterations)
         env = env_only(a.env_id, args.num_envs, args.num_envs * args.num_steps)
-        print(f"{name}: rollout {r:.2f} (env step alone {env:.2f}), GAE + flatten {g:.2f}, "
-              f"update {u:.2f}, total {r + g + u:.2f}")  # fmt: skip
+        print(f"{module.__name__}: rollout {r:.2f} (env step alone {env:.2f}), "
+              f"GAE + flatten {g:.2f}, update {u:.2f}, total {r + g + u:.2f}")  # fmt: skip
     print(f"load average {os.getloadavg()[0]:.1f}")

@@ -317,6 +317,11 @@ def make_envs(env_id, num_envs, action_spaces, video_dir=None):
         problem = f"has observations {obs}; need a flat Box"
     elif not isinstance(act, action_spaces):
         problem = f"has {act}; need {' or '.join(s.__name__ for s in action_spaces)}"
+        # Point to the sibling scripts: `trpo.py --env-id Pendulum-v1` is a likely first try.
+        if isinstance(act, gym.spaces.Box):
+            problem += " (for Box actions: ppo_continuous.py, trpo_continuous.py)"
+        elif isinstance(act, gym.spaces.Discrete):
+            problem += " (for Discrete actions: ppo_cartpole.py, a2c.py, trpo.py, reinforce.py)"
     elif envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.NEXT_STEP:
         problem = "does not autoreset in the next step"
     if problem:

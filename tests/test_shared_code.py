@@ -225,9 +225,11 @@ def test_make_envs_errors_are_one_line_and_close_the_envs(name, monkeypatch):
         return envs
 
     monkeypatch.setattr(gym, "make_vec", recording_make_vec)
-    with pytest.raises(ValueError, match="need Discrete"):
+    with pytest.raises(ValueError, match=r"need Discrete \(for Box actions: ppo_continuous"):
         module.make_envs("Pendulum-v1", 2, (gym.spaces.Discrete,))
     assert closed == [1]
+    with pytest.raises(ValueError, match=r"need Box \(for Discrete actions: ppo_cartpole.py"):
+        module.make_envs("CartPole-v1", 2, (gym.spaces.Box,))
     with pytest.raises(ValueError, match="cannot make --env-id"):
         module.make_envs("NoSuchEnv-v0", 2, (gym.spaces.Discrete,))
 

@@ -297,16 +297,19 @@ def make_envs(env_id, num_envs, action_spaces, video_dir=None):
     # not, the one error line says it all.
     try:
         with warnings.catch_warnings(record=True) as caught:
+            # copy=False: a per-env (sync) vector env hands back its own buffer instead of a
+            # deepcopy (~20 µs a step, a tenth of a HalfCheetah step); checked() copies anyway.
+            no_copy = dict(vector_kwargs=dict(copy=False))
             if video_dir is None:
-                envs = gym.make_vec(env_id, num_envs=num_envs)
+                vectorised = gym.spec(env_id).vector_entry_point is not None
+                envs = gym.make_vec(env_id, num_envs=num_envs, **({} if vectorised else no_copy))
             else:  # one env object per copy, each with its own file name
                 names = iter(range(num_envs))
                 record = lambda env: gym.wrappers.RecordVideo(  # noqa: E731
                     env, video_dir, lambda episode: episode == 0, name_prefix=f"env{next(names)}"
                 )
-                envs = gym.make_vec(
-                    env_id, num_envs, "sync", wrappers=[record], render_mode="rgb_array"
-                )
+                envs = gym.make_vec(env_id, num_envs, "sync", **no_copy, wrappers=[record],
+                                    render_mode="rgb_array")  # fmt: skip
     except Exception as e:  # gym.error.Error, a missing extra's ModuleNotFoundError, ...
         raise ValueError(f"cannot make --env-id {env_id!r}: {' '.join(str(e).split())}") from None
     for w in caught:
@@ -331,7 +334,7 @@ def make_envs(env_id, num_envs, action_spaces, video_dir=None):
     def checked(o):  # a NaN would fail deep inside sampling, float64 meet float32 weights
         if not np.isfinite(o).all():
             raise ValueError(f"--env-id {env_id} returned an observation with NaN or inf")
-        return o.astype(np.float32, copy=False)
+        return o.astype(np.float32)  # a copy: the vector env reuses its buffer (copy=False)
 
     box = gym.spaces.Box(-np.inf, np.inf, obs.shape, np.float32)  # no network uses bounds
     return gym.wrappers.vector.TransformObservation(envs, checked, single_observation_space=box)

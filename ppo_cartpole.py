@@ -434,8 +434,9 @@ class Run:
             self.eval_envs = make_envs(args.env_id, args.eval_episodes, action_spaces, video_dir)
         self.writer = SummaryWriter(self.out, flush_secs=2)  # on Ctrl-C close() waits a flush
         self.writer.add_text("args", json.dumps(vars(args), indent=1))
-        self.episodes, self.recent, self.solved_at_step = [], deque(maxlen=20), None
-        self.done, self.shown, self.state, self.t0 = 0, 0, None, time.time()
+        self.episodes, self.recent, self.done, self.shown = [], deque(maxlen=20), 0, 0
+        self.solved_at_step = self.solved_at_s = self.state = None
+        self.t0 = time.time()
         print(f"{SCRIPT} on {args.env_id} for {args.total_timesteps} steps; files in {self.out}")
 
     def add_rollout(self, ep_return, rewards, dones, step):
@@ -450,7 +451,7 @@ class Run:
                 self.writer.add_scalar("charts/episodic_return", ret, step)
                 if (self.solved_at_step is None and self.threshold is not None
                         and len(self.recent) == 20 and self.mean() >= self.threshold):  # fmt: skip
-                    self.solved_at_step = step
+                    self.solved_at_step, self.solved_at_s = step, time.time() - self.t0
             ep_return[done] = 0
         return step
 
@@ -498,7 +499,8 @@ class Run:
 
     def summary(self, algo, step, eval_returns):
         return dict(algo=algo, env_id=self.args.env_id, seed=self.args.seed, global_step=step,
-                    solved_at_step=self.solved_at_step, final_mean_return=self.mean(),
+                    solved_at_step=self.solved_at_step, solved_at_s=self.solved_at_s,
+                    final_mean_return=self.mean(),
                     eval_mean_return=None if eval_returns is None else np.mean(eval_returns),
                     wall_time_s=time.time() - self.t0, output_dir=self.out)  # fmt: skip
 

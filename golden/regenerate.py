@@ -1072,6 +1072,223 @@ def rlhf_critic_free_vectors(rng):
     )  # fmt: skip
 
 
+# ---------------------------------------------------------------- pitfalls (issue 32)
+# Four groups added for the classes of bugs that the field has hit: the importance ratio under
+# top-k/top-p sampling, the loss aggregations, gradient accumulation with padding, and a saved
+# observation normaliser. Each draws from its own stream (seeds 21-24).
+
+
+def sampling_support(z, temperature, top_k, top_p):
+    """Which tokens the sampler may draw, in the order Hugging Face generate() and vLLM apply
+    the processors: z / T, then the top k, then the smallest set of the most probable
+    remaining tokens whose (renormalised) probability reaches p. Returns (keep, margin): margin
+    is how far the top-p cumulative sum at the cut lies from p, so knife edges can be redrawn."""
+    z = np.asarray(z, dtype=np.float64) / temperature
+    keep = np.ones(len(z), bool)
+    if top_k > 0:
+        keep[:] = False
+        keep[np.argsort(-z)[:top_k]] = True
+    margin = np.inf
+    if top_p < 1:
+        p = softmax(np.where(keep, z, -np.inf))
+        order = [a for a in np.argsort(-p) if keep[a]]
+        keep[:] = False
+        total = 0.0
+        for a in order:
+            keep[a] = True
+            before, total = total, total + p[a]
+            if total >= top_p:
+                margin = min(total - top_p, top_p - before)
+                break
+    return keep, margin
+
+
+def truncated_sampling_vectors(rng):
+    cases = []
+    for temperature, top_k, top_p in [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 3, 1.0),
+                                      (0.8, 0, 0.85), (0.7, 4, 0.9)]:  # fmt: skip
+        B, L, V = 2, 3, 8
+        while True:
+            logits = np.array(r(rng.normal(size=(B, L, V)) * 2))
+            kept = [[sampling_support(z, temperature, top_k, top_p) for z in row] for row in logits]
+            if min(m for row in kept for _, m in row) > 1e-3:  # no cut within 1e-3 of p
+                break
+        keep = np.array([[k for k, _ in row] for row in kept])
+        tempered = log_softmax(logits / temperature)
+        # log π_sampling(a) = log softmax over the kept tokens of z / T (0 probability elsewhere)
+        sampling = log_softmax(np.where(keep, logits / temperature, -np.inf))
+        tokens = np.array([[rng.choice(V, p=np.exp(sampling[b, t])) for t in range(L)]
+                           for b in range(B)])  # fmt: skip
+        lp_sampling = np.take_along_axis(sampling, tokens[..., None], -1)[..., 0]
+        lp_full = np.take_along_axis(tempered, tokens[..., None], -1)[..., 0]
+        cases.append({
+            "inputs": dict(logits=logits.tolist(), tokens=tokens.tolist(),
+                           temperature=temperature, top_k=top_k, top_p=top_p),
+            "outputs": dict(kept=keep.astype(int).tolist(), logprobs_sampling=lp_sampling.tolist(),
+                            logprobs_full=lp_full.tolist(),
+                            ratio_full_over_sampling=np.exp(lp_full - lp_sampling).tolist(),
+                            ratio_replayed=np.ones((B, L)).tolist()),
+        })  # fmt: skip
+    write(
+        "rlhf_truncated_sampling_logprobs",
+        "z' = z / T;  S = top_k(z') ∩ top_p(softmax over top_k(z'));  "
+        "log π_samp(a) = z'_a − log Σ_{b∈S} exp z'_b (a ∈ S);  log π_full(a) = log_softmax(z')_a;  "
+        "ratio = π_train(a) / π_samp(a)",
+        "logits [B][L][V] are those that predicted tokens [B][L]; each token was drawn from the "
+        "truncated, tempered distribution. The processors run in generate()'s and vLLM's "
+        "order: temperature, then top-k (top_k = 0: off), then top-p (top_p = 1: off) on the "
+        "renormalised top-k distribution, keeping the smallest set of most probable tokens "
+        "whose probability reaches p (no case has a cut within 1e-3 of p, nor ties). kept is "
+        "the support S per position. A trainer that replays the same T, k and p gets "
+        "logprobs_sampling and ratio_replayed = 1 before any update; one that scores the full "
+        "vocabulary at T gets logprobs_full, and its ratio to the sampler's log-probs is "
+        "ratio_full_over_sampling = π_full(S) ≤ 1, the kept mass (TRL #6789). Scoring at T = 1 "
+        "after sampling at T ≠ 1 matches neither (TRL #4159).",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["rlhf_ppo_gpt2.token_logprobs"],
+    )
+
+
+AGGREGATIONS = (
+    "token-mean",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum",
+    "seq-mean-token-sum-norm",
+)
+
+
+def aggregation_weights(mode, mask, constant):
+    """w_{i,t} with L = Σ_{i,t} w_{i,t} ℓ_{i,t}, written out per mode (0 on padding)."""
+    mask = np.asarray(mask, dtype=np.float64)
+    B = len(mask)
+    lengths = mask.sum(1, keepdims=True)
+    return {
+        "token-mean": mask / mask.sum(),
+        "seq-mean-token-mean": mask / (B * lengths),
+        "seq-mean-token-sum": mask / B,
+        "seq-mean-token-sum-norm": mask / constant,
+    }[mode]
+
+
+def loss_aggregation_vectors(rng):
+    cases = []
+    for lengths, L in [([6, 2, 4, 1], 6), ([3, 5, 5, 2, 1], 5)]:
+        B = len(lengths)
+        mask = prefix_mask(lengths, L)
+        loss = np.array(r(rng.normal(size=(B, L))))  # padding holds garbage on purpose
+        constant = B * L
+        out = {}
+        for mode in AGGREGATIONS:
+            w = aggregation_weights(mode, mask, constant)
+            out[mode] = dict(loss=float((w * loss).sum()), grad_per_token_loss=w.tolist())
+        cases.append({"inputs": dict(per_token_loss=loss.tolist(), mask=mask.tolist(),
+                                     constant=constant), "outputs": out})  # fmt: skip
+    write(
+        "rlhf_loss_aggregation",
+        "token-mean: L = Σ_{i,t} m ℓ / Σ_{i,t} m;  seq-mean-token-mean (GRPO): L = (1/B) Σ_i "
+        "(1/|y_i|) Σ_t m ℓ;  seq-mean-token-sum: L = (1/B) Σ_i Σ_t m ℓ;  seq-mean-token-sum-norm "
+        "(Dr. GRPO): L = Σ_i Σ_t m ℓ / C",
+        "per_token_loss ℓ and mask m are [B][L] (m a prefix of ones, |y_i| = Σ_t m_{i,t}); "
+        "padding holds garbage that must not count. C = constant = B × the longest possible "
+        "response (Dr. GRPO's 'MAX_TOKENS' per response times the B responses). "
+        "grad_per_token_loss = ∂L/∂ℓ: the weight each token gets (0 on padding). Under "
+        "seq-mean-token-mean a token of a short response weighs more than one of a long "
+        "response (the length bias of Liu et al. 2025 and TRL #2995); under token-mean and "
+        "the constant every token weighs the same. Names: TRL's loss_type bnpo/dapo = "
+        "token-mean, grpo = seq-mean-token-mean, luspo = seq-mean-token-sum, dr_grpo = "
+        "seq-mean-token-sum-norm; verl's loss_agg_mode uses these names.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["rlhf_ppo_gpt2.masked_mean", "rlhf_ppo_gpt2.grpo_policy_loss"],
+    )
+
+
+def grad_accumulation_vectors(rng):
+    modes = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+    cases = []
+    for lengths, L, micro in [([5, 1, 4, 3], 5, [[0, 1], [2, 3]]),
+                              ([2, 6, 1, 5, 3, 6], 6, [[0, 1, 2, 3], [4, 5]])]:  # fmt: skip
+        B, G = len(lengths), len(micro)
+        mask = prefix_mask(lengths, L)
+        loss = np.array(r(rng.normal(size=(B, L))))
+        out = {}
+        for mode in modes:
+            w = aggregation_weights(mode, mask, B * L)
+            # the large batch's weights restricted to a micro-batch's rows: Σ_k L_k = L exactly
+            micro_losses = [float((w[rows] * loss[rows]).sum()) for rows in micro]
+            # each micro-batch normalised on its own, then divided by G (a trainer that scales
+            # each micro-batch's loss by 1/G and sums the gradients)
+            naive_w = np.zeros((B, L))
+            for rows in micro:
+                naive_w[rows] = aggregation_weights(mode, mask[rows], len(rows) * L) / G
+            out[mode] = dict(loss=float((w * loss).sum()), grad_per_token_loss=w.tolist(),
+                             micro_losses=micro_losses,
+                             naive_loss=float((naive_w * loss).sum()),
+                             naive_grad_per_token_loss=naive_w.tolist())  # fmt: skip
+        inputs = dict(per_token_loss=loss.tolist(), mask=mask.tolist(), micro_batches=micro,
+                      max_length=L)  # fmt: skip
+        cases.append({"inputs": inputs, "outputs": out})
+    write(
+        "rlhf_grad_accumulation",
+        "Σ_k ∇L_k = ∇L for micro-batches k that partition the batch, with L_k = Σ_{(i,t) ∈ k} "
+        "w_{i,t} ℓ_{i,t} and w the large batch's weights (see rlhf_loss_aggregation); naive: "
+        "(1/G) Σ_k L_agg(micro-batch k alone)",
+        "per_token_loss and mask [B][L]; micro_batches lists the rows of each of the G "
+        "micro-batches. For each aggregation, loss and grad_per_token_loss are those of one "
+        "large batch; micro_losses are the correctly scaled micro-batch losses, whose sum and "
+        "summed gradients are exactly those of the large batch: a token mean needs the token "
+        "count of the whole batch in every micro-batch's denominator (Σ m of the batch, not of "
+        "the micro-batch). naive_* is what dividing each micro-batch's own aggregate by G "
+        "gives: it equals the large batch for seq-mean-token-mean and the Dr. GRPO constant "
+        "(C = rows × max_length) only when the micro-batches hold equal numbers of responses "
+        "(case 0), and for the token mean only when they hold equal numbers of tokens (never "
+        "here). TRL #2617, #3021; the Hugging Face Trainer's num_items_in_batch fix.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        [
+            "rlhf_ppo_gpt2.masked_mean",
+            "rlhf_ppo_gpt2.token_share",
+            "rlhf_ppo_gpt2.grpo_policy_loss",
+        ],
+    )
+
+
+def obs_normalizer_vectors(rng):
+    D, clip = 3, 10.0
+    loc, scale = np.array([5.0, -2.0, 0.1]), np.array([10.0, 0.5, 0.01])
+    stream = [r(loc + scale * rng.normal(size=(n, D))) for n in (4, 1, 6, 3)]
+    every = np.concatenate([np.array(b) for b in stream])
+    mean, var = every.mean(0), every.var(0)  # population variance of all samples so far
+    eval_obs = np.array(r(loc + scale * rng.normal(size=(5, D))))
+    eval_obs[4] = [500.0, -2.0, 0.1]  # far out: its first feature hits the clip
+    W = np.array(r(rng.normal(size=(D, 2))))
+    normalized = np.clip((eval_obs - mean) / np.sqrt(var + 1e-8), -clip, clip)
+    fresh = np.clip(eval_obs / np.sqrt(1 + 1e-8), -clip, clip)  # μ = 0, σ² = 1: stats not saved
+    write(
+        "obs_normalizer_checkpoint",
+        "μ, σ² = mean and population variance of every training observation;  "
+        "õ = clip((o − μ) / sqrt(σ² + 1e-8), −c, c);  a = õ W",
+        "stream is the list of observation batches [n_k][D] seen in training, in order; the "
+        "running statistics must equal the moments of all of them (any batching; count = Σ "
+        "n_k). After the statistics are saved with the agent and loaded into a fresh process, "
+        "the frozen statistics normalise eval_obs [M][D] (they are not updated at evaluation) "
+        "and the policy, here linear (a = õ W), gives actions, identical to the training "
+        "process's. actions_fresh_stats is what a loader that drops the statistics gets "
+        "(μ = 0, σ² = 1; CleanRL #425, #532). Libraries whose running statistics start with a "
+        "small prior count (SB3's VecNormalize, Gymnasium's NormalizeObservation: count 1e-4 "
+        "with μ = 0, σ² = 1) differ from μ, σ² by about 1e-4 / count.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        [{"inputs": dict(stream=stream, clip=clip, eval_obs=eval_obs.tolist(), W=W.tolist()),
+          "outputs": dict(mean=mean.tolist(), var=var.tolist(), count=len(every),
+                          normalized_eval_obs=normalized.tolist(),
+                          actions=(normalized @ W).tolist(),
+                          actions_fresh_stats=(fresh @ W).tolist())}],
+        ["ppo_continuous.update_moments", "ppo_continuous.normalize_obs",
+         "ppo_continuous.Normalizer", "trpo_continuous.Normalizer"],
+    )  # fmt: skip
+
+
 def main():
     rng = np.random.default_rng(2026)
     gae_vectors(rng)
@@ -1087,6 +1304,10 @@ def main():
     a2c_vectors(np.random.default_rng(13))  # A2C block
     gaussian_vectors(np.random.default_rng(11))
     rlhf_critic_free_vectors(np.random.default_rng(7))
+    truncated_sampling_vectors(np.random.default_rng(21))
+    loss_aggregation_vectors(np.random.default_rng(22))
+    grad_accumulation_vectors(np.random.default_rng(23))
+    obs_normalizer_vectors(np.random.default_rng(24))
     print(f"wrote {len(list(HERE.glob('*.json')))} vector files to {HERE}")
 
 

@@ -523,3 +523,144 @@ def test_rlhf_grpo_loss(tol, inp, out):
     )  # fmt: skip
     close(loss, out["loss"], tol)
     close(torch.autograd.grad(loss, logp)[0], out["grad_logprobs"], tol)
+
+
+# ---------------------------------------------------------------- the field's pitfalls (issue 32)
+# Vectors for bug classes that other implementations have hit; tests/test_known_pitfalls.py
+# holds one test per class, each proven to fail on a broken variant.
+
+F32 = {"rtol": 1e-5, "atol": 1e-6}  # for the functions that compute in float32 on purpose
+
+
+@checks("rlhf_truncated_sampling_logprobs", "rlhf_ppo_gpt2.token_logprobs")
+@pytest.mark.parametrize("tol,inp,out", cases("rlhf_truncated_sampling_logprobs"))
+def test_rlhf_truncated_sampling_logprobs(tol, inp, out):
+    # The script samples at a temperature with top_k=0 and top_p=1 (generate_responses), so
+    # its token_logprobs must be the sampler's log-prob whenever no truncation applies. Under
+    # top-k/top-p it gives the full-vocabulary log-prob: the script has no function that
+    # replays a truncation, because it never samples with one.
+    logits, tokens = t(inp["logits"]), torch.tensor(inp["tokens"])
+    logp = rlhf_ppo_gpt2.token_logprobs(logits, tokens, inp["temperature"]).double()
+    close(logp, out["logprobs_full"], F32)
+    if inp["top_k"] == 0 and inp["top_p"] == 1.0:
+        close(logp, out["logprobs_sampling"], F32)
+        close((logp - t(out["logprobs_sampling"])).exp(), out["ratio_replayed"], F32)
+    else:
+        ratio = (logp - t(out["logprobs_sampling"])).exp()
+        close(ratio, out["ratio_full_over_sampling"], F32)
+        assert (ratio < 1 - 1e-3).any(), "a truncated sampler must make the full-vocab ratio < 1"
+
+
+@checks("rlhf_loss_aggregation", "rlhf_ppo_gpt2.masked_mean", "rlhf_ppo_gpt2.grpo_policy_loss")
+@pytest.mark.parametrize("tol,inp,out", cases("rlhf_loss_aggregation"))
+def test_rlhf_loss_aggregation(tol, inp, out):
+    ell, mask = t(inp["per_token_loss"]), t(inp["mask"])
+    x = ell.clone().requires_grad_(True)
+    loss = rlhf_ppo_gpt2.masked_mean(x * mask, mask)  # the token mean of token_policy_loss
+    close(loss, out["token-mean"]["loss"], tol)
+    close(torch.autograd.grad(loss, x)[0], out["token-mean"]["grad_per_token_loss"], tol)
+    # grpo_policy_loss with β = 0 at ratio 1 has ℓ_t = −Â_t, so Â = −ℓ reproduces any ℓ; and
+    # ∂L/∂log π_t = ∂L/∂ℓ_t · ∂(−Â_t ρ_t)/∂log π_t = ∂L/∂ℓ_t · ℓ_t at ρ = 1.
+    for mode, constant in [
+        ("seq-mean-token-mean", 0),
+        ("seq-mean-token-sum-norm", inp["constant"]),
+    ]:
+        logp = torch.zeros_like(ell).requires_grad_(True)
+        loss, _, _ = rlhf_ppo_gpt2.grpo_policy_loss(
+            logp, logp.detach(), logp.detach(), -ell, mask, 0.2, 0.0, constant
+        )
+        close(loss, out[mode]["loss"], tol)
+        close(torch.autograd.grad(loss, logp)[0], ell * t(out[mode]["grad_per_token_loss"]), tol)
+
+
+@checks(
+    "rlhf_grad_accumulation",
+    "rlhf_ppo_gpt2.masked_mean",
+    "rlhf_ppo_gpt2.token_share",
+    "rlhf_ppo_gpt2.grpo_policy_loss",
+)
+@pytest.mark.parametrize("tol,inp,out", cases("rlhf_grad_accumulation"))
+def test_rlhf_grad_accumulation(tol, inp, out, monkeypatch):
+    # The script splits a minibatch over W data-parallel ranks, whose gradients DDP averages:
+    # the same sum as G micro-batches, each divided by G. Each micro-batch is played as one rank
+    # here, with the all-reduce of the token counts done by hand.
+    ell, mask, micro = t(inp["per_token_loss"]), t(inp["mask"]), inp["micro_batches"]
+    G = len(micro)
+    monkeypatch.setattr(rlhf_ppo_gpt2, "world", lambda: (1, G))
+    monkeypatch.setattr(rlhf_ppo_gpt2, "all_reduce_sum", lambda n: mask.sum().to(n.dtype))
+    x = ell.clone().requires_grad_(True)
+    # token mean: masked_mean × token_share (the script's ppo/rloo path) is the large batch's
+    parts = [
+        rlhf_ppo_gpt2.masked_mean(x[rows] * mask[rows], mask[rows])
+        * rlhf_ppo_gpt2.token_share(mask[rows]).double()
+        / G
+        for rows in micro
+    ]
+    want = out["token-mean"]
+    close([p.item() for p in parts], want["micro_losses"], tol)
+    close(torch.autograd.grad(sum(parts), x)[0], want["grad_per_token_loss"], tol)
+    # ... and without token_share it would be the naive, wrong one
+    naive = sum(rlhf_ppo_gpt2.masked_mean(ell[rows] * mask[rows], mask[rows]) / G for rows in micro)
+    close(naive, want["naive_loss"], tol)
+    assert abs(naive - want["loss"]) > 1e-3
+    # GRPO and Dr. GRPO (constant = rows × max length): per micro-batch, then averaged. That is
+    # the large batch only when every micro-batch holds as many responses (check_world_size
+    # makes every rank hold as many); the vector's naive_* is exactly this.
+    for mode, per_row in [
+        ("seq-mean-token-mean", 0),
+        ("seq-mean-token-sum-norm", inp["max_length"]),
+    ]:
+        logp = torch.zeros_like(ell).requires_grad_(True)
+        total = 0.0
+        for rows in micro:
+            loss, _, _ = rlhf_ppo_gpt2.grpo_policy_loss(
+                logp[rows], logp[rows].detach(), logp[rows].detach(), -ell[rows], mask[rows],
+                0.2, 0.0, per_row * len(rows),
+            )  # fmt: skip
+            total = total + loss / G
+        close(total, out[mode]["naive_loss"], tol)
+        if len({len(rows) for rows in micro}) == 1:
+            close(total, out[mode]["loss"], tol)
+
+
+NORMALIZERS = ["ppo_continuous", "trpo_continuous"]  # two copies, proven to agree here
+
+
+@checks(
+    "obs_normalizer_checkpoint",
+    "ppo_continuous.update_moments",
+    "ppo_continuous.normalize_obs",
+    *(f"{m}.Normalizer" for m in NORMALIZERS),
+)
+@pytest.mark.parametrize("module", NORMALIZERS)
+@pytest.mark.parametrize("tol,inp,out", cases("obs_normalizer_checkpoint"))
+def test_obs_normalizer_checkpoint(tol, inp, out, module, tmp_path):
+    script = SCRIPTS[module]
+    stream, W = [np.array(b) for b in inp["stream"]], np.array(inp["W"])
+    args = script.Args(norm_obs=True, clip_obs=inp["clip"])
+    trained = impl(f"{module}.Normalizer")(W.shape[0], 1, args)
+    for batch in stream:
+        trained.observe(batch)
+    # saved with the agent, as train() saves it, and loaded into a fresh normaliser
+    path = str(tmp_path / "agent.pt")
+    script.save_checkpoint(path, {}, args, normalizer=trained.state_dict())
+    ckpt = script.load_checkpoint(path, script.SCRIPT, args.env_id)
+    loaded = script.Normalizer(W.shape[0], 1, script.Args(**ckpt["args"]))
+    loaded.load_state_dict(ckpt["normalizer"])
+    mean, var = loaded.frozen_obs_stats()
+    close(mean, out["mean"], tol)
+    close(var, out["var"], tol)
+    assert loaded.obs[2] == out["count"]
+    eval_obs = np.array(inp["eval_obs"])
+    obs = script.normalize_obs(eval_obs, mean, var, inp["clip"])  # float32, as the agent's input
+    close(obs, out["normalized_eval_obs"], F32)
+    close(obs.astype(np.float64) @ W, out["actions"], F32)
+    before = script.normalize_obs(eval_obs, *trained.frozen_obs_stats(), inp["clip"])
+    assert np.array_equal(before, obs), "the reloaded statistics must give identical inputs"
+    if module == "ppo_continuous":  # update_moments alone, one batch at a time, from count 0
+        moments = (np.zeros(W.shape[0]), np.ones(W.shape[0]), 0)
+        for batch in stream:
+            moments = ppo_continuous.update_moments(*moments, batch)
+        close(moments[0], out["mean"], tol)
+        close(moments[1], out["var"], tol)
+        assert moments[2] == out["count"]

@@ -274,7 +274,7 @@ def test_determinism(tmp_path):
     for name in ("a", "b"):
         args = ppo.Args(total_timesteps=1024, cuda=False, output_dir=str(tmp_path / name))
         ppo.train(args)
-        out.append(torch.load(tmp_path / name / "agent.pt")["agent"])
+        out.append(torch.load(tmp_path / name / "model.pt")["agent"])
     for key in out[0]:
         assert torch.equal(out[0][key], out[1][key]), key
     assert (tmp_path / "a/episodes.csv").read_text() == (tmp_path / "b/episodes.csv").read_text()
@@ -289,31 +289,75 @@ def test_penalty_variant_runs_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "flags,message",
+    "flags,named",
     [
-        (["--num-envs", "0"], "--num-envs must be positive"),
-        (["--num-minibatches", "3"], "does not split"),
-        (["--env-id", "Pendulum-v1"], "need Discrete"),
-        (["--env-id", "NoSuchEnv-v0"], "cannot make --env-id"),
-        (["--loss-type", "foo"], "--loss-type must be"),
-        (["--seed", "x"], "invalid int value"),
+        (["--num-envs", "0"], "--num-envs"),
+        (["--num-minibatches", "3"], "--num-minibatches"),
+        (["--env-id", "Pendulum-v1"], "--env-id"),
+        (["--env-id", "NoSuchEnv-v0"], "--env-id"),
+        (["--loss-type", "foo"], "--loss-type"),
+        (["--gamma", "nan"], "--gamma"),
+        (["--seed", "x"], "--seed"),
     ],
 )
-def test_bad_input_one_line_error(flags, message, tmp_path, capsys):
+def test_bad_input_one_line_error(flags, named, tmp_path, capsys):
+    """Bad input: a non-zero exit and one `error:` line that names the flag at fault."""
     code, _, err = run_main(capsys, *flags, "--output-dir", str(tmp_path))
     assert code != 0
-    assert err.strip().count("\n") == 0 and message in err
+    assert err.strip().count("\n") == 0 and err.startswith("error:") and named in err
 
 
-def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, capsys):
+def test_non_finite_loss_stops_and_names_the_flag(tmp_path, capsys):
+    """A loss that turns non-finite stops the run, names the flag to lower, and saves nothing
+    non-finite: in its first iteration nothing at all, later the last finite weights."""
     code, _, err = run_main(
         capsys, "--learning-rate", "1e30", "--output-dir", str(tmp_path / "out"),
         "--total-timesteps", "2048",
     )  # fmt: skip
-    assert code == 1 and "non-finite loss at iteration 1" in err
-    state = torch.load(tmp_path / "out" / "agent.pt")["agent"]
-    assert (tmp_path / "out" / "episodes.csv").exists()
-    assert all(torch.isfinite(v).all() for v in state.values())
+    assert code == 1 and "non-finite loss at iteration 1" in err and "--learning-rate" in err
+    assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_output_dir_with_a_run_is_refused_without_overwrite(tmp_path, capsys):
+    flags = ["--total-timesteps", "256", "--eval-episodes", "0", "--output-dir", str(tmp_path)]
+    assert run_main(capsys, *flags)[0] == 0
+    before = (tmp_path / "model.pt").read_bytes()
+    code, _, err = run_main(capsys, *flags)
+    assert code != 0 and err.count("\n") == 1 and "--overwrite" in err
+    assert (tmp_path / "model.pt").read_bytes() == before
+    assert run_main(capsys, *flags, "--overwrite", "--seed", "2")[0] == 0
+    assert (tmp_path / "model.pt").read_bytes() != before
+
+
+def test_progress_line_every_tenth_and_rounded_summary(tmp_path, capsys):
+    """About ten progress lines with percent, step, return, elapsed and ETA, the last at 100%;
+    the output folder named first; a short JSON summary with rounded floats."""
+    code, out, _ = run_main(capsys, "--total-timesteps", "5120", "--output-dir", str(tmp_path))
+    lines = out.strip().splitlines()
+    assert code == 0 and str(tmp_path) in lines[0]
+    progress = [line for line in lines if line.startswith("[")]
+    assert len(progress) == 10 and progress[-1].startswith("[100%] step 5120")
+    assert all(k in progress[0] for k in ("step", "return", "elapsed", "ETA"))
+    summary = json.loads(lines[-1])
+    assert len(lines[-1]) < 400 and summary["eval_mean_return"] > 0
+    assert all(round(v, 3) == v for v in summary.values() if isinstance(v, float))
+
+
+def test_eval_checkpoint_alone_uses_the_saved_env_and_ten_episodes(tmp_path, capsys):
+    run_main(
+        capsys, "--total-timesteps", "512", "--eval-episodes", "0", "--output-dir", str(tmp_path)
+    )
+    code, out, err = run_main(capsys, "--eval-checkpoint", str(tmp_path / "model.pt"))
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert code == 0, err
+    assert summary["eval_episodes"] == 10 and summary["env_id"] == "CartPole-v1"
+
+
+def test_help_shows_the_usage_examples(capsys):
+    with pytest.raises(SystemExit):
+        ppo.main(["--help"])
+    out = capsys.readouterr().out
+    assert "python ppo_cartpole.py --loss-type kl_penalty" in out and "(default: )" not in out
 
 
 def test_learns_cartpole(tmp_path):
@@ -333,4 +377,4 @@ def test_learns_cartpole(tmp_path):
     returns = np.loadtxt(tmp_path / "out" / "episodes.csv", delimiter=",", skiprows=1)[:, 1]
     assert np.convolve(returns, np.ones(20) / 20, "valid").max() >= 60
     assert summary["global_step"] == 19_968 and summary["eval_mean_return"] > 0
-    assert (tmp_path / "out" / "agent.pt").exists()
+    assert (tmp_path / "out" / "model.pt").exists()

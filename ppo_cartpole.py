@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import sys
+import threading
 import time
 from collections import deque
 
@@ -396,8 +397,12 @@ def make_envs(env_id, num_envs, action_spaces, video_dir=None):
         need = " or ".join(s.__name__ for s in action_spaces)
         raise ValueError(f"--env-id {env_id} has {obs} observations and {act} actions; need a "
                          f"flat Box and {need}, with next-step autoreset")  # fmt: skip
+
+    def as_float32(o):  # a NaN would fail deep inside sampling, without naming the env
+        require(np.isfinite(o).all(), f"--env-id {env_id} returned a NaN or inf observation")
+        return o.astype(np.float32)
+
     box = gym.spaces.Box(-np.inf, np.inf, obs.shape, np.float32)  # no network uses bounds
-    as_float32 = lambda o: o.astype(np.float32)  # noqa: E731
     return gym.wrappers.vector.TransformObservation(envs, as_float32, single_observation_space=box)
 
 
@@ -432,7 +437,10 @@ class Run:
         self.eval_envs = None  # made now: a missing video package stops the run before training
         if args.eval_episodes:
             self.eval_envs = make_envs(args.env_id, args.eval_episodes, action_spaces, video_dir)
-        self.writer = SummaryWriter(self.out, flush_secs=2)  # on Ctrl-C close() waits a flush
+        # TensorBoard's thread would print its own traceback for a full disk; the writer's next
+        # call raises the same OSError here. flush_secs=2: on Ctrl-C, close() waits a flush.
+        threading.excepthook = lambda a: isinstance(a.exc_value, OSError) or sys.excepthook(*a[:3])
+        self.writer = SummaryWriter(self.out, flush_secs=2)
         self.writer.add_text("args", json.dumps(vars(args), indent=1))
         self.episodes, self.recent, self.done, self.shown = [], deque(maxlen=20), 0, 0
         self.solved_at_step = self.solved_at_s = self.state = None

@@ -47,6 +47,15 @@ def theta_of(policy):
     return torch.cat([p.detach().flatten() for p in policy.parameters()])
 
 
+def step(policy, obs, action, adv, max_kl, cg_iters, damping, tol, ls_steps):
+    """trpo_step on the categorical policy `policy` (logits of a state), as train() calls it."""
+    args = trpo.Args(max_kl=max_kl, cg_iters=cg_iters, cg_damping=damping, cg_tol=tol,
+                     line_search_steps=ls_steps)  # fmt: skip
+    kinds = trpo.categorical_log_prob, trpo.categorical_kl
+    return trpo.trpo_step(list(policy.parameters()), lambda o: (policy(o),), *kinds, obs, action,
+                          adv, args)  # fmt: skip
+
+
 def cartpole_batch(policy, n=256, seed=0, dtype=torch.float64):
     """Observations from a random CartPole walk, actions sampled from `policy`, random Â."""
     envs = gym.make_vec("CartPole-v1", 8, "vector_entry_point")
@@ -117,7 +126,8 @@ def test_surrogate_gradient_at_theta_old_is_the_policy_gradient():
     adv = torch.randn(9, dtype=torch.float64)
     with torch.no_grad():
         logp_old = torch.log_softmax(policy(obs), -1)[torch.arange(9), action]
-    surr = trpo.surrogate_advantage(policy(obs), action, logp_old, adv)
+    logp = trpo.categorical_log_prob(action, policy(obs))
+    surr = trpo.surrogate_advantage(logp, logp_old, adv)
     assert surr.item() == pytest.approx(adv.mean().item())  # the ratio is 1 at θ_old
     g = torch.cat([x.flatten() for x in torch.autograd.grad(surr, list(policy.parameters()))])
     naive = torch.zeros_like(g)
@@ -150,7 +160,9 @@ def test_fisher_vector_product_equals_kl_hessian_and_analytic_fisher_times_v():
     torch.testing.assert_close(H, F_analytic, rtol=1e-8, atol=1e-10)
 
     damping = 0.1
-    fvp = trpo.fisher_vector_product(policy, obs, damping)
+    logits = policy(obs)  # KL̄ at θ_old with π_θold held fixed, as natural_step builds it
+    kl = trpo.categorical_kl(logits.detach(), logits).mean()
+    fvp = trpo.fisher_vector_product(kl, list(policy.parameters()), damping)
     for seed in range(3):
         v = torch.randn(
             len(theta0), dtype=torch.float64, generator=torch.Generator().manual_seed(seed)
@@ -183,7 +195,7 @@ def test_step_scaling_puts_the_quadratic_model_on_the_trust_region_boundary(max_
     damping = 0.1
     F_full = explicit_fisher(policy, obs) + damping * torch.eye(len(theta_of(policy)))
     theta0 = theta_of(policy)
-    stats = trpo.trpo_step(policy, obs, action, adv, max_kl, 10, damping, 1e-10, 10)
+    stats = step(policy, obs, action, adv, max_kl, 10, damping, 1e-10, 10)
     assert stats["accepted"] == 1.0
     delta = theta_of(policy) - theta0
     k = stats["line_search_steps"]
@@ -202,7 +214,7 @@ def test_update_stays_in_trust_region_and_improves_surrogate(seed):
     with torch.no_grad():
         old = torch.distributions.Categorical(logits=policy(obs))
     max_kl = 0.01
-    stats = trpo.trpo_step(policy, obs, action, adv, max_kl, 10, 0.1, 1e-8, 10)
+    stats = step(policy, obs, action, adv, max_kl, 10, 0.1, 1e-8, 10)
     with torch.no_grad():
         new = torch.distributions.Categorical(logits=policy(obs))
     kl = torch.distributions.kl_divergence(old, new).mean().item()
@@ -219,7 +231,7 @@ def test_failed_line_search_keeps_parameters():
     policy = trpo.mlp(4, 2, 64, 0.01)
     obs, action, adv = cartpole_batch(policy, n=256, dtype=torch.float32)
     before = theta_of(policy).clone()
-    stats = trpo.trpo_step(policy, obs, action, adv, 1e-30, 10, 0.1, 1e-8, 5)
+    stats = step(policy, obs, action, adv, 1e-30, 10, 0.1, 1e-8, 5)
     assert stats["accepted"] == 0.0 and stats["line_search_steps"] == 5
     assert torch.equal(theta_of(policy), before)
 
@@ -230,7 +242,7 @@ def test_zero_advantages_give_no_step():
     policy = trpo.mlp(4, 2, 64, 0.01)
     obs, action, adv = cartpole_batch(policy, n=128, dtype=torch.float32)
     before = theta_of(policy).clone()
-    stats = trpo.trpo_step(policy, obs, action, torch.zeros_like(adv), 0.01, 10, 0.1, 1e-8, 10)
+    stats = step(policy, obs, action, torch.zeros_like(adv), 0.01, 10, 0.1, 1e-8, 10)
     assert stats["accepted"] == 0.0 and stats["line_search_steps"] == 0
     assert torch.equal(theta_of(policy), before)
 
@@ -277,9 +289,9 @@ def test_update_batch_excludes_reset_steps(monkeypatch, tmp_path):
         valid_counts.append(int(b["valid"].sum()))
         return b, obs, prev_done
 
-    def recording_step(policy, obs, *a):
+    def recording_step(params, policy, log_prob, kl, obs, *a):
         sizes.append(len(obs))
-        return real_step(policy, obs, *a)
+        return real_step(params, policy, log_prob, kl, obs, *a)
 
     def recording_fit(critic, optimizer, obs, returns, *a):
         assert len(obs) == len(returns) == sizes[-1]
@@ -288,7 +300,8 @@ def test_update_batch_excludes_reset_steps(monkeypatch, tmp_path):
     monkeypatch.setattr(trpo, "rollout", counting_rollout)
     monkeypatch.setattr(trpo, "trpo_step", recording_step)
     monkeypatch.setattr(trpo, "fit_critic", recording_fit)
-    args = trpo.Args(total_timesteps=3072, critic_epochs=1, cuda=False, output_dir=str(tmp_path))
+    args = trpo.Args(total_timesteps=3072, critic_epochs=1, eval_episodes=0, cuda=False,
+                     output_dir=str(tmp_path))  # fmt: skip
     trpo.train(args)
     assert sizes == valid_counts and min(valid_counts) < 1024  # some steps were resets
 
@@ -310,40 +323,47 @@ def run_main(capsys, *argv):
 def test_determinism(tmp_path):
     out = []
     for name in ("a", "b"):
-        args = trpo.Args(total_timesteps=2048, cuda=False, output_dir=str(tmp_path / name))
+        args = trpo.Args(total_timesteps=2048, eval_episodes=0, cuda=False,
+                         output_dir=str(tmp_path / name))  # fmt: skip
         trpo.train(args)
-        out.append(torch.load(tmp_path / name / "trpo.pt")["agent"])
+        out.append(torch.load(tmp_path / name / "model.pt")["agent"])
     for key in out[0]:  # actor.* (the policy) and critic.*
         assert torch.equal(out[0][key], out[1][key]), key
     assert (tmp_path / "a/episodes.csv").read_text() == (tmp_path / "b/episodes.csv").read_text()
 
 
 @pytest.mark.parametrize(
-    "flags,message",
+    "flags,named",
     [
-        (["--num-envs", "0"], "--num-envs must be positive"),
-        (["--num-steps", "-1"], "--num-steps must be positive"),
-        (["--max-kl", "0"], "--max-kl must be positive"),
-        (["--cg-iters", "0"], "--cg-iters must be positive"),
-        (["--critic-minibatch-size", "0"], "--critic-minibatch-size must be positive"),
-        (["--gae-lambda", "1.5"], "--gae-lambda must be in [0, 1]"),
-        (["--env-id", "Pendulum-v1"], "need Discrete"),
-        (["--env-id", "NoSuchEnv-v0"], "cannot make --env-id"),
-        (["--max-kl", "x"], "invalid float value"),
+        (["--num-envs", "0"], "--num-envs"),
+        (["--num-steps", "-1"], "--num-steps"),
+        (["--max-kl", "0"], "--max-kl"),
+        (["--cg-iters", "0"], "--cg-iters"),
+        (["--cg-tol", "1"], "--cg-tol"),  # |r_0| <= |g|: CG would never iterate
+        (["--critic-minibatch-size", "0"], "--critic-minibatch-size"),
+        (["--gae-lambda", "1.5"], "--gae-lambda"),
+        (["--learning-rate", "nan"], "--learning-rate"),
+        (["--seed", "-1"], "--seed"),
+        (["--env-id", "Pendulum-v1"], "--env-id"),
+        (["--env-id", "NoSuchEnv-v0"], "--env-id"),
+        (["--max-kl", "x"], "--max-kl"),
+        (["--eval-checkpoint", "missing.pt"], "--eval-checkpoint"),
     ],
 )
-def test_bad_input_one_line_error(flags, message, tmp_path, capsys):
+def test_bad_input_one_line_error(flags, named, tmp_path, capsys):
     code, _, err = run_main(capsys, *flags, "--output-dir", str(tmp_path))
-    assert code != 0
-    assert err.strip().count("\n") == 0 and message in err
+    assert code != 0 and err.count("error:") == 1 and named in err
+    assert err.strip().count("\n") == 0 and not (tmp_path / "model.pt").exists()
+
+
+TINY = ["--no-cuda", "--num-envs", "4", "--num-steps", "64", "--critic-epochs", "2"]
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):
-    """A NaN in iteration 2 stops training; the checkpoint on disk is iteration 1's, the same
-    as a clean one-iteration run writes."""
-    common = ["--no-cuda", "--num-envs", "4", "--num-steps", "64", "--critic-epochs", "2"]
-    assert run_main(capsys, *common, "--total-timesteps", "256", "--output-dir",
-                    str(tmp_path / "one"))[0] == 0  # fmt: skip
+    """A NaN in iteration 2 stops training, naming a flag to lower; model.pt holds iteration
+    1's weights, the same as a clean one-iteration run writes."""
+    one = ["--total-timesteps", "256", "--eval-episodes", "0", "--output-dir"]
+    assert run_main(capsys, *TINY, *one, str(tmp_path / "one"))[0] == 0
     calls, real_fit = [], trpo.fit_critic
 
     def fit_then_nan(*a):
@@ -352,13 +372,35 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, 
 
     monkeypatch.setattr(trpo, "fit_critic", fit_then_nan)
     code, _, err = run_main(
-        capsys, *common, "--total-timesteps", "1024", "--output-dir", str(tmp_path / "bad")
+        capsys, *TINY, "--total-timesteps", "1024", "--output-dir", str(tmp_path / "bad")
     )
-    assert code == 1 and "non-finite loss at iteration 2" in err
-    good, bad = (torch.load(tmp_path / f"{d}/trpo.pt")["agent"] for d in ("one", "bad"))
+    assert code != 0 and err.count("error:") == 1 and "--learning-rate" in err
+    good, bad = (torch.load(tmp_path / f"{d}/model.pt")["agent"] for d in ("one", "bad"))
     for key in good:  # actor.* (the policy) and critic.*
         assert torch.equal(good[key], bad[key]), key
     assert (tmp_path / "bad" / "episodes.csv").exists()
+
+
+def test_run_files_progress_and_eval_checkpoint_alone(tmp_path, capsys):
+    """A run names its folder first, prints ~10 progress lines ending at 100%, saves
+    model.pt; a second run there is refused without --overwrite; --eval-checkpoint alone
+    evaluates 10 episodes of the env recorded in the checkpoint."""
+    out = str(tmp_path / "run")
+    code, stdout, err = run_main(capsys, *TINY, "--total-timesteps", "2560", "--output-dir", out)
+    assert code == 0, err
+    lines = stdout.strip().splitlines()
+    progress = [line for line in lines if line.startswith("[")]
+    assert out in lines[0] and len(progress) == 10 and progress[-1].startswith("[100%]")
+    summary = json.loads(lines[-1])
+    assert summary["algo"] == "trpo" and summary["global_step"] == 2560
+    ckpt = torch.load(tmp_path / "run" / "model.pt")
+    assert ckpt["script"] == "trpo.py" and ckpt["env_id"] == "CartPole-v1"
+    code, _, err = run_main(capsys, *TINY, "--total-timesteps", "256", "--output-dir", out)
+    assert code != 0 and err.count("error:") == 1 and "--overwrite" in err
+    code, stdout, err = run_main(capsys, "--eval-checkpoint", f"{out}/model.pt")
+    assert code == 0, err
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["env_id"] == "CartPole-v1" and summary["eval_episodes"] == 10
 
 
 def test_learns_cartpole(tmp_path):
@@ -380,4 +422,4 @@ def test_learns_cartpole(tmp_path):
     returns = np.loadtxt(tmp_path / "out" / "episodes.csv", delimiter=",", skiprows=1)[:, 1]
     assert np.convolve(returns, np.ones(20) / 20, "valid").max() >= 150
     assert summary["global_step"] == 24_576 and summary["eval_mean_return"] > 0
-    assert (tmp_path / "out" / "trpo.pt").exists()
+    assert (tmp_path / "out" / "model.pt").exists()

@@ -5,10 +5,13 @@ the scripts legitimately differ."""
 
 import ast
 import importlib
+import inspect
 import itertools
 import json
 import subprocess
 import sys
+import types
+from collections import deque
 from pathlib import Path
 
 import gymnasium as gym
@@ -24,9 +27,6 @@ sys.path.insert(0, str(ROOT))
 DIFFER_BY_DESIGN = {
     "Args": "each script has its own flags",
     "train": "each script has its own training loop",
-    "check_args": "each script validates its own flags",
-    "evaluate_checkpoint": "each script rebuilds its own networks (ppo_continuous also its "
-    "frozen observation statistics) from a checkpoint",
 }
 
 
@@ -67,11 +67,52 @@ def test_no_script_imports_another():
 
 
 def test_shared_helpers_present_everywhere():
-    """The CLI, checkpoint and error-handling helpers are in every script."""
+    """The CLI and error-handling helpers are in every script."""
     for path in SCRIPTS:
         names = top_level_sources(path).keys()
-        for helper in ("flag", "parse_args", "save_atomic", "main"):
+        for helper in ("flag", "parse_args", "require", "brief", "main"):
             assert helper in names, f"{path.name} lacks {helper}()"
+
+
+def called_names(path):
+    """Every name a script uses (calls, references), other than where it is defined."""
+    tree = ast.parse(path.read_text())
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
+        n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+    }
+
+
+def test_nothing_is_copied_into_a_script_that_it_does_not_call():
+    """Issue 30: a script holds only what it uses; a copy kept only for the shared-code test
+    is dead weight for every reader."""
+    for path in SCRIPTS:
+        used = called_names(path)
+        unused = [n for n in top_level_sources(path) if n not in used and n not in {"main", "Args"}]
+        assert not unused, f"{path.name} defines but never uses {unused}"
+
+
+FIRST_MATH_BEFORE = {"ppo_continuous.py": 110, "trpo_continuous.py": 110}  # others: 80
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in SCRIPTS if p.stem not in ("reward_model", "rlhf_ppo_gpt2")],
+    ids=lambda p: p.stem,
+)
+def test_the_paper_comes_first(path):
+    """Issue 30's layout: the first function after Args (the first equation) starts before
+    line 80 (110 in the continuous scripts, which have more flags), and the plumbing block,
+    under its banner, comes after train()."""
+    tree = ast.parse(path.read_text())
+    defs = [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)]
+    after_args = defs[[d.name for d in defs].index("Args") + 1]
+    assert after_args.lineno < FIRST_MATH_BEFORE.get(path.name, 80), (
+        after_args.name,
+        after_args.lineno,
+    )
+    lines = path.read_text().splitlines()
+    banner = next(i for i, line in enumerate(lines, 1) if line.startswith("# ==== Plumbing"))
+    assert banner > next(d.lineno for d in defs if d.name == "train")
 
 
 # ------------------------------------------------- the shared helpers, run in every script
@@ -115,6 +156,7 @@ def test_eval_checkpoint_replays_the_saved_greedy_policy(name, checkpoints, caps
     assert code == 0, err
     summary = json.loads(last)
     ckpt = torch.load(checkpoints[name])
+    assert checkpoints[name].name == "model.pt"
     assert ckpt["script"] == f"{name}.py" and ckpt["env_id"] == "CartPole-v1"
     policy = torch.nn.Sequential(*(module.mlp(4, 2, ckpt["args"]["hidden_size"], 1.0)))
     policy.load_state_dict({k[6:]: v for k, v in ckpt["agent"].items() if k[:6] == "actor."})
@@ -127,8 +169,8 @@ def test_eval_checkpoint_replays_the_saved_greedy_policy(name, checkpoints, caps
         obs, reward, term, trunc, _ = envs.step(action)
         returns, alive = returns + reward * alive, alive & ~(term | trunc)
     assert summary["eval_episodes"] == 3
-    assert summary["eval_mean_return"] == pytest.approx(returns.mean())
-    assert summary["eval_std_return"] == pytest.approx(returns.std())
+    assert summary["eval_mean_return"] == pytest.approx(returns.mean(), abs=1e-3)  # rounded
+    assert summary["eval_std_return"] == pytest.approx(returns.std(), abs=1e-3)
 
 
 @pytest.mark.parametrize("name", RL_SCRIPTS)
@@ -143,17 +185,16 @@ def test_eval_checkpoint_rejects_foreign_corrupt_and_missing_files(
     misfit["args"]["hidden_size"] = 7  # the saved weights are 64 wide
     torch.save(misfit, tmp_path / "misfit.pt")
     cases = [
-        ([str(tmp_path / "misfit.pt")], "does not fit"),
-        ([str(other)], "was made by"),
-        ([str(truncated)], "cannot read --eval-checkpoint"),
-        ([str(tmp_path / "missing.pt")], "cannot read --eval-checkpoint"),
-        ([str(checkpoints[name]), "--env-id", "Acrobot-v1"], "is an agent for CartPole-v1"),
-        ([str(checkpoints[name]), "--eval-episodes", "0"], "--eval-episodes must be"),
+        [str(tmp_path / "misfit.pt")],
+        [str(other)],
+        [str(truncated)],
+        [str(tmp_path / "missing.pt")],
+        [str(checkpoints[name]), "--eval-episodes", "0"],
     ]
-    for argv, message in cases:
+    for argv in cases:
         argv = ["--eval-checkpoint", *argv, "--output-dir", str(tmp_path)]
         code, _, err = run_cli(module, ["--eval-episodes", "2", *argv], capsys)
-        assert code != 0 and err.startswith("error: ") and message in err, (argv, err)
+        assert code != 0 and err.startswith("error: ") and "--eval-" in err, (argv, err)
         assert "\n" not in err
 
 
@@ -167,19 +208,23 @@ def test_capture_video_writes_one_mp4_per_episode(name, checkpoints, capsys, tmp
     assert code == 0, err
     videos = sorted(p.name for p in (tmp_path / "videos").glob("*.mp4"))
     assert videos == ["env0-episode-0.mp4", "env1-episode-0.mp4"]
-    assert json.loads(last)["videos"] == str(tmp_path / "videos")
 
 
+@pytest.mark.parametrize("missing", ["moviepy", "pygame"])
 @pytest.mark.parametrize("name", RL_SCRIPTS)
-def test_capture_video_without_moviepy_is_a_one_line_error(name, capsys, tmp_path, monkeypatch):
+def test_capture_video_names_the_missing_package_before_training(
+    name, missing, capsys, tmp_path, monkeypatch
+):
+    """Issue 30: --capture-video checks every optional package it needs (moviepy, and the
+    renderer: pygame for CartPole) before training, in one line that names it."""
     module = importlib.import_module(name)
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda n, *a: None if n == "moviepy" else real(n, *a)
-    )
+    monkeypatch.setitem(sys.modules, missing, None)  # import fails as if not installed
+    if missing == "pygame":
+        monkeypatch.setitem(sys.modules, "moviepy", types.ModuleType("moviepy"))
     argv = [*TINY, "--eval-episodes", "2", "--capture-video", "--output-dir", str(tmp_path)]
     code, _, err = run_cli(module, argv, capsys)
-    assert code != 0 and "pip install moviepy" in err and "\n" not in err
+    assert code != 0 and err.startswith("error: ") and missing in err and "\n" not in err
+    assert not (tmp_path / "model.pt").exists()  # stopped before training
 
 
 class Float64Env(gym.Env):
@@ -225,10 +270,10 @@ def test_make_envs_errors_are_one_line_and_close_the_envs(name, monkeypatch):
         return envs
 
     monkeypatch.setattr(gym, "make_vec", recording_make_vec)
-    with pytest.raises(ValueError, match=r"need Discrete \(for Box actions: ppo_continuous"):
+    with pytest.raises(ValueError, match="--env-id Pendulum-v1 .* need a flat Box and Discrete"):
         module.make_envs("Pendulum-v1", 2, (gym.spaces.Discrete,))
     assert closed == [1]
-    with pytest.raises(ValueError, match=r"need Box \(for Discrete actions: ppo_cartpole.py"):
+    with pytest.raises(ValueError, match="--env-id CartPole-v1 .* need a flat Box and Box"):
         module.make_envs("CartPole-v1", 2, (gym.spaces.Box,))
     with pytest.raises(ValueError, match="cannot make --env-id"):
         module.make_envs("NoSuchEnv-v0", 2, (gym.spaces.Discrete,))
@@ -249,21 +294,24 @@ class NullWriter:
 
 
 @pytest.mark.parametrize("threshold", [475.0, -200.0, None])
-def test_episode_log_solved_rule_matches_a_naive_window(threshold):
-    """EpisodeLog is one class in six scripts (identical source, proven above); its solved
-    rule, with the threshold a parameter, against a loop over explicit windows."""
-    mod = importlib.import_module("ppo_continuous")
+def test_solved_rule_matches_a_naive_window(threshold):
+    """Run is one class in every RL script (identical source, proven above); its solved rule,
+    with the threshold a parameter, against a loop over explicit windows. One env whose
+    every step ends an episode with the given return."""
+    mod = importlib.import_module("ppo_cartpole")
     rng = np.random.default_rng(0)
     rets = np.concatenate(
         [rng.uniform(-1500, -250, 30), rng.uniform(-260, 600, 60), rng.uniform(470, 520, 40)]
     )
-    episodes = [(100 * (i + 1), float(r)) for i, r in enumerate(rets)]
-    log = mod.EpisodeLog(NullWriter(), threshold)
-    for step, ret in episodes:
-        log.add(step, ret)
+    run = object.__new__(mod.Run)  # only the episode log: no envs, no files
+    run.writer, run.threshold, run.t0 = NullWriter(), threshold, 0.0
+    run.episodes, run.recent, run.solved_at_step, run.solved_at_s = [], deque(maxlen=20), None, None
+    ones = torch.ones(len(rets), 1)
+    step = run.add_rollout(np.zeros(1), torch.as_tensor(rets[:, None]), ones, 0)
+    episodes = [(i + 1, float(r)) for i, r in enumerate(rets)]
+    assert step == len(rets) and run.episodes == episodes
     expected = None if threshold is None else naive_solved_step(episodes, threshold)
-    assert log.solved_at_step == expected
+    assert run.solved_at_step == expected
     if threshold is not None:
         assert expected is not None  # the stream was built to cross both marks
-    default = mod.EpisodeLog(NullWriter())
-    assert default.threshold == 475.0
+    assert inspect.signature(mod.Run).parameters["threshold"].default == 475.0

@@ -71,5 +71,5 @@ if __name__ == "__main__":
         for env_id, hp in SB3_MUJOCO.items()
     }
     harness.continuous_benchmark(
-        "ppo_continuous.py", "agent.pt", "SB3 PPO", PENDULUM_FLAGS, SB3_PENDULUM, runners
+        "ppo_continuous.py", "model.pt", "SB3 PPO", PENDULUM_FLAGS, SB3_PENDULUM, runners
     )

@@ -1,6 +1,6 @@
 """ppo_continuous.py checked against independent computations: float64 closed forms written
 out by hand (not torch.distributions), numerical quadrature, an explicit Fisher matrix, numpy
-moments of the same stream, and a replayed environment."""
+moments of the same stream, and a replayed environment; then the command line, by behaviour."""
 
 import json
 import math
@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import ppo_continuous as ppo
+import trpo_continuous  # the Gaussian KL, which ppo_continuous.py itself does not use
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -59,7 +60,7 @@ def test_gaussian_kl_matches_closed_form_and_quadrature():
     rng = np.random.default_rng(1)
     mp, mq = rng.normal(size=(4, 2)), rng.normal(size=(4, 2))
     lp, lq = rng.normal(scale=0.5, size=(4, 2)), rng.normal(scale=0.5, size=(4, 2))
-    got = ppo.gaussian_kl(t64(mp), t64(lp), t64(mq), t64(lq)).numpy()
+    got = trpo_continuous.gaussian_kl(t64(mp), t64(lp), t64(mq), t64(lq)).numpy()
     for b in range(4):
         total = quad = 0.0
         for i in range(2):
@@ -71,7 +72,7 @@ def test_gaussian_kl_matches_closed_form_and_quadrature():
             quad += np.trapezoid(np.exp(logp) * (logp - logq), x)  # ∫ p log(p/q)
         assert got[b] == pytest.approx(total, rel=1e-10)
         assert got[b] == pytest.approx(quad, abs=1e-6)
-    same = ppo.gaussian_kl(t64(mp), t64(lp), t64(mp), t64(lp))
+    same = trpo_continuous.gaussian_kl(t64(mp), t64(lp), t64(mp), t64(lp))
     np.testing.assert_allclose(same.numpy(), 0.0, atol=1e-15)
 
 
@@ -82,7 +83,7 @@ def gaussian_fisher_vector_product(agent, obs):
     params = [*agent.actor_mean.parameters(), agent.actor_log_std]
     mean = agent.actor_mean(obs)
     log_std = agent.actor_log_std.expand_as(mean)
-    kl = ppo.gaussian_kl(mean.detach(), log_std.detach(), mean, log_std).mean()
+    kl = trpo_continuous.gaussian_kl(mean.detach(), log_std.detach(), mean, log_std).mean()
     grads = torch.autograd.grad(kl, params, create_graph=True)
     grad_kl = torch.cat([g.flatten() for g in grads])
 
@@ -267,14 +268,14 @@ def run_main(capsys, *flags):
 
 def short_pendulum(tmp_path, **kw):
     args = dict(ppo.PENDULUM, total_timesteps=2048, cuda=False, output_dir=str(tmp_path))
-    return ppo.Args(**{**args, **kw})
+    return ppo.Args(**{**args, "eval_episodes": 0, **kw})
 
 
 def test_determinism(tmp_path):
     out = []
     for name in ("a", "b"):
         ppo.train(short_pendulum(tmp_path / name))
-        out.append(torch.load(tmp_path / name / "agent.pt", weights_only=False))
+        out.append(torch.load(tmp_path / name / "model.pt", weights_only=True))
     for key in out[0]["agent"]:
         assert torch.equal(out[0]["agent"][key], out[1]["agent"][key]), key
     np.testing.assert_array_equal(out[0]["normalizer"]["obs"][1], out[1]["normalizer"]["obs"][1])
@@ -284,8 +285,8 @@ def test_determinism(tmp_path):
 def test_checkpoint_statistics_round_trip_and_stay_frozen_at_evaluation(tmp_path, monkeypatch):
     """The saved statistics equal numpy's moments of every observation the training fed to
     update_moments; reloading gives them back; evaluating never updates them, and
-    --eval-checkpoint's return equals an independent evaluation loop with those frozen
-    statistics."""
+    --eval-checkpoint alone (the env id comes from the checkpoint) returns what an independent
+    evaluation loop with those frozen statistics returns."""
     fed = []
     real = ppo.update_moments
 
@@ -298,7 +299,8 @@ def test_checkpoint_statistics_round_trip_and_stay_frozen_at_evaluation(tmp_path
     ppo.train(short_pendulum(tmp_path))
     monkeypatch.setattr(ppo, "update_moments", real)
     stream = np.concatenate(fed)
-    ckpt = ppo.load_checkpoint(str(tmp_path / "agent.pt"), ppo.SCRIPT, "Pendulum-v1")
+    ckpt = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert ckpt["script"] == ppo.SCRIPT and ckpt["env_id"] == "Pendulum-v1"
     normalizer = ppo.Normalizer(3, 1, ppo.Args(**ckpt["args"]))
     normalizer.load_state_dict(ckpt["normalizer"])
     np.testing.assert_allclose(normalizer.obs[0], stream.mean(0), rtol=1e-10)
@@ -312,9 +314,8 @@ def test_checkpoint_statistics_round_trip_and_stay_frozen_at_evaluation(tmp_path
 
     monkeypatch.setattr(ppo, "update_moments", frozen)
     summary = ppo.train(
-        ppo.Args(env_id="Pendulum-v1", eval_checkpoint=str(tmp_path / "agent.pt"),
-                 eval_episodes=3, cuda=False, output_dir=str(tmp_path / "eval"))
-    )  # fmt: skip
+        ppo.Args(eval_checkpoint=str(tmp_path / "model.pt"), eval_episodes=3, cuda=False)
+    )
     # Independent evaluation: numpy normalisation with the saved μ, σ², mean action, clip.
     mean, var = normalizer.obs[:2]
     envs = gym.make_vec("Pendulum-v1", 3, "sync")
@@ -331,61 +332,123 @@ def test_checkpoint_statistics_round_trip_and_stay_frozen_at_evaluation(tmp_path
     assert summary["eval_episodes"] == 3 and summary["env_id"] == "Pendulum-v1"
 
 
+def test_eval_checkpoint_alone_uses_the_saved_env_and_ten_episodes(tmp_path, capsys):
+    ppo.train(short_pendulum(tmp_path, total_timesteps=1024))
+    code, out, err = run_main(capsys, "--eval-checkpoint", str(tmp_path / "model.pt"))
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert code == 0, err
+    assert summary["eval_episodes"] == 10 and summary["env_id"] == "Pendulum-v1"
+
+
 def test_capture_video_writes_mp4_of_the_evaluation(tmp_path):
     pytest.importorskip("moviepy")
     pytest.importorskip("pygame")  # Pendulum's rgb_array rendering
     ppo.train(short_pendulum(tmp_path / "run", total_timesteps=1024))
-    summary = ppo.train(
-        ppo.Args(env_id="Pendulum-v1", eval_checkpoint=str(tmp_path / "run" / "agent.pt"),
-                 eval_episodes=2, capture_video=True, cuda=False,
-                 output_dir=str(tmp_path / "eval"))
+    ppo.train(
+        ppo.Args(eval_checkpoint=str(tmp_path / "run" / "model.pt"), eval_episodes=2,
+                 capture_video=True, cuda=False, output_dir=str(tmp_path / "eval"))
     )  # fmt: skip
     videos = sorted(p.name for p in (tmp_path / "eval" / "videos").glob("*.mp4"))
     assert videos == ["env0-episode-0.mp4", "env1-episode-0.mp4"]
-    assert summary["videos"] == str(tmp_path / "eval" / "videos")
 
 
-def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, capsys):
+def test_non_finite_loss_stops_and_names_the_flag(tmp_path, capsys):
+    """In its first iteration: nothing non-finite is saved, so no model.pt at all."""
     code, _, err = run_main(
         capsys, *PENDULUM_FLAGS, "--learning-rate", "1e30", "--total-timesteps", "2048",
         "--output-dir", str(tmp_path / "out"),
     )  # fmt: skip
-    assert code == 1 and "non-finite loss at iteration 1" in err
-    ckpt = torch.load(tmp_path / "out" / "agent.pt", weights_only=False)
-    assert all(torch.isfinite(v).all() for v in ckpt["agent"].values())
+    assert code == 1 and "non-finite loss at iteration 1" in err and "--learning-rate" in err
+    assert not (tmp_path / "out" / "model.pt").exists()
 
 
 @pytest.mark.parametrize(
-    "flags,message",
+    "flags,named",
     [
-        (["--num-envs", "0"], "--num-envs must be positive"),
-        (["--num-minibatches", "3", "--num-steps", "64"], "does not split"),
-        (["--env-id", "CartPole-v1"], "need Box"),
-        (["--env-id", "NoSuchEnv-v0"], "cannot make --env-id"),
-        (["--seed", "x"], "invalid int value"),
-        (["--eval-checkpoint", "/nonexistent/agent.pt", "--eval-episodes", "2"], "cannot read"),
-        (["--eval-checkpoint", "/nonexistent/agent.pt"], "--eval-episodes must be"),
+        (["--num-envs", "0"], "--num-envs"),
+        (["--num-minibatches", "3", "--num-steps", "64"], "--num-minibatches"),
+        (["--init-log-std", "30"], "--init-log-std"),
+        (["--solved-return", "nan"], "--solved-return"),
+        (["--env-id", "CartPole-v1"], "--env-id"),
+        (["--env-id", "NoSuchEnv-v0"], "--env-id"),
+        (["--seed", "x"], "--seed"),
+        (["--eval-checkpoint", "/nonexistent/model.pt"], "/nonexistent/model.pt"),
+        (["--eval-checkpoint", "/nonexistent/model.pt", "--eval-episodes", "0"], "--eval-"),
     ],
 )
-def test_bad_input_one_line_error(flags, message, tmp_path, capsys):
+def test_bad_input_one_line_error(flags, named, tmp_path, capsys):
+    """Bad input: a non-zero exit and one `error:` line that names the flag or file at fault."""
     code, _, err = run_main(capsys, *flags, "--output-dir", str(tmp_path))
     assert code != 0
-    assert err.strip().count("\n") == 0 and message in err
+    assert err.strip().count("\n") == 0 and err.startswith("error:") and named in err
 
 
-def test_foreign_truncated_or_other_env_checkpoint_one_line_error(tmp_path, capsys):
+def test_foreign_or_truncated_checkpoint_one_line_error(tmp_path, capsys):
     torch.save({"script": "ppo_cartpole.py", "env_id": "Pendulum-v1"}, tmp_path / "other.pt")
     ppo.train(short_pendulum(tmp_path / "run", total_timesteps=1024))
-    data = (tmp_path / "run" / "agent.pt").read_bytes()
+    data = (tmp_path / "run" / "model.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    for path, env_id, message in [
-        (tmp_path / "other.pt", "Pendulum-v1", "was made by ppo_cartpole.py"),
-        (tmp_path / "cut.pt", "Pendulum-v1", "cannot read --eval-checkpoint"),
-        (tmp_path / "run" / "agent.pt", "MountainCarContinuous-v0", "is an agent for Pendulum"),
-    ]:
-        flags = ["--env-id", env_id, "--eval-episodes", "2", "--output-dir", str(tmp_path / "e")]
-        code, _, err = run_main(capsys, "--eval-checkpoint", str(path), *flags)
-        assert code == 1 and message in err and err.count("\n") == 1, err
+    for path in (tmp_path / "other.pt", tmp_path / "cut.pt"):
+        code, _, err = run_main(capsys, "--eval-checkpoint", str(path), "--eval-episodes", "2")
+        assert code == 1 and str(path) in err and err.count("\n") == 1, err
+
+
+def test_output_dir_with_a_run_is_refused_without_overwrite(tmp_path, capsys):
+    flags = [*PENDULUM_FLAGS, "--total-timesteps", "1024", "--eval-episodes", "0"]
+    assert run_main(capsys, *flags, "--output-dir", str(tmp_path))[0] == 0
+    before = (tmp_path / "model.pt").read_bytes()
+    code, _, err = run_main(capsys, *flags, "--output-dir", str(tmp_path))
+    assert code != 0 and err.count("\n") == 1 and "--overwrite" in err
+    assert (tmp_path / "model.pt").read_bytes() == before
+
+
+def test_progress_line_every_tenth_and_rounded_summary(tmp_path, capsys):
+    """About ten progress lines with percent, step, return, elapsed and ETA, the last at 100%;
+    the output folder named first; a short JSON summary with rounded floats."""
+    code, out, _ = run_main(
+        capsys, *PENDULUM_FLAGS, "--num-steps", "64", "--num-minibatches", "4",
+        "--total-timesteps", "5120", "--eval-episodes", "2", "--output-dir", str(tmp_path),
+    )  # fmt: skip
+    lines = out.strip().splitlines()
+    assert code == 0 and str(tmp_path) in lines[0]
+    progress = [line for line in lines if line.startswith("[")]
+    assert len(progress) == 10 and progress[-1].startswith("[100%] step 5120")
+    assert all(k in progress[0] for k in ("step", "return", "elapsed", "ETA"))
+    summary = json.loads(lines[-1])
+    assert len(lines[-1]) < 400 and summary["eval_mean_return"] < 0
+    assert all(round(v, 3) == v for v in summary.values() if isinstance(v, float))
+
+
+def test_help_shows_the_usage_examples(capsys):
+    with pytest.raises(SystemExit):
+        ppo.main(["--help"])
+    out = capsys.readouterr().out
+    assert "python ppo_continuous.py --eval-checkpoint" in out and "(default: )" not in out
+
+
+def test_mujoco_warnings_pass_but_settotalmass_and_its_log_file_do_not(tmp_path):
+    """HalfCheetah-v5's XML uses MuJoCo's deprecated 'settotalmass': a run prints no warning
+    about it and leaves no MUJOCO_LOG.TXT in the current folder; MuJoCo's other warnings still
+    reach the user, as Python warnings."""
+    mujoco = pytest.importorskip("mujoco")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "ppo_continuous.py"), "--no-cuda", "--env-id",
+         "HalfCheetah-v5", "--total-timesteps", "64", "--num-steps", "64",
+         "--num-minibatches", "1", "--update-epochs", "1", "--eval-episodes", "0",
+         "--output-dir", "out"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "settotalmass" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+    ppo.quiet_mujoco()
+    model = mujoco.MjModel.from_xml_string(
+        '<mujoco><worldbody><body><geom size=".1"/><joint/></body></worldbody></mujoco>'
+    )
+    data = mujoco.MjData(model)
+    data.qpos[:] = np.nan
+    with pytest.warns(UserWarning, match="Nan, Inf or huge value in QPOS"):
+        mujoco.mj_step(model, data)
 
 
 def test_learns_pendulum(tmp_path):
@@ -404,4 +467,4 @@ def test_learns_pendulum(tmp_path):
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["final_mean_return"] >= -800
     assert summary["eval_mean_return"] >= -500
-    assert (tmp_path / "out" / "agent.pt").exists()
+    assert (tmp_path / "out" / "model.pt").exists()

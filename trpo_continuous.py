@@ -2,173 +2,81 @@
 
 Schulman et al. 2015, "Trust Region Policy Optimization" (https://arxiv.org/abs/1502.05477),
 with generalized advantage estimation (https://arxiv.org/abs/1506.02438), as a diff of
-trpo.py: the same conjugate gradient, Fisher-vector product by double backprop, step size
-and backtracking line search, with the policy of ppo_continuous.py (a diagonal Gaussian with
-a learned, state-independent log σ; actions clipped only on their way to the environment)
-and its running observation normalisation and reward scaling, saved with the checkpoint and
-frozen at evaluation. The trust region uses the closed-form Gaussian KL.
+trpo.py: the same conjugate gradient, Fisher-vector product, step size and line search, with
+the policy of ppo_continuous.py (a diagonal Gaussian with a learned, state-independent log σ;
+actions clipped only on their way to the environment), its running observation and reward
+normalisation (saved with the model, frozen at evaluation), and the closed-form Gaussian KL.
 
-Why a second file rather than a branch in trpo.py: the Box path needs the Gaussian math, the
-Gaussian agent, the normalisation statistics and their rollout and evaluation (about 250
-lines); in trpo.py they would double the file and put a branch in every phase of a loop that
-CartPole readers should see plain.
-
-    python trpo_continuous.py                  # Pendulum-v1, 100k steps
+    python trpo_continuous.py --output-dir runs/pendulum  # Pendulum-v1, 100k steps
     python trpo_continuous.py --env-id HalfCheetah-v5 --total-timesteps 1000000
-    python trpo_continuous.py --help
+    python trpo_continuous.py --eval-checkpoint runs/pendulum/model.pt --capture-video
 """
+
+import signal
+
+if __name__ == "__main__":  # until main() runs, Ctrl-C ends the process without a traceback
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 import argparse
 import contextlib
-import copy
 import dataclasses
-import importlib.util
 import json
 import math
 import os
-import random
-import signal
 import sys
-import tempfile
 import threading
 import time
 import warnings
 from collections import deque
-from dataclasses import dataclass
 
-try:  # Ctrl-C while torch loads (a second or two) gets one line, not a traceback
-    import gymnasium as gym
-    import numpy as np
-    import torch
-    import torch.nn as nn
-    from torch.nn.utils import parameters_to_vector, vector_to_parameters
-    from torch.utils.tensorboard import SummaryWriter
-except KeyboardInterrupt:
-    sys.exit("error: interrupted while starting up; nothing was written")
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.utils.tensorboard import SummaryWriter
 
 SCRIPT = "trpo_continuous.py"  # recorded in checkpoints, checked when one is loaded
 
 
-def flag(default, help):
-    """A dataclass field that is also a command-line flag with help text."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def flag(default, help, rule=None):
+    """A field of Args that is also a --flag; parse_args checks its rule (see RULES)."""
+    return dataclasses.field(default=default, metadata=dict(help=help, rule=rule))
 
 
-@dataclass
+@dataclasses.dataclass
 class Args:
-    seed: int = flag(1, "seed of random, numpy, torch and the environments")
+    seed: int = flag(1, "seed of random, numpy, torch and the environments", "in [0, 2^32)")
     cuda: bool = flag(True, "use CUDA when it is available")
-    output_dir: str = flag("", "logs and checkpoints go here; default runs/<run-name>")
+    output_dir: str = flag("", "logs and model.pt go here; default runs/<env>__<script>__...")
     overwrite: bool = flag(False, "replace the files of an earlier run in --output-dir")
     env_id: str = flag("Pendulum-v1", "a Gymnasium environment with a Box action space")
-    total_timesteps: int = flag(100_000, "environment steps to train for, over all envs")
-    num_envs: int = flag(8, "parallel environments")
-    num_steps: int = flag(256, "steps per environment per rollout (one TRPO step each)")
-    gamma: float = flag(0.95, "discount factor γ")
-    gae_lambda: float = flag(0.95, "GAE λ: 0 is one-step TD, 1 is Monte Carlo")
-    max_kl: float = flag(0.02, "δ, the trust region: the bound on the mean KL of one update")
-    cg_iters: int = flag(10, "most conjugate-gradient iterations for F s = g")
-    cg_damping: float = flag(0.1, "added to the Fisher matrix, (F + damping·I) s = g")
-    cg_tol: float = flag(1e-8, "conjugate gradient stops once |residual| <= cg_tol·|g|")
-    line_search_steps: int = flag(10, "most backtracking steps; each halves the step")
-    learning_rate: float = flag(1e-3, "Adam step size of the critic")
-    critic_epochs: int = flag(10, "passes of critic regression over each rollout")
-    critic_minibatch_size: int = flag(256, "minibatch size of the critic regression")
-    hidden_size: int = flag(64, "width of the two hidden layers of policy and critic")
-    init_log_std: float = flag(0.0, "initial log σ of every action dimension")
+    total_timesteps: int = flag(100_000, "environment steps to train for, over all envs", "> 0")
+    num_envs: int = flag(8, "parallel environments", "> 0")
+    num_steps: int = flag(256, "steps per environment per rollout (one TRPO step each)", "> 0")
+    gamma: float = flag(0.95, "discount factor γ", "in [0, 1]")
+    gae_lambda: float = flag(0.95, "GAE λ: 0 is one-step TD, 1 is Monte Carlo", "in [0, 1]")
+    max_kl: float = flag(0.02, "δ, the trust region: the bound on the mean KL of a step", "> 0")
+    cg_iters: int = flag(10, "most conjugate-gradient iterations for F s = g", "> 0")
+    cg_damping: float = flag(0.1, "λ added to the Fisher matrix: (F + λI) s = g", ">= 0")
+    cg_tol: float = flag(1e-8, "CG stops once |residual| <= cg_tol·|g|; below 1", ">= 0")
+    line_search_steps: int = flag(10, "most backtracking steps; each halves the step", "> 0")
+    learning_rate: float = flag(1e-3, "Adam step size of the critic", "> 0")
+    critic_epochs: int = flag(10, "passes of critic regression over each rollout", "> 0")
+    critic_minibatch_size: int = flag(256, "minibatch size of the critic regression", "> 0")
+    hidden_size: int = flag(64, "width of the two hidden layers of policy and critic", "> 0")
+    init_log_std: float = flag(0.0, "initial log σ of every action dimension, in [-20, 20]")
     norm_obs: bool = flag(True, "normalise observations by their running mean and std")
     norm_reward: bool = flag(True, "divide rewards by the running std of the discounted return")
-    clip_obs: float = flag(10.0, "clip normalised observations to ±this")
-    clip_reward: float = flag(10.0, "clip scaled rewards to ±this")
-    solved_return: float = flag(
-        0.0,
-        "solved_at_step: last-20 mean return to reach; 0 = -200 on Pendulum-v1, else "
-        "the env's reward_threshold",
-    )
-    eval_episodes: int = flag(0, "after training, evaluate the deterministic policy on N episodes")
-    eval_checkpoint: str = flag("", "evaluate this saved trpo.pt on --eval-episodes; no training")
-    capture_video: bool = flag(False, "save the evaluation episodes as MP4 in <output-dir>/videos")
+    clip_obs: float = flag(10.0, "clip normalised observations to ±this", "> 0")
+    clip_reward: float = flag(10.0, "clip scaled rewards to ±this", "> 0")
+    solved_return: float = flag(0.0, "last-20 mean return that is solved; 0 = the env's mark")
+    eval_episodes: int = flag(10, "deterministic episodes to evaluate after training", ">= 0")
+    eval_checkpoint: str = flag("", "evaluate this saved model.pt instead of training")
+    capture_video: bool = flag(False, "record the evaluation episodes in <output-dir>/videos")
 
 
-def parse_args(argv=None) -> Args:
-    """Build the command line from the fields of Args: --flag-name, --x/--no-x for booleans."""
-    parser = argparse.ArgumentParser(description=sys.modules[__name__].__doc__.split("\n")[0])
-    for f in dataclasses.fields(Args):
-        kind = type(f.default)
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            type=None if kind is bool else kind,
-            action=argparse.BooleanOptionalAction if kind is bool else None,
-            default=f.default,
-            help=f.metadata["help"] + " (default: %(default)s)",
-        )
-    parser.error = lambda message: sys.exit(f"error: {message} (see --help)")
-    return Args(**vars(parser.parse_args(argv)))
-
-
-def check_flags(args, positive=(), nonneg=(), unit=()):
-    """The one rule every script applies to its numeric flags, naming the flag at fault: every
-    float flag finite (a NaN trains nothing and an inf stalls it); every count, step size or
-    norm bound > 0 (a negative gradient-norm bound would flip the gradient); every weight, ε
-    or tolerance ≥ 0; every probability, γ or λ in [0, 1]."""
-    for field in dataclasses.fields(args):
-        value = getattr(args, field.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"--{field.name.replace('_', '-')} must be finite, not {value}")
-    rules = (
-        (positive, lambda v: v > 0, "positive"),
-        (nonneg, lambda v: v >= 0, "0 or more"),
-        (unit, lambda v: 0 <= v <= 1, "in [0, 1]"),
-    )
-    for names, ok, what in rules:
-        for name in names:
-            if not ok(getattr(args, name)):
-                raise ValueError(
-                    f"--{name.replace('_', '-')} must be {what}, not {getattr(args, name)}"
-                )
-
-
-def check_memory(nbytes, flags):
-    """ValueError, before anything is allocated, if about `nbytes` would not fit in half of
-    this machine's memory: numpy and torch would fail with a traceback, or the run would swap."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if nbytes > total / 2:
-        gib = min(nbytes, 2**100) / 2**30  # a huge int would overflow the float division
-        raise ValueError(f"{flags} need about {gib:.3g} GiB, more than half of this "
-                         f"machine's {total / 2**30:.0f} GiB; lower them")  # fmt: skip
-
-
-def check_args(args):
-    """Reject settings that would fail later with an obscure error, saying what to fix."""
-    counts = ("total_timesteps", "num_envs", "num_steps", "cg_iters", "line_search_steps",
-              "critic_epochs", "critic_minibatch_size", "hidden_size")  # fmt: skip
-    check_flags(args, positive=(*counts, "learning_rate", "max_kl", "clip_obs", "clip_reward"),
-                nonneg=("seed", "cg_damping", "cg_tol", "eval_episodes"),
-                unit=("gamma", "gae_lambda"))  # fmt: skip
-    if args.cg_tol >= 1:  # |r_0| = |g| <= cg_tol·|g|: no CG iteration, so never a step
-        raise ValueError(f"--cg-tol must be below 1, not {args.cg_tol}: TRPO would never step")
-    # numpy's seeds are 32-bit; the optimizer's first step, ~10 lr, must fit in a float32; one
-    # environment object per env or evaluation episode; more CG iterations, halvings of the
-    # step (100 move no float32 weight) or critic epochs make a run never end.
-    most = dict(seed=2**32 - 1, learning_rate=1e37, num_envs=10_000, eval_episodes=10_000,
-                cg_iters=1000, line_search_steps=100, critic_epochs=1000)  # fmt: skip
-    for name, bound in most.items():
-        if getattr(args, name) > bound:
-            raise ValueError(f"--{name.replace('_', '-')} must be at most {bound}, not "
-                             f"{getattr(args, name)}")  # fmt: skip
-    # The rollout buffers and the networks, at ~1 KiB per stored step (observations of up
-    # to ~250 floats) and 3 weight copies (weights, Adam's two moments) of the two MLPs.
-    check_memory(1024 * args.num_envs * args.num_steps + 4 * 3 * 2 * 2 * args.hidden_size**2,
-                 "--num-envs x --num-steps and --hidden-size")  # fmt: skip
-    if abs(args.init_log_std) > 20:  # σ from 2e-9 to 5e8; e^±88 overflows float32
-        raise ValueError(f"--init-log-std must lie in [-20, 20], not {args.init_log_std}")
-    if args.eval_checkpoint and args.eval_episodes == 0:
-        raise ValueError("--eval-episodes must be > 0 with --eval-checkpoint")
-
-
-# ---------------------------------------------------------------------------------------
-# The math. Each function takes all it uses as arguments, so tests can check it alone.
-# ---------------------------------------------------------------------------------------
+# ---- The math: pure functions of tensors and arrays, each checked alone by the tests ----
 
 
 def gae(rewards, values, terminated, dones, gamma, lam):
@@ -182,14 +90,11 @@ def gae(rewards, values, terminated, dones, gamma, lam):
     episode's final observation, so at a truncation δ_t bootstraps with V(final obs) while
     the recursion still stops (done = terminated or truncated). Returns Â, shape [T, N].
     """
-    # δ_t = r_t + γ V(s_{t+1}) (1 − terminated_t) − V(s_t), every t at once: only a real
-    # terminal state has value 0; a time-limit cut keeps the bootstrap.
     delta = rewards + gamma * values[1:] * (1 - terminated) - values[:-1]
     decay = gamma * lam * (1 - dones)
     advantages = torch.zeros_like(rewards)
     next_adv = torch.zeros_like(rewards[0])
     for t in reversed(range(rewards.shape[0])):
-        # Â_t = δ_t + γλ (1 − done_t) Â_{t+1}: advantages never leak across episodes.
         next_adv = delta[t] + decay[t] * next_adv
         advantages[t] = next_adv
     return advantages
@@ -200,7 +105,6 @@ def gaussian_log_prob(action, mean, log_std):
 
     log π(a|s) = −Σ_i [ (a_i − μ_i)² / (2 σ_i²) + log σ_i + ½ log 2π ]
     """
-    # −Σ_i [(a_i − μ_i)² / (2σ_i²) + log σ_i + ½ log 2π]
     z = (action - mean) * torch.exp(-log_std)
     return -(0.5 * z**2 + log_std + 0.5 * math.log(2 * math.pi)).sum(-1)
 
@@ -210,21 +114,18 @@ def gaussian_kl(mean_p, log_std_p, mean_q, log_std_q):
 
     KL = Σ_i [ log σ_q,i − log σ_p,i + (σ_p,i² + (μ_p,i − μ_q,i)²) / (2 σ_q,i²) − ½ ]
     """
-    # Σ_i [log σ_q − log σ_p + (σ_p² + (μ_p − μ_q)²) / (2σ_q²) − ½]
     var_ratio = torch.exp(2 * (log_std_p - log_std_q))
     mean_term = ((mean_p - mean_q) * torch.exp(-log_std_q)) ** 2
     return (log_std_q - log_std_p + 0.5 * (var_ratio + mean_term) - 0.5).sum(-1)
 
 
-def gaussian_surrogate_advantage(mean, log_std, action, logp_old, adv):
-    """The surrogate objective of TRPO (its eq. 14) for a Gaussian policy, to be maximised:
+def surrogate_advantage(logp, logp_old, adv):
+    """The surrogate objective of TRPO (its eq. 14), to be maximised:
 
-    L(θ) = E[π_θ(a|s) / π_θold(a|s) · Â],   log π_θ(a|s) = gaussian_log_prob(a, μ_θ(s), log σ)
+    L(θ) = E[π_θ(a|s) / π_θold(a|s) · Â] = mean(exp(log π_θ − log π_θold) · Â)
 
     At θ = θ_old it equals E[Â], and its gradient there is the policy gradient g.
     """
-    logp = gaussian_log_prob(action, mean, log_std)
-    # L(θ) = mean( exp(log π_θ − log π_θold) · Â )
     return (torch.exp(logp - logp_old) * adv).mean()
 
 
@@ -246,49 +147,36 @@ def conjugate_gradient(matvec, b, iters, tol):
         if rr.sqrt() <= tol * b.norm():
             break
         Ap = matvec(p)
-        # α_k = r_kᵀr_k / p_kᵀA p_k
         alpha = rr / (p @ Ap)
         x = x + alpha * p
         r = r - alpha * Ap
         rr_new = r @ r
-        # p_{k+1} = r_{k+1} + (r_{k+1}ᵀr_{k+1} / r_kᵀr_k) p_k
         p = r + (rr_new / rr) * p
         rr = rr_new
     return x
 
 
-def gaussian_policy(agent, obs):
-    """The Gaussian policy's parameters at `obs`: μ_θ(s) and log σ broadcast to its shape."""
-    mean = agent.actor_mean(obs)
-    return mean, agent.actor_log_std.expand_as(mean)
+def fisher_vector_product(kl, params, damping):
+    """Return v ↦ (F + damping·I) v, without ever forming the matrix F:
 
-
-def gaussian_fisher_vector_product(agent, obs, damping):
-    """Return v ↦ (F + damping·I) v for the Gaussian policy's parameters θ = (μ net, log σ),
-    without ever forming F (trpo.py's fisher_vector_product, with the closed-form KL):
-
-    KL̄(θ) = E_s[KL(N(μ_old, σ_old²) ‖ N(μ_θ(s), σ²))],   F = ∇²_θ KL̄ at θ = θ_old
+    KL̄(θ) = E_s[KL(π_θold(·|s) ‖ π_θ(·|s))],   F = ∇²_θ KL̄ at θ = θ_old
     F v = ∇_θ((∇_θ KL̄)ᵀ v)                   (Pearlmutter 1994: double backprop)
 
-    For this policy F has a known form (tests/test_trpo_continuous.py builds it): E_s[Jᵀ Σ⁻¹ J]
-    for the mean network's weights (J = ∂μ/∂θ), 2 on the diagonal for each log σ_i, and 0
-    between the two.
+    `kl` is KL̄ at θ_old, a graph of `params` with π_θold held fixed: its value is 0 but its
+    first and second derivatives are not. At θ_old the Hessian of the KL is the Fisher
+    information matrix of the policy (the first derivative is zero there). Damping keeps the
+    system positive definite where the batch's Fisher matrix is nearly singular.
     """
-    params = [*agent.actor_mean.parameters(), agent.actor_log_std]
-    mean, log_std = gaussian_policy(agent, obs)
-    # KL̄(θ) with π_θold frozen: its value is 0 but its first and second derivatives are not.
-    kl = gaussian_kl(mean.detach(), log_std.detach(), mean, log_std).mean()
     grad_kl = parameters_to_vector(torch.autograd.grad(kl, params, create_graph=True))
 
-    def matvec(v):
-        # F v = ∇_θ((∇_θ KL̄)ᵀ v); every CG iteration reuses the graph of ∇_θ KL̄
+    def matvec(v):  # every CG iteration reuses the graph of ∇_θ KL̄
         hvp = torch.autograd.grad(grad_kl @ v, params, retain_graph=True)
         return parameters_to_vector(hvp) + damping * v
 
     return matvec
 
 
-def natural_step(params, fvp, evaluate, max_kl, cg_iters, cg_tol, ls_steps):
+def natural_step(params, evaluate, max_kl, damping, cg_iters, cg_tol, ls_steps):
     """The step of TRPO (§6 and appendix C) for any policy, in place on `params`:
 
     maximise_θ  L(θ) = E[π_θ(a|s) / π_θold(a|s) · Â]
@@ -299,22 +187,20 @@ def natural_step(params, fvp, evaluate, max_kl, cg_iters, cg_tol, ls_steps):
     step that puts the quadratic model exactly on the boundary: ½ (βs)ᵀF(βs) = δ. The models
     are only local, so a backtracking line search tries β s, β s/2, β s/4, ... (at most
     `ls_steps` candidates) and accepts the first with the real KL̄ <= δ and the real L above
-    L(θ_old); if none passes, θ_old is kept.
+    L(θ_old); if none passes, θ_old is kept. The linear model predicts an improvement gᵀΔθ.
 
-    `fvp` is v ↦ (F + λI) v and `evaluate()` gives (KL̄, L) at the current parameters.
+    `evaluate()` gives (KL̄, L) at the current parameters, as tensors; F is damped, F + λI.
     Returns statistics for the logs.
     """
-    surr_old = evaluate()[1]
-    # g = ∇_θ L(θ) at θ_old
-    g = parameters_to_vector(torch.autograd.grad(surr_old, params))
-    # s ≈ F⁻¹ g, the natural-gradient direction
-    s = conjugate_gradient(fvp, g, cg_iters, cg_tol)
+    kl_old, surr_old = evaluate()
+    fvp = fisher_vector_product(kl_old, params, damping)
+    g = parameters_to_vector(torch.autograd.grad(surr_old, params, retain_graph=True))
+    s = conjugate_gradient(fvp, g, cg_iters, cg_tol)  # s ≈ F⁻¹ g, the natural gradient
     sFs = s @ fvp(s)
     stats = dict(surrogate=surr_old.item(), kl=0.0, improvement=0.0, expected_improvement=0.0)
     stats.update(line_search_steps=0, accepted=0.0, grad_norm=g.norm().item())
     if not sFs > 0:  # g = 0 (all Â equal): no direction to move in; NaN is left to the caller
         return stats
-    # β = sqrt(2δ / sᵀF s)
     full_step = torch.sqrt(2 * max_kl / sFs) * s
     theta_old = parameters_to_vector(params).detach()
     with torch.no_grad():
@@ -322,10 +208,8 @@ def natural_step(params, fvp, evaluate, max_kl, cg_iters, cg_tol, ls_steps):
             step = 0.5**k * full_step
             vector_to_parameters(theta_old + step, params)
             kl, surr = evaluate()
-            improvement = (surr - surr_old).item()
-            # the linear model's prediction of the improvement: gᵀ step
-            expected = (g @ step).item()
-            stats.update(kl=kl, improvement=improvement, expected_improvement=expected)
+            kl, improvement = kl.item(), (surr - surr_old).item()
+            stats.update(kl=kl, improvement=improvement, expected_improvement=(g @ step).item())
             stats["line_search_steps"] = k + 1
             if kl <= max_kl and improvement > 0:
                 stats["accepted"] = 1.0
@@ -334,34 +218,29 @@ def natural_step(params, fvp, evaluate, max_kl, cg_iters, cg_tol, ls_steps):
     return stats
 
 
-def gaussian_trpo_step(agent, obs, action, adv, max_kl, cg_iters, cg_damping, cg_tol, ls_steps):
-    """One TRPO update of the Gaussian policy of `agent`, in place, on one batch:
-    natural_step() with the Gaussian log-density and the closed-form Gaussian KL."""
+def trpo_step(params, policy, log_prob, kl, obs, action, adv, args):
+    """One TRPO update, in place on `params`, on one batch: natural_step() for the policy
+    whose distribution in the states `obs` has the parameters d = policy(obs) (a tuple: the
+    logits; μ and log σ), with log π(a|s) = log_prob(a, *d) and KL(π_p ‖ π_q) = kl(*d_p, *d_q)
+    per state."""
     with torch.no_grad():
-        old_mean, old_log_std = gaussian_policy(agent, obs)
-        logp_old = gaussian_log_prob(action, old_mean, old_log_std)
+        old = policy(obs)
+        logp_old = log_prob(action, *old)
 
     def evaluate():  # (KL̄, L) at the current θ
-        mean, log_std = gaussian_policy(agent, obs)
-        kl = gaussian_kl(old_mean, old_log_std, mean, log_std).mean().item()
-        return kl, gaussian_surrogate_advantage(mean, log_std, action, logp_old, adv)
+        new = policy(obs)
+        return kl(*old, *new).mean(), surrogate_advantage(log_prob(action, *new), logp_old, adv)
 
-    fvp = gaussian_fisher_vector_product(agent, obs, cg_damping)
-    params = [*agent.actor_mean.parameters(), agent.actor_log_std]
-    return natural_step(params, fvp, evaluate, max_kl, cg_iters, cg_tol, ls_steps)
+    return natural_step(params, evaluate, args.max_kl, args.cg_damping, args.cg_iters,
+                        args.cg_tol, args.line_search_steps)  # fmt: skip
 
 
 def fit_critic(critic, optimizer, obs, returns, epochs, minibatch_size):
-    """Regress V(s) on the λ-returns V^targ = Â + V_old(s) with Adam on shuffled minibatches:
-
-    minimise E[(V(s) − V^targ)²]
-
-    Returns the mean squared error over the last epoch.
-    """
+    """Regress V(s) on the λ-returns V^targ = Â + V_old(s), minimising E[(V(s) − V^targ)²]
+    with Adam on shuffled minibatches. Returns the mean squared error over the last epoch."""
     for _epoch in range(epochs):
         total = 0.0
         for mb in torch.randperm(len(obs), device=obs.device).split(minibatch_size):
-            # E[(V(s) − V^targ)²]
             loss = (critic(obs[mb]).squeeze(-1) - returns[mb]).pow(2).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -383,21 +262,14 @@ def update_moments(mean, var, count, batch):
     n_b = batch.shape[0]
     if n_b == 0:
         return mean, var, count
-    # batch.mean(0) and batch.var(0) bit for bit, without their ~30 µs of Python overhead
-    mean_b = batch.sum(0) / n_b
+    mean_b = batch.sum(0) / n_b  # batch.mean(0) bit for bit, without its ~30 µs of overhead
     var_b = ((batch - mean_b) ** 2).sum(0) / n_b
-    n = count + n_b
-    delta = mean_b - mean
-    # μ = μ_A + δ n_B / n
-    new_mean = mean + delta * n_b / n
-    # σ² = (σ²_A n_A + σ²_B n_B + δ² n_A n_B / n) / n
-    new_var = (var * count + var_b * n_b + delta**2 * count * n_b / n) / n
-    return new_mean, new_var, n
+    n, delta = count + n_b, mean_b - mean
+    return mean + delta * n_b / n, (var * count + var_b * n_b + delta**2 * count * n_b / n) / n, n
 
 
 def normalize_obs(obs, mean, var, clip):
     """õ = clip((o − μ) / sqrt(σ² + 1e-8), −c, c), with the running μ, σ² of observations."""
-    # õ = clip((o − μ) / sqrt(σ² + ε), −c, c)
     return np.clip((obs - mean) / np.sqrt(var + 1e-8), -clip, clip).astype(np.float32)
 
 
@@ -407,7 +279,6 @@ def discounted_return(ret, reward, valid, gamma):
     R_t = γ R_{t−1} + r_t within an episode,   R = 0 on an autoreset step (valid = False),
     so each episode starts again from R = r of its first step.
     """
-    # R_t = γ R_{t−1} + r_t, zeroed where the step is the autoreset of a new episode
     return np.where(valid, gamma * ret + reward, 0.0)
 
 
@@ -415,13 +286,10 @@ def scale_reward(reward, ret_var, clip):
     """r̃ = clip(r / sqrt(Var[R] + 1e-8), −c, c), with Var[R] the running variance of the
     discounted return R (not of r). Not centred: subtracting a mean would change which
     states are good to end in (Engstrom et al. 2020; OpenAI baselines' VecNormalize)."""
-    # r̃ = clip(r / sqrt(Var[R] + ε), −c, c)
     return np.clip(reward / np.sqrt(ret_var + 1e-8), -clip, clip).astype(np.float32)
 
 
-# ---------------------------------------------------------------------------------------
-# The agent
-# ---------------------------------------------------------------------------------------
+# ---- The agent ----
 
 
 def layer_init(layer, std=2**0.5, bias=0.0):
@@ -435,13 +303,9 @@ def layer_init(layer, std=2**0.5, bias=0.0):
 
 def mlp(in_dim, out_dim, hidden, last_std):
     """Two tanh hidden layers of width `hidden`; the output layer's gain is `last_std`."""
-    return nn.Sequential(
-        layer_init(nn.Linear(in_dim, hidden)),
-        nn.Tanh(),
-        layer_init(nn.Linear(hidden, hidden)),
-        nn.Tanh(),
-        layer_init(nn.Linear(hidden, out_dim), last_std),
-    )
+    return nn.Sequential(layer_init(nn.Linear(in_dim, hidden)), nn.Tanh(),
+                         layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
+                         layer_init(nn.Linear(hidden, out_dim), last_std))  # fmt: skip
 
 
 class GaussianAgent(nn.Module):
@@ -476,239 +340,25 @@ class GaussianAgent(nn.Module):
         return gaussian_log_prob(action, mean, log_std), log_std, self.value(obs)
 
 
-# ---------------------------------------------------------------------------------------
-# Environments, logging, checkpoints
-# ---------------------------------------------------------------------------------------
-
-
-def make_envs(env_id, num_envs, action_spaces, video_dir=None):
-    """A Gymnasium >= 1.0 vector env with next-step autoreset: the numpy-vectorised version
-    when the environment has one (CartPole does), else one copy per env in this process.
-
-    The observation space must be a flat Box, the action space one of `action_spaces`. The
-    observations are cast to float32 (the networks' dtype), and a NaN or infinite one is a
-    ValueError. With `video_dir`, the envs render rgb_array frames and Gymnasium's RecordVideo
-    saves each env's first episode there as MP4. Any failure is one ValueError, and envs made
-    so far are closed.
-    """
-    if video_dir is not None and importlib.util.find_spec("moviepy") is None:
-        raise ValueError("--capture-video needs moviepy, an optional extra: pip install moviepy")
-    # Gymnasium's warnings (an outdated version, ...) are shown only if the env is made: if
-    # not, the one error line says it all.
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            # copy=False: a per-env (sync) vector env hands back its own buffer instead of a
-            # deepcopy (16-32 µs a MuJoCo step, measured); checked() copies anyway.
-            no_copy = dict(vector_kwargs=dict(copy=False))
-            if video_dir is None:
-                vectorised = gym.spec(env_id).vector_entry_point is not None
-                envs = gym.make_vec(env_id, num_envs=num_envs, **({} if vectorised else no_copy))
-            else:  # one env object per copy, each with its own file name
-                names = iter(range(num_envs))
-                record = lambda env: gym.wrappers.RecordVideo(  # noqa: E731
-                    env, video_dir, lambda episode: episode == 0, name_prefix=f"env{next(names)}"
-                )
-                envs = gym.make_vec(env_id, num_envs, "sync", **no_copy, wrappers=[record],
-                                    render_mode="rgb_array")  # fmt: skip
-    except Exception as e:  # gym.error.Error, a missing extra's ModuleNotFoundError, ...
-        raise ValueError(f"cannot make --env-id {env_id!r}: {' '.join(str(e).split())}") from None
-    for w in caught:
-        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    act, obs = envs.single_action_space, envs.single_observation_space
-    problem = None
-    if not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:
-        problem = f"has observations {obs}; need a flat Box"
-    elif not isinstance(act, action_spaces):
-        problem = f"has {act}; need {' or '.join(s.__name__ for s in action_spaces)}"
-        # Point to the sibling scripts: `trpo.py --env-id Pendulum-v1` is a likely first try.
-        if isinstance(act, gym.spaces.Box):
-            problem += " (for Box actions: ppo_continuous.py, trpo_continuous.py)"
-        elif isinstance(act, gym.spaces.Discrete):
-            problem += " (for Discrete actions: ppo_cartpole.py, a2c.py, trpo.py, reinforce.py)"
-    elif envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.NEXT_STEP:
-        problem = "does not autoreset in the next step"
-    if problem:
-        envs.close()
-        raise ValueError(f"--env-id {env_id} {problem}")
-
-    def checked(o):  # a NaN would fail deep inside sampling, float64 meet float32 weights
-        if not np.isfinite(o).all():
-            raise ValueError(f"--env-id {env_id} returned an observation with NaN or inf")
-        return o.astype(np.float32)  # a copy: the vector env reuses its buffer (copy=False)
-
-    box = gym.spaces.Box(-np.inf, np.inf, obs.shape, np.float32)  # no network uses bounds
-    return gym.wrappers.vector.TransformObservation(envs, checked, single_observation_space=box)
-
-
-def evaluate_deterministic(agent, envs, seed, device, obs_stats, clip_obs):
-    """Returns of the deterministic policy a = clip(μ_θ(õ)), one episode in each env of
-    `envs`, with observations normalised by the *frozen* training statistics obs_stats =
-    (μ, σ²), never updated here (None: no normalisation). The returns are the env's own."""
-    low, high = envs.single_action_space.low, envs.single_action_space.high
-    returns, alive = np.zeros(envs.num_envs), np.ones(envs.num_envs, bool)
-    try:
-        obs, _ = envs.reset(seed=seed)
-        while alive.any():
-            if obs_stats is not None:
-                obs = normalize_obs(obs, *obs_stats, clip_obs)
-            with torch.no_grad():
-                mean = agent.actor_mean(torch.as_tensor(obs, device=device))
-            obs, reward, term, trunc, _ = envs.step(np.clip(mean.cpu().numpy(), low, high))
-            returns += reward * alive
-            alive &= ~(term | trunc)
-    except gym.error.DependencyNotInstalled as e:  # rendering for --capture-video (pygame)
-        raise ValueError(f"--capture-video cannot render: {e}") from None
-    return returns
-
-
-def seed_and_device(seed, cuda):
-    """Seed random, numpy and torch; one torch thread (tiny networks: threads cost more than
-    they give); the device to train on."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
-    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
-
-
-def run_dir(args, kind):
-    """--output-dir, or runs/<env>__<script>__<kind>__<seed>__<time>; created and checked to be
-    writable. A directory that already holds files is refused unless --overwrite: a rerun must
-    never replace a finished run's checkpoint and episodes."""
-    name = f"{args.env_id}__{SCRIPT.removesuffix('.py')}__{kind}__{args.seed}__{int(time.time())}"
-    out = args.output_dir or os.path.join("runs", name)
-    if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
-        raise ValueError(f"--output-dir {out} holds files of an earlier run; name a new "
-                         "directory, or pass --overwrite to replace them")  # fmt: skip
-    try:
-        os.makedirs(out, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
-    except OSError as e:
-        raise OSError(f"cannot write to --output-dir {out}: {e.strerror or e}") from None
-    return out
-
-
-class EpisodeLog:
-    """Every finished training episode as (global_step, return), and the solved rule: the
-    first step at which the mean return of the last 20 finished episodes reaches `threshold`
-    (475 on CartPole; the continuous scripts pass their environment's; None: never)."""
-
-    def __init__(self, writer, threshold=475.0):
-        self.writer, self.episodes, self.recent = writer, [], deque(maxlen=20)
-        self.threshold, self.solved_at_step, self.solved_at_s = threshold, None, None
-        self.t0 = time.time()
-
-    def add(self, step, ret):
-        self.episodes.append((step, ret))
-        self.recent.append(ret)
-        self.writer.add_scalar("charts/episodic_return", ret, step)
-        if (self.solved_at_step is None and self.threshold is not None
-                and len(self.recent) == 20 and np.mean(self.recent) >= self.threshold):  # fmt: skip
-            self.solved_at_step, self.solved_at_s = step, round(time.time() - self.t0, 2)
-            print(f"solved at step {step} after {self.solved_at_s:.1f}s")
-
-    def mean(self):
-        return float(np.mean(self.recent)) if self.recent else None
-
-    def save_csv(self, path):
-        """episodes.csv, written atomically."""
-        header = "global_step,episodic_return"
-        write = lambda rows, f: np.savetxt(f, rows, "%g", ",", header=header, comments="")  # noqa: E731
-        save_atomic(np.array(self.episodes).reshape(-1, 2), path, write)
-
-
-def solved_threshold(args):
-    """The last-20 mean return that counts as solved: --solved-return, or by default −200
-    on Pendulum-v1 (the usual mark; its spec has none) and the spec's reward_threshold
-    elsewhere (None: no mark)."""
-    if args.solved_return != 0:
-        return args.solved_return
-    if args.env_id == "Pendulum-v1":
-        return -200.0
-    return gym.spec(args.env_id).reward_threshold
-
-
-def log_rollout_episodes(log, ep_return, rewards, dones, global_step):
-    """Add the episodes that end inside a [T, N] rollout to `log`, in time order. ep_return
-    carries each env's running return across rollouts. global_step counts every vector-env
-    step (N per row, autoreset steps included); returns its new value."""
-    for reward, done in zip(rewards.cpu().numpy(), dones.cpu().numpy().astype(bool), strict=True):
-        global_step += len(reward)
-        ep_return += reward
-        for ret in ep_return[done]:
-            log.add(global_step, ret)
-        ep_return[done] = 0
-    return global_step
-
-
-def check_finite(numbers, module, iteration, hint):
-    """FloatingPointError if a loss or a parameter is NaN or infinite, or a parameter lies
-    beyond ±1e20: no training gets there without diverging, and a little further on the
-    forward pass overflows float32 (3.4e38), so that sampling would fail on a NaN. Called
-    once per iteration, not once per minibatch: a NaN anywhere ends up in the mean losses or
-    weights."""
-    params = torch.cat([p.detach().flatten() for p in module.parameters()])
-    if not (np.isfinite(numbers).all() and params.abs().max() <= 1e20):  # False for a NaN
-        raise FloatingPointError(
-            f"non-finite loss at iteration {iteration}; the checkpoint keeps the parameters of "
-            f"the iteration before; try a lower {hint}"
-        )
-
-
-@contextlib.contextmanager
-def signals_held():
-    """Hold Ctrl-C and SIGTERM while the final files are written, then act on them: an
-    interrupt inside torch.save would leave a temporary file and no checkpoint at all."""
-    caught = []
-    held = {
-        s: signal.signal(s, lambda *_: caught.append(1)) for s in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        yield
-    finally:
-        for s, handler in held.items():
-            signal.signal(s, handler)
-    if caught:
-        raise KeyboardInterrupt
-
-
-def save_checkpoint(path, state, args, **extra):
-    """The agent's weights with the script, the env id and every arg, written atomically."""
-    args = dataclasses.asdict(args)
-    save_atomic(dict(script=SCRIPT, env_id=args["env_id"], agent=state, args=args, **extra), path)
-
-
-def load_checkpoint(path, script, env_id):
-    """The checkpoint that `script` saved for `env_id` at `path`. A missing, corrupt or
-    truncated file, or one made by another script or for another env, is a ValueError."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # no file, a truncated zip, not a torch file at all, ...
-        why = " ".join(str(e).split())[:200]
-        raise ValueError(
-            f"cannot read --eval-checkpoint {path} (missing or corrupt?): {why}"
-        ) from None
-    made_by = ckpt.get("script") if isinstance(ckpt, dict) else None
-    if made_by != script:
-        raise ValueError(f"--eval-checkpoint {path} was made by {made_by or 'another program'}, "
-                         f"not by {script}")  # fmt: skip
-    if ckpt.get("env_id") != env_id:
-        raise ValueError(f"--eval-checkpoint {path} is an agent for {ckpt.get('env_id')}, not "
-                         f"for --env-id {env_id}")  # fmt: skip
-    return ckpt
+def gaussian_policy(agent, obs):
+    """The parameters of the Gaussian policy in the states `obs`: μ_θ(s) and log σ broadcast
+    to its shape. For this policy the Fisher matrix of the trust region has a known form
+    (tests/test_trpo_continuous.py builds it): E_s[Jᵀ Σ⁻¹ J] for the mean network's weights
+    (J = ∂μ/∂θ), 2 on the diagonal for each log σ_i, and 0 between the two."""
+    mean = agent.actor_mean(obs)
+    return mean, agent.actor_log_std.expand_as(mean)
 
 
 class Normalizer:
     """The running statistics of observations and discounted returns, with the per-env
     discounted return R. Updated from training rollouts only; frozen (never updated) at
-    evaluation. Its state_dict() (tensors, so that checkpoints load with weights_only) goes
-    into the checkpoint."""
+    evaluation: the policy must see observations as it saw them in training (SB3 #870). Its
+    state_dict() (tensors, so that checkpoints load with weights_only) is saved with the model."""
 
     def __init__(self, obs_dim, num_envs, args):
-        self.args = args
+        self.args, self.R = args, np.zeros(num_envs)
         self.obs = (np.zeros(obs_dim), np.ones(obs_dim), 0)  # μ, σ², count
         self.ret = (np.zeros(()), np.ones(()), 0)
-        self.R = np.zeros(num_envs)
 
     def observe(self, raw_obs):
         """Update the observation moments with raw_obs [N, D]; return it normalised."""
@@ -728,51 +378,15 @@ class Normalizer:
     def frozen_obs_stats(self):
         return self.obs[:2] if self.args.norm_obs else None
 
-    def state_dict(self):
-        return {k: [torch.as_tensor(x, dtype=torch.float64) for x in getattr(self, k)]
+    def state_dict(self):  # copies: the last good state must not move on with training
+        return {k: [torch.tensor(x, dtype=torch.float64) for x in getattr(self, k)]
                 for k in ("obs", "ret")}  # fmt: skip
 
     def load_state_dict(self, state):
         self.obs, self.ret = (tuple(x.numpy() for x in state[k]) for k in ("obs", "ret"))
 
 
-def evaluate_checkpoint_normalized(args):
-    """--eval-checkpoint: rebuild the saved agent and its saved normalisation statistics,
-    play --eval-episodes deterministic episodes (seed --seed + 10000) with the statistics
-    frozen, without training; return the summary."""
-    ckpt = load_checkpoint(args.eval_checkpoint, SCRIPT, args.env_id)
-    device = seed_and_device(args.seed, args.cuda)
-    video_dir = os.path.join(run_dir(args, "eval"), "videos") if args.capture_video else None
-    envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Box,), video_dir)
-    space = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
-    try:
-        saved = Args(**ckpt["args"])
-        agent = GaussianAgent(*space, saved.hidden_size).to(device)
-        normalizer = Normalizer(space[0], 1, saved)
-        agent.load_state_dict(ckpt["agent"])
-        normalizer.load_state_dict(ckpt["normalizer"])
-        returns = evaluate_deterministic(
-            agent, envs, args.seed + 10_000, device, normalizer.frozen_obs_stats(), saved.clip_obs
-        )
-    except (RuntimeError, KeyError, TypeError) as e:
-        raise ValueError(f"--eval-checkpoint {args.eval_checkpoint} does not fit: {e}") from None
-    finally:
-        envs.close()
-    print(f"deterministic returns: {' '.join(f'{r:.1f}' for r in returns)}")
-    return dict(
-        script=SCRIPT,
-        env_id=args.env_id,
-        checkpoint=args.eval_checkpoint,
-        eval_episodes=len(returns),
-        eval_mean_return=float(np.mean(returns)),
-        eval_std_return=float(np.std(returns)),
-        videos=video_dir,
-    )
-
-
-# ---------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------
+# ---- Rollout, update, and the training loop ----
 
 
 @torch.no_grad()  # once for the whole rollout, not once per step
@@ -789,7 +403,6 @@ def rollout_normalized(agent, envs, obs, prev_done, num_steps, normalizer, devic
     low, high = envs.single_action_space.low, envs.single_action_space.high
     obs_buf = np.zeros((T + 1, *obs.shape), np.float32)
     reward, raw_reward, terminated, done, valid = (np.zeros((T, N), np.float32) for _ in range(5))
-    # numpy buffers: writing a row of a torch tensor costs ~40 µs, a tenth of a step.
     action = np.zeros((T, N, *envs.single_action_space.shape), np.float32)
     for t in range(T):
         obs_buf[t] = obs
@@ -831,42 +444,32 @@ def valid_transitions(b, adv):
 
 
 def train(args):
-    check_args(args)
-    if args.eval_checkpoint:
+    """rollout → advantages → TRPO step of the policy, regression of the critic → log."""
+    quiet_mujoco()
+    if args.eval_checkpoint:  # no training: the saved agent, its saved statistics frozen
         return evaluate_checkpoint_normalized(args)
-    start = time.time()
-    device = seed_and_device(args.seed, args.cuda)
-    envs = make_envs(args.env_id, args.num_envs, (gym.spaces.Box,))
-    space = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
-    agent = GaussianAgent(*space, args.hidden_size, args.init_log_std).to(device)
+    require(args.cg_tol < 1, "--cg-tol must be below 1: |r_0| = |g| would stop CG at once")
+    require(abs(args.init_log_std) <= 20, "--init-log-std must be in [-20, 20]")  # e^±88: inf
+    num_iterations = max(1, args.total_timesteps // (args.num_steps * args.num_envs))
+    run = Run(args, (gym.spaces.Box,), num_iterations)  # seeds, envs, files, logging
+    run.threshold = solved_threshold(args)  # once make_envs has checked --env-id
+    envs, device = run.envs, run.device
+    obs_dim, act_dim = env_dims(envs)
+    agent = GaussianAgent(obs_dim, act_dim, args.hidden_size, args.init_log_std).to(device)
     # Only the critic has an optimizer: the policy moves by the TRPO step alone.
     optimizer = torch.optim.Adam(agent.critic.parameters(), lr=args.learning_rate)
-    out = run_dir(args, "train")  # made only once the envs exist: bad input leaves nothing
-    # A full disk fails the writer's thread, which would print its own traceback; the writer
-    # raises the same OSError here at its next call, which main() reports in one line.
-    threading.excepthook = lambda a: (
-        None if isinstance(a.exc_value, OSError) else threading.__excepthook__(a)
-    )
-    writer = SummaryWriter(out)
-    writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
-    normalizer = Normalizer(space[0], args.num_envs, args)
-
-    num_iterations = max(1, args.total_timesteps // (args.num_steps * args.num_envs))
+    normalizer = Normalizer(obs_dim, args.num_envs, args)
     obs = normalizer.observe(envs.reset(seed=args.seed)[0])
     prev_done, ep_return = np.zeros(args.num_envs, bool), np.zeros(args.num_envs)
     global_step = 0
-    last_good, trained = copy.deepcopy((agent.state_dict(), normalizer.state_dict())), False
-    log = EpisodeLog(writer, solved_threshold(args))
-    print(f"training {args.env_id} for {args.total_timesteps} steps; logs in {out}")
+    actor = [*agent.actor_mean.parameters(), agent.actor_log_std]  # θ of the policy
     try:
-        for iteration in range(1, num_iterations + 1):
+        for _iteration in range(num_iterations):
             b, obs, prev_done = rollout_normalized(
                 agent, envs, obs, prev_done, args.num_steps, normalizer, device
             )
             # Episode returns are the environment's own rewards, not the scaled ones.
-            global_step = log_rollout_episodes(
-                log, ep_return, b["raw_reward"], b["done"], global_step
-            )
+            global_step = run.add_rollout(ep_return, b["raw_reward"], b["done"], global_step)
             adv = gae(
                 b["reward"], b["value"], b["terminated"], b["done"], args.gamma, args.gae_lambda
             )
@@ -874,105 +477,315 @@ def train(args):
             # Normalised Â. Its scale cannot change the step (s ∝ g and β ∝ 1/|g|, so δ alone
             # sets the length); subtracting the mean is one more baseline, against variance.
             t_adv = (t["adv"] - t["adv"].mean()) / (t["adv"].std() + 1e-8)
-            stats = gaussian_trpo_step(
-                agent, t["obs"], t["action"], t_adv, args.max_kl, args.cg_iters,
-                args.cg_damping, args.cg_tol, args.line_search_steps,
-            )  # fmt: skip
-            stats["value_loss"] = fit_critic(
-                agent.critic, optimizer, t["obs"], t["ret"], args.critic_epochs,
-                args.critic_minibatch_size,
-            )  # fmt: skip
+            stats = trpo_step(actor, lambda o: gaussian_policy(agent, o), gaussian_log_prob,
+                              gaussian_kl, t["obs"], t["action"], t_adv, args)  # fmt: skip
+            v_loss = fit_critic(agent.critic, optimizer, t["obs"], t["ret"], args.critic_epochs,
+                                args.critic_minibatch_size)  # fmt: skip
+            stats = dict(value_loss=v_loss, **stats)  # the first 3 are checked finite
+            stats["action_std"] = agent.actor_log_std.exp().mean().item()
+            run.iteration(global_step, stats, agent, "--learning-rate or --max-kl",
+                          normalizer=normalizer.state_dict())  # fmt: skip
+    finally:  # on success, a non-finite loss, Ctrl-C and SIGTERM alike
+        run.finish()
+    returns = evaluate_deterministic(agent, run.eval_envs, args.seed + 10_000, device,
+                                     normalizer.frozen_obs_stats(), args.clip_obs)  # fmt: skip
+    return run.summary("trpo_continuous", global_step, returns)
 
-            check_finite(list(stats.values()), agent, iteration, "--learning-rate or --max-kl")
-            last_good, trained = copy.deepcopy((agent.state_dict(), normalizer.state_dict())), True
-            sps = int(global_step / (time.time() - log.t0))
-            for name, value in stats.items():
-                writer.add_scalar(f"trpo/{name}", value, global_step)
-            writer.add_scalar("charts/action_std", agent.actor_log_std.exp().mean(), global_step)
-            writer.add_scalar("charts/SPS", sps, global_step)
-            print(
-                f"iter {iteration:3d} step {global_step:6d} mean_return(last 20)="
-                f"{np.mean(log.recent or [np.nan]):7.1f} kl={stats['kl']:.4f} "
-                f"improvement={stats['improvement']:+.4f} "
-                f"(expected {stats['expected_improvement']:+.4f}) "
-                f"line_search_steps={stats['line_search_steps']}"
-                f"{'' if stats['accepted'] else ' (rejected: θ_old kept)'} SPS={sps}"
-            )
-    finally:
-        # Runs on success, on a non-finite loss and on Ctrl-C or SIGTERM alike; a second
-        # interrupt waits until these files are complete. Before its first iteration ends, a
-        # run leaves an earlier run's files (--overwrite) as they are: untrained is no better.
-        # The statistics are saved with the weights: evaluation must see observations as
-        # training did.
-        ckpt = os.path.join(out, "trpo.pt")
-        with signals_held():
-            if trained or not os.path.exists(ckpt):
-                save_checkpoint(ckpt, last_good[0], args, normalizer=last_good[1])
-                log.save_csv(os.path.join(out, "episodes.csv"))
-            envs.close()
-            writer.close()
 
-    eval_returns = None
-    if args.eval_episodes > 0:
-        video_dir = os.path.join(out, "videos") if args.capture_video else None
-        envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Box,), video_dir)
+# ==== Plumbing: command line, envs, files, evaluation. The algorithm ends above. ====
+# Each piece is the same text in every script that has it (tests/test_shared_code.py).
+
+RULES = {None: lambda v: True, "> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0,
+         "in [0, 1]": lambda v: 0 <= v <= 1, "in [0, 2^32)": lambda v: 0 <= v < 2**32}  # fmt: skip
+
+
+def parse_args(argv=None):
+    """Args from the command line; a value that breaks its flag's rule is a ValueError."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for f in dataclasses.fields(Args):
+        is_bool, shown = type(f.default) is bool, f" (default: {f.default})" * (f.default != "")
+        parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=f.metadata[
+            "help"] + shown, type=None if is_bool else type(f.default),
+            action=argparse.BooleanOptionalAction if is_bool else None)  # fmt: skip
+    parser.error = lambda message: sys.exit(f"error: {message} (see --help)")
+    args = Args(**vars(parser.parse_args(argv)))
+    for f in dataclasses.fields(args):
+        v, rule = getattr(args, f.name), f.metadata["rule"]
+        ok = v in rule if isinstance(rule, tuple) else RULES[rule](v)
+        require(ok and (not isinstance(v, float) or np.isfinite(v)),
+                f"--{f.name.replace('_', '-')} must be {rule or 'finite'}, not {v!r}")  # fmt: skip
+    return args
+
+
+def require(ok, message):
+    if not ok:
+        raise ValueError(message)
+
+
+def make_envs(env_id, num_envs, action_spaces, video_dir=None):
+    """A Gymnasium >= 1.0 vector env with next-step autoreset, numpy-vectorised where the env
+    has such a version (CartPole does); flat Box observations, cast to float32; actions one
+    of `action_spaces`. With `video_dir`, RecordVideo saves each env's first episode there."""
+    try:  # copy=False: sync envs hand back their buffer, not a deepcopy; astype() copies
+        kwargs = dict(vector_kwargs=dict(copy=False))
+        if video_dir is not None:  # fail before a run, naming what to install (pygame, ...)
+            import moviepy  # noqa: F401  (RecordVideo encodes with it)
+
+            (probe := gym.make(env_id, render_mode="rgb_array")).reset()
+            probe.render(), probe.close()
+            names = iter(range(num_envs))
+            kwargs.update(render_mode="rgb_array", wrappers=[lambda env: gym.wrappers.RecordVideo(
+                env, video_dir, lambda ep: ep == 0, name_prefix=f"env{next(names)}")])  # fmt: skip
+        elif gym.spec(env_id).vector_entry_point is not None:
+            kwargs = {}
+        envs = gym.make_vec(env_id, num_envs, "sync" if video_dir else None, **kwargs)
+    except ModuleNotFoundError as e:
+        flag = "--capture-video" if video_dir else "--env-id"
+        raise ValueError(
+            f"{flag} {env_id} needs the package {e.name}: pip install {e.name}"
+        ) from None
+    except Exception as e:  # gym.error.Error (its DependencyNotInstalled names the extra), ...
+        raise ValueError(f"cannot make --env-id {env_id}: {brief(e)}") from None
+    act, obs = envs.single_action_space, envs.single_observation_space
+    if not (isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1
+            and isinstance(act, action_spaces)
+            and envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP):  # fmt: skip
+        envs.close()
+        need = " or ".join(s.__name__ for s in action_spaces)
+        raise ValueError(f"--env-id {env_id} has {obs} observations and {act} actions; need a "
+                         f"flat Box and {need}, with next-step autoreset")  # fmt: skip
+
+    def as_float32(o):  # a NaN would fail deep inside sampling, without naming the env
+        require(np.isfinite(o).all(), f"--env-id {env_id} returned a NaN or inf observation")
+        return o.astype(np.float32)
+
+    box = gym.spaces.Box(-np.inf, np.inf, obs.shape, np.float32)  # no network uses bounds
+    return gym.wrappers.vector.TransformObservation(envs, as_float32, single_observation_space=box)
+
+
+def seed_and_device(seed, cuda):
+    """Seed numpy and torch; one thread (small networks lose time to more); the device."""
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
+
+
+def env_dims(envs):
+    """The sizes of an observation and of an action (the number of actions, if Discrete)."""
+    act = envs.single_action_space
+    return envs.single_observation_space.shape[0], getattr(act, "n", None) or act.shape[0]
+
+
+def quiet_mujoco():
+    """MuJoCo's warnings as Python warnings, less its deprecation of 'settotalmass' (in
+    HalfCheetah-v5's XML, not ours) and the MUJOCO_LOG.TXT its own handler writes."""
+    with contextlib.suppress(ImportError):  # no MuJoCo: Pendulum-v1 needs none
+        import mujoco
+
+        mujoco.set_mju_user_warning(lambda m: "settotalmass" in m or warnings.warn(m, stacklevel=1))
+
+
+def solved_threshold(args):
+    """The last-20 mean return that counts as solved: --solved-return, else −200 on Pendulum-v1
+    (the usual mark; its spec has none), else the spec's reward_threshold (None: no mark)."""
+    pendulum = args.env_id == "Pendulum-v1"
+    return args.solved_return or (-200.0 if pendulum else gym.spec(args.env_id).reward_threshold)
+
+
+class Run:
+    """A training run's plumbing: seeds, device, envs, --output-dir (refused if it holds a
+    model.pt, unless --overwrite) with TensorBoard, the finished episodes, the solved step
+    (last-20 mean return ≥ `threshold`), the progress line, the last good weights, summary."""
+
+    def __init__(self, args, action_spaces, iterations, threshold=475.0):
+        self.args, self.iterations, self.threshold = args, iterations, threshold
+        self.device = seed_and_device(args.seed, args.cuda)
+        self.envs = make_envs(args.env_id, args.num_envs, action_spaces)
+        name = f"{args.env_id}__{SCRIPT[:-3]}__{args.seed}__{int(time.time())}"
+        self.out = args.output_dir or os.path.join("runs", name)
+        require(args.overwrite or not os.path.exists(f"{self.out}/model.pt"),
+                f"--output-dir {self.out} holds a run; pass --overwrite to replace it")  # fmt: skip
+        video_dir = f"{self.out}/videos" if args.capture_video else None
+        self.eval_envs = None  # made now: a missing video package stops the run before training
+        if args.eval_episodes:
+            self.eval_envs = make_envs(args.env_id, args.eval_episodes, action_spaces, video_dir)
+        # TensorBoard's thread would print its own traceback for a full disk; the writer's next
+        # call raises the same OSError here. flush_secs=2: on Ctrl-C, close() waits a flush.
+        threading.excepthook = lambda a: isinstance(a.exc_value, OSError) or sys.excepthook(*a[:3])
+        self.writer = SummaryWriter(self.out, flush_secs=2)
+        self.writer.add_text("args", json.dumps(vars(args), indent=1))
+        self.episodes, self.recent, self.done, self.shown = [], deque(maxlen=20), 0, 0
+        self.solved_at_step = self.solved_at_s = self.state = None
+        self.t0 = time.time()
+        print(f"{SCRIPT} on {args.env_id} for {args.total_timesteps} steps; files in {self.out}")
+
+    def add_rollout(self, ep_return, rewards, dones, step):
+        """Log the episodes that end in a [T, N] rollout; ep_return carries each env's running
+        return across rollouts; `step` counts vector-env steps (autoresets too) and returns."""
+        for reward, done in zip(rewards.cpu().numpy(), dones.cpu().numpy() > 0, strict=True):
+            step += len(reward)
+            ep_return += reward
+            for ret in ep_return[done]:
+                self.episodes.append((step, ret))
+                self.recent.append(ret)
+                self.writer.add_scalar("charts/episodic_return", ret, step)
+                if (self.solved_at_step is None and self.threshold is not None
+                        and len(self.recent) == 20 and self.mean() >= self.threshold):  # fmt: skip
+                    self.solved_at_step, self.solved_at_s = step, time.time() - self.t0
+            ep_return[done] = 0
+        return step
+
+    def mean(self):
+        return float(np.mean(self.recent)) if self.recent else None
+
+    def iteration(self, step, stats, agent, hint, **extra):
+        """Stop on a non-finite loss or weight (or one beyond ±1e20: float32 overflows soon),
+        naming the flag `hint`; else keep the weights (and `extra`) as the last good state."""
+        weights = torch.cat([p.detach().flatten() for p in agent.parameters()])
+        if not (np.isfinite(list(stats.values())[:3]).all() and weights.abs().max() <= 1e20):
+            raise FloatingPointError(f"non-finite loss at iteration {self.done + 1}; model.pt "
+                                     f"keeps the iteration before; try a lower {hint}")  # fmt: skip
+        self.state = {k: v.clone() for k, v in agent.state_dict().items()}, extra
+        self.done, seconds = self.done + 1, time.time() - self.t0
+        for name, value in {**stats, "SPS": step / seconds}.items():
+            self.writer.add_scalar(f"charts/{name}", value, step)
+        if 10 * self.done // self.iterations > self.shown:
+            self.shown, frac = 10 * self.done // self.iterations, self.done / self.iterations
+            ret = "-" if self.mean() is None else f"{self.mean():.4g}"
+            print(f"[{100 * frac:3.0f}%] step {step}  return {ret}  elapsed {seconds:.0f}s  "
+                  f"ETA {seconds / frac - seconds:.0f}s", flush=True)  # fmt: skip
+
+    def finish(self):
+        """Save model.pt (the last good state, if any) and episodes.csv, close everything; a
+        Ctrl-C or SIGTERM meanwhile waits until the files are whole."""
+        caught, signals = [], (signal.SIGINT, signal.SIGTERM)
+        held = [signal.signal(s, lambda *_: caught.append(1)) for s in signals]
         try:
-            eval_returns = evaluate_deterministic(
-                agent, envs, args.seed + 10_000, device, normalizer.frozen_obs_stats(),
-                args.clip_obs,
-            )  # fmt: skip
+            if self.state is not None:
+                state, extra = self.state
+                ckpt = dict(script=SCRIPT, env_id=self.args.env_id, args=vars(self.args))
+                save_atomic(dict(ckpt, agent=state, **extra), f"{self.out}/model.pt")
+                write = lambda rows, f: np.savetxt(  # noqa: E731
+                    f, rows, "%g", ",", header="global_step,episodic_return", comments=""
+                )
+                save_atomic(np.reshape(self.episodes, (-1, 2)), f"{self.out}/episodes.csv", write)
+            self.envs.close()
+            self.writer.close()
         finally:
-            envs.close()
-        print(f"eval: deterministic returns over {args.eval_episodes} episodes: {eval_returns}")
-    return {
-        "algo": "trpo_continuous",
-        "env_id": args.env_id,
-        "seed": args.seed,
-        "global_step": global_step,
-        "solved_at_step": log.solved_at_step,
-        "solved_at_s": log.solved_at_s,
-        "final_mean_return": log.mean(),
-        "eval_mean_return": None if eval_returns is None else float(np.mean(eval_returns)),
-        "eval_std_return": None if eval_returns is None else float(np.std(eval_returns)),
-        "wall_time_s": round(time.time() - start, 2),
-        "output_dir": out,
-    }
+            for s, handler in zip(signals, held, strict=True):
+                signal.signal(s, handler)
+        if caught:
+            raise KeyboardInterrupt
+
+    def summary(self, algo, step, eval_returns):
+        return dict(algo=algo, env_id=self.args.env_id, seed=self.args.seed, global_step=step,
+                    solved_at_step=self.solved_at_step, solved_at_s=self.solved_at_s,
+                    final_mean_return=self.mean(),
+                    eval_mean_return=None if eval_returns is None else np.mean(eval_returns),
+                    wall_time_s=time.time() - self.t0, output_dir=self.out)  # fmt: skip
 
 
 def save_atomic(obj, path, write=torch.save):
-    """write(obj, path + ".tmp"), then rename it over `path`: a reader finds the old file or the
-    complete new one, never half of one. A failed write (a full disk, a read-only directory)
-    removes the temporary file, keeps the old one, and is an OSError that names `path`."""
-    tmp = path + ".tmp"
+    """Write a temporary file and rename it over `path`: a reader finds the old file or the
+    whole new one. A failed write keeps the old one and is an OSError that names `path`."""
     try:
-        write(obj, tmp)
-        os.replace(tmp, path)
+        write(obj, path + ".tmp")
+        os.replace(path + ".tmp", path)
     except BaseException as e:
         with contextlib.suppress(OSError):
-            os.remove(tmp)
+            os.remove(path + ".tmp")
         if isinstance(e, OSError | RuntimeError):  # torch.save reports ENOSPC as RuntimeError
-            raise OSError(f"cannot write {path}: {' '.join(str(e).split())[:200]}") from None
+            raise OSError(f"cannot write {path}: {brief(e)}") from None
         raise
 
 
+def evaluate_deterministic(agent, envs, seed, device, obs_stats, clip_obs):
+    """Returns of the deterministic policy a = clip(μ_θ(õ)), one episode in each env of
+    `envs`, with observations normalised by the *frozen* training statistics obs_stats =
+    (μ, σ²), never updated here (None: no normalisation); None without envs."""
+    if envs is None:
+        return None
+    low, high = envs.single_action_space.low, envs.single_action_space.high
+    obs, _ = envs.reset(seed=seed)
+    returns, alive = np.zeros(envs.num_envs), np.ones(envs.num_envs, bool)
+    while alive.any():
+        if obs_stats is not None:
+            obs = normalize_obs(obs, *obs_stats, clip_obs)
+        with torch.no_grad():
+            mean = agent.actor_mean(torch.as_tensor(obs, device=device))
+        obs, reward, term, trunc, _ = envs.step(np.clip(mean.cpu().numpy(), low, high))
+        returns, alive = returns + reward * alive, alive & ~(term | trunc)
+    envs.close()
+    return returns
+
+
+def load_for_eval(args, action_spaces, agent_class):
+    """--eval-checkpoint: the saved agent, its checkpoint, --eval-episodes envs of the env it
+    was trained on (recorded in <output-dir>/videos with --capture-video), and the device. A
+    missing, corrupt or foreign file, or weights that do not fit, is a ValueError."""
+    require(args.eval_episodes > 0, "--eval-checkpoint needs --eval-episodes > 0")
+    device = seed_and_device(args.seed, args.cuda)
+    try:
+        ckpt = torch.load(args.eval_checkpoint, map_location="cpu", weights_only=True)
+        require(ckpt.get("script") == SCRIPT, f"it was not made by {SCRIPT}")
+        name = f"runs/{ckpt['env_id']}__{SCRIPT[:-3]}__eval__{args.seed}__{int(time.time())}"
+        video_dir = f"{args.output_dir or name}/videos" if args.capture_video else None
+        require(not video_dir or args.overwrite or not os.path.exists(video_dir),
+                f"{video_dir} holds earlier videos; pass --overwrite to replace them")  # fmt: skip
+        envs = make_envs(ckpt["env_id"], args.eval_episodes, action_spaces, video_dir)
+        agent = agent_class(*env_dims(envs), ckpt["args"]["hidden_size"]).to(device)
+        agent.load_state_dict(ckpt["agent"])
+    except Exception as e:  # no file, a truncated zip, another script's, another size, ...
+        raise ValueError(
+            f"cannot use --eval-checkpoint {args.eval_checkpoint}: {brief(e)}"
+        ) from None
+    args.env_id = ckpt["env_id"]
+    return agent, envs, ckpt, device
+
+
+def evaluate_checkpoint_normalized(args):
+    """--eval-checkpoint: the saved agent's deterministic returns on the env it was trained
+    on, its observations normalised by the statistics saved with it, frozen."""
+    agent, envs, ckpt, device = load_for_eval(args, (gym.spaces.Box,), GaussianAgent)
+    normalizer = Normalizer(env_dims(envs)[0], 1, saved := argparse.Namespace(**ckpt["args"]))
+    normalizer.load_state_dict(ckpt["normalizer"])
+    stats = normalizer.frozen_obs_stats()
+    returns = evaluate_deterministic(agent, envs, args.seed + 10_000, device, stats, saved.clip_obs)
+    return eval_summary(args, returns)
+
+
+def eval_summary(args, returns):
+    return dict(script=SCRIPT, env_id=args.env_id, checkpoint=args.eval_checkpoint,
+                eval_episodes=len(returns), eval_mean_return=np.mean(returns),
+                eval_std_return=np.std(returns))  # fmt: skip
+
+
+def brief(e):
+    return " ".join(str(e).split())[:200]  # an exception's message, on one short line
+
+
 def main(argv=None):
-    """Run train(), print its summary as the last stdout line. Bad input, a failed save and an
-    interrupt each end with one line on stderr and a non-zero exit."""
-    # SIGTERM (sent by `timeout`, job schedulers, `docker stop`) becomes the KeyboardInterrupt
-    # of a Ctrl-C, so the same finally-blocks save the last good state before exiting.
+    """train(), then its rounded summary as the last stdout line. Bad input, a failed save, a
+    lack of memory and an interrupt (SIGTERM too) each end in one line and a non-zero exit."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = train(parse_args(argv))
-    except (ValueError, OSError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
+    except (ValueError, OSError, FloatingPointError, MemoryError, RuntimeError) as e:
+        sys.exit(f"error: {brief(e)}")
     except KeyboardInterrupt:
         print("error: interrupted; files saved before the interrupt are kept", file=sys.stderr)
         sys.exit(130)
-    # NaN and inf are not JSON: a summary line must stay parseable whatever the run produced.
-    summary = {k: None if isinstance(v, float) and not math.isfinite(v) else v
-               for k, v in summary.items()}  # fmt: skip
-    print(json.dumps(summary), flush=True)
+    rounded = lambda v: round(float(v), 3) if np.isfinite(v) else None  # noqa: E731 (NaN: no JSON)
+    print(json.dumps({k: rounded(v) if isinstance(v, float) else v for k, v in summary.items()}))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:  # the files are whole: a signal while Python exits must not print a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -58,5 +58,5 @@ if __name__ == "__main__":
     }
     pendulum_flags = [f"--total-timesteps={harness.PENDULUM_BUDGET}"]
     harness.continuous_benchmark(
-        "trpo_continuous.py", "trpo.pt", "sb3-contrib TRPO", pendulum_flags, SB3_PENDULUM, runners
+        "trpo_continuous.py", "model.pt", "sb3-contrib TRPO", pendulum_flags, SB3_PENDULUM, runners
     )

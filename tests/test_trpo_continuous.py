@@ -49,7 +49,10 @@ def test_fisher_vector_product_matches_explicit_fisher():
     agent = small_agent()
     obs = torch.randn(7, 3, dtype=torch.float64)
     F = explicit_fisher(agent, obs)
-    fvp = trpo.gaussian_fisher_vector_product(agent, obs, damping=0.1)
+    mean, log_std = trpo.gaussian_policy(agent, obs)  # KL̄ at θ_old, π_θold held fixed
+    kl = trpo.gaussian_kl(mean.detach(), log_std.detach(), mean, log_std).mean()
+    params = [*agent.actor_mean.parameters(), agent.actor_log_std]
+    fvp = trpo.fisher_vector_product(kl, params, damping=0.1)
     for k in range(F.shape[0]):  # every column: (F + 0.1 I) e_k
         e = torch.zeros(F.shape[0], dtype=torch.float64)
         e[k] = 1
@@ -77,7 +80,10 @@ def test_trpo_step_is_the_natural_gradient_step_on_the_trust_region_boundary():
     s = torch.linalg.solve(A, g)
     delta = 0.01
     full = torch.sqrt(2 * delta / (s @ A @ s)) * s
-    stats = trpo.gaussian_trpo_step(agent, obs, action, adv, delta, len(g), 0.1, 1e-14, 10)
+    args = trpo.Args(max_kl=delta, cg_iters=len(g), cg_damping=0.1, cg_tol=1e-14)
+    policy = lambda o: trpo.gaussian_policy(agent, o)  # noqa: E731
+    stats = trpo.trpo_step(params, policy, trpo.gaussian_log_prob, trpo.gaussian_kl, obs, action,
+                           adv, args)  # fmt: skip
     assert stats["accepted"] == 1.0
     assert stats["kl"] <= delta and stats["improvement"] > 0
     theta = torch.cat([p.detach().flatten() for p in params])
@@ -85,19 +91,51 @@ def test_trpo_step_is_the_natural_gradient_step_on_the_trust_region_boundary():
     np.testing.assert_allclose((theta - theta_old).numpy(), expected.numpy(), rtol=1e-6)
 
 
+def run_main(capsys, *argv):
+    """The script's command line, in this process: (exit status, stdout, stderr)."""
+    try:
+        trpo.main(list(argv))
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+        print(e.code, file=sys.stderr)  # what the interpreter would print for sys.exit(str)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def test_eval_checkpoint_uses_the_saved_statistics(tmp_path, capsys):
-    common = ["--no-cuda", "--total-timesteps", "2048", "--output-dir", str(tmp_path / "run")]
-    trpo.main(common)
-    capsys.readouterr()
-    ckpt = trpo.load_checkpoint(str(tmp_path / "run" / "trpo.pt"), trpo.SCRIPT, "Pendulum-v1")
+    """model.pt holds the observation statistics; --eval-checkpoint alone evaluates 10
+    episodes on the env recorded in it; another script's checkpoint is one error line."""
+    run = tmp_path / "run"
+    code, out, err = run_main(capsys, "--no-cuda", "--total-timesteps", "2048", "--eval-episodes",
+                              "0", "--output-dir", str(run))  # fmt: skip
+    assert code == 0, err
+    assert out.strip().splitlines()[-2].startswith("[100%]")
+    ckpt = torch.load(run / "model.pt")
+    assert ckpt["script"] == "trpo_continuous.py" and ckpt["env_id"] == "Pendulum-v1"
     assert ckpt["normalizer"]["obs"][2].item() > 0  # statistics were saved
-    trpo.main(["--no-cuda", "--eval-checkpoint", str(tmp_path / "run" / "trpo.pt"),
-               "--eval-episodes", "2", "--output-dir", str(tmp_path / "eval")])  # fmt: skip
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["eval_episodes"] == 2 and summary["env_id"] == "Pendulum-v1"
-    with pytest.raises(SystemExit, match="was made by"):
-        torch.save({"script": "ppo_continuous.py", "env_id": "Pendulum-v1"}, tmp_path / "x.pt")
-        trpo.main(["--eval-checkpoint", str(tmp_path / "x.pt"), "--eval-episodes", "1"])
+    code, out, err = run_main(capsys, "--no-cuda", "--eval-checkpoint", str(run / "model.pt"))
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["eval_episodes"] == 10 and summary["env_id"] == "Pendulum-v1"
+    torch.save({"script": "ppo_continuous.py", "env_id": "Pendulum-v1"}, tmp_path / "x.pt")
+    code, _, err = run_main(capsys, "--eval-checkpoint", str(tmp_path / "x.pt"))
+    assert code != 0 and err.count("error:") == 1 and "--eval-checkpoint" in err
+
+
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        (["--init-log-std", "30"], "--init-log-std"),  # σ = e^30: the first sample overflows
+        (["--cg-tol", "1"], "--cg-tol"),
+        (["--clip-obs", "0"], "--clip-obs"),
+        (["--env-id", "CartPole-v1"], "--env-id"),  # Discrete actions: trpo.py's
+    ],
+)
+def test_bad_input_one_line_error(flags, named, tmp_path, capsys):
+    code, _, err = run_main(capsys, "--no-cuda", *flags, "--output-dir", str(tmp_path))
+    assert code != 0 and err.count("error:") == 1 and named in err
+    assert err.strip().count("\n") == 0 and not (tmp_path / "model.pt").exists()
 
 
 def test_learns_pendulum(tmp_path):

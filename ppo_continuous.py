@@ -523,7 +523,10 @@ def make_envs(env_id, num_envs, action_spaces, video_dir=None):
             kwargs = {}
         envs = gym.make_vec(env_id, num_envs, "sync" if video_dir else None, **kwargs)
     except ModuleNotFoundError as e:
-        raise ValueError(f"{env_id} needs the package {e.name}: pip install {e.name}") from None
+        flag = "--capture-video" if video_dir else "--env-id"
+        raise ValueError(
+            f"{flag} {env_id} needs the package {e.name}: pip install {e.name}"
+        ) from None
     except Exception as e:  # gym.error.Error (its DependencyNotInstalled names the extra), ...
         raise ValueError(f"cannot make --env-id {env_id}: {brief(e)}") from None
     act, obs = envs.single_action_space, envs.single_observation_space

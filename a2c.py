@@ -1,163 +1,79 @@
 """A2C, the synchronous advantage actor-critic, on CartPole-v1, in one file.
 
-Mnih et al. 2016 (https://arxiv.org/abs/1602.01783) ran A3C's actors asynchronously; A2C is
-its synchronous form (OpenAI baselines): N environments step together, every `--num-steps`
-steps the n-step advantages Â (here by GAE, Schulman et al. 2015; λ = 1 is the paper's n-step
-return) feed ONE gradient step on  −Σ log π(a|s) Â + c1 L^VF − c2 S,  and the rollout is
-thrown away. Read it beside ppo_cartpole.py: A2C is PPO with one epoch and one minibatch, the
-same optimizer and the same advantage normalisation (none in the paper; Huang et al. 2022,
-https://arxiv.org/abs/2205.09123), and tests/test_a2c.py proves that identity on these files.
+Mnih et al. 2016 (https://arxiv.org/abs/1602.01783) ran A3C's actors asynchronously; A2C is its
+synchronous form (OpenAI baselines): N environments step together, and every `--num-steps` steps
+the n-step advantages Â (here by GAE, Schulman et al. 2015; λ = 1 is the paper's n-step return)
+feed ONE gradient step on  −Σ log π(a|s) Â + c1 L^VF − c2 S;  the rollout is then thrown away.
+A2C is PPO with one epoch and one minibatch, the same optimizer and advantage normalisation
+(Huang et al. 2022, https://arxiv.org/abs/2205.09123); tests/test_a2c.py proves it on the files.
 
-Departures from the paper, each chosen on the tuning seeds 1..12: RMSprop (the paper's α and
-ε) at lr 3e-3 rather than SB3's 7e-4, with the advantages normalised within each rollout
-(--no-norm-adv for the paper's form): together they solve in about half the steps, and the
-normalisation keeps the larger step from collapsing the policy after it solves. The critic is
-a separate network (see Agent), and the gradient norm is clipped, as in SB3.
+Departures from the paper, chosen on the tuning seeds 1..12: lr 3e-3 (SB3: 7e-4) with the
+advantages normalised within each rollout (--no-norm-adv: the paper's form) solves in about half
+the steps, and the normalisation keeps the larger step from collapsing the policy once solved.
+The critic is a separate network (see Agent), and the gradient norm is clipped, as in SB3.
 
-    python a2c.py                       # RMSprop, as in the paper and in SB3; solves CartPole-v1
-    python a2c.py --optimizer adam
-    python a2c.py --help
+    python a2c.py --output-dir runs/a2c    # RMSprop, as in the paper and SB3; solves CartPole-v1
+    python a2c.py --eval-checkpoint runs/a2c/model.pt --capture-video
 """
+
+import signal
+
+if __name__ == "__main__":  # until main() runs, Ctrl-C ends the process without a traceback
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 import argparse
 import contextlib
-import copy
 import dataclasses
-import importlib.util
 import json
-import math
 import os
-import random
-import signal
 import sys
-import tempfile
 import threading
 import time
-import warnings
 from collections import deque
-from dataclasses import dataclass
 
-try:  # Ctrl-C while torch loads (a second or two) gets one line, not a traceback
-    import gymnasium as gym
-    import numpy as np
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-    from torch.utils.tensorboard import SummaryWriter
-except KeyboardInterrupt:
-    sys.exit("error: interrupted while starting up; nothing was written")
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.tensorboard import SummaryWriter
 
 SCRIPT = "a2c.py"  # recorded in checkpoints, checked when one is loaded
 
 
-def flag(default, help):
-    """A dataclass field that is also a command-line flag with help text."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def flag(default, help, rule=None):
+    """A field of Args that is also a --flag; parse_args checks its rule (see RULES)."""
+    return dataclasses.field(default=default, metadata=dict(help=help, rule=rule))
 
 
-@dataclass
+@dataclasses.dataclass
 class Args:
-    seed: int = flag(1, "seed of random, numpy, torch and the environments")
+    seed: int = flag(1, "seed of random, numpy, torch and the environments", "in [0, 2^32)")
     cuda: bool = flag(True, "use CUDA when it is available")
-    output_dir: str = flag("", "logs and checkpoints go here; default runs/<run-name>")
+    output_dir: str = flag("", "logs and model.pt go here; default runs/<env>__<script>__...")
     overwrite: bool = flag(False, "replace the files of an earlier run in --output-dir")
     env_id: str = flag("CartPole-v1", "a Gymnasium environment with a Discrete action space")
-    total_timesteps: int = flag(100_000, "environment steps to train for, over all envs")
-    learning_rate: float = flag(3e-3, "optimizer step size at the start (see --anneal-lr)")
+    total_timesteps: int = flag(100_000, "environment steps to train for, over all envs", "> 0")
+    learning_rate: float = flag(3e-3, "step size at the start (see --anneal-lr)", "> 0")
     anneal_lr: bool = flag(False, "decay the learning rate linearly to 0 over training")
-    optimizer: str = flag("rmsprop", "rmsprop (the A2C paper, SB3) or adam")
-    rms_alpha: float = flag(0.99, "RMSprop: decay α of the running mean of squared gradients")
-    optimizer_eps: float = flag(1e-5, "ε added to the RMSprop/Adam denominator")
-    num_envs: int = flag(8, "parallel environments")
-    num_steps: int = flag(5, "steps per environment per rollout: the n of the n-step return")
-    gamma: float = flag(0.99, "discount factor γ")
-    gae_lambda: float = flag(1.0, "GAE λ: 1 is the n-step return of the paper, 0 is one-step TD")
+    optimizer: str = flag("rmsprop", "RMSprop (the paper, SB3) or Adam", ("rmsprop", "adam"))
+    rms_alpha: float = flag(0.99, "RMSprop: decay α of the mean of g²; below 1", "in [0, 1]")
+    optimizer_eps: float = flag(1e-5, "ε added to the RMSprop/Adam denominator", "> 0")
+    num_envs: int = flag(8, "parallel environments", "> 0")
+    num_steps: int = flag(5, "steps per env per rollout: the n of the n-step return", "> 0")
+    gamma: float = flag(0.99, "discount factor γ", "in [0, 1]")
+    gae_lambda: float = flag(1.0, "GAE λ: 1 is the paper's n-step return; 0 TD(0)", "in [0, 1]")
     norm_adv: bool = flag(True, "normalise the advantages within each rollout")
-    ent_coef: float = flag(0.0, "c2: weight of the entropy bonus")
-    vf_coef: float = flag(1.0, "c1: weight of the value loss L^VF = ½ (V − V^targ)²")
-    max_grad_norm: float = flag(0.5, "clip the global gradient norm to this")
-    hidden_size: int = flag(64, "width of the two hidden layers of actor and critic")
-    eval_episodes: int = flag(0, "after training, evaluate the greedy policy on N episodes")
-    eval_checkpoint: str = flag("", "evaluate this saved agent.pt on --eval-episodes; no training")
-    capture_video: bool = flag(False, "save the evaluation episodes as MP4 in <output-dir>/videos")
+    ent_coef: float = flag(0.0, "c2: weight of the entropy bonus", ">= 0")
+    vf_coef: float = flag(1.0, "c1: weight of the value loss", ">= 0")
+    max_grad_norm: float = flag(0.5, "clip the global gradient norm to this", "> 0")
+    hidden_size: int = flag(64, "width of the two hidden layers of actor and critic", "> 0")
+    eval_episodes: int = flag(10, "greedy episodes to evaluate after training; 0 = none", ">= 0")
+    eval_checkpoint: str = flag("", "evaluate this saved model.pt instead of training")
+    capture_video: bool = flag(False, "record the evaluation episodes in <output-dir>/videos")
 
 
-def parse_args(argv=None) -> Args:
-    """Build the command line from the fields of Args: --flag-name, --x/--no-x for booleans."""
-    parser = argparse.ArgumentParser(description=sys.modules[__name__].__doc__.split("\n")[0])
-    for f in dataclasses.fields(Args):
-        kind = type(f.default)
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            type=None if kind is bool else kind,
-            action=argparse.BooleanOptionalAction if kind is bool else None,
-            default=f.default,
-            help=f.metadata["help"] + " (default: %(default)s)",
-        )
-    parser.error = lambda message: sys.exit(f"error: {message} (see --help)")
-    return Args(**vars(parser.parse_args(argv)))
-
-
-def check_flags(args, positive=(), nonneg=(), unit=()):
-    """The one rule every script applies to its numeric flags, naming the flag at fault: every
-    float flag finite (a NaN trains nothing and an inf stalls it); every count, step size or
-    norm bound > 0 (a negative gradient-norm bound would flip the gradient); every weight, ε
-    or tolerance ≥ 0; every probability, γ or λ in [0, 1]."""
-    for field in dataclasses.fields(args):
-        value = getattr(args, field.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"--{field.name.replace('_', '-')} must be finite, not {value}")
-    rules = (
-        (positive, lambda v: v > 0, "positive"),
-        (nonneg, lambda v: v >= 0, "0 or more"),
-        (unit, lambda v: 0 <= v <= 1, "in [0, 1]"),
-    )
-    for names, ok, what in rules:
-        for name in names:
-            if not ok(getattr(args, name)):
-                raise ValueError(
-                    f"--{name.replace('_', '-')} must be {what}, not {getattr(args, name)}"
-                )
-
-
-def check_memory(nbytes, flags):
-    """ValueError, before anything is allocated, if about `nbytes` would not fit in half of
-    this machine's memory: numpy and torch would fail with a traceback, or the run would swap."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if nbytes > total / 2:
-        gib = min(nbytes, 2**100) / 2**30  # a huge int would overflow the float division
-        raise ValueError(f"{flags} need about {gib:.3g} GiB, more than half of this "
-                         f"machine's {total / 2**30:.0f} GiB; lower them")  # fmt: skip
-
-
-def check_args(args):
-    """Reject settings that would fail later with an obscure error, saying what to fix."""
-    counts = ("total_timesteps", "num_envs", "num_steps", "hidden_size")
-    check_flags(args, positive=(*counts, "learning_rate", "max_grad_norm", "optimizer_eps"),
-                nonneg=("seed", "ent_coef", "vf_coef", "eval_episodes"),
-                unit=("gamma", "gae_lambda"))  # fmt: skip
-    # numpy's seeds are 32-bit; the optimizer's first step, ~10 lr, must fit in a float32; one
-    # environment object per env or evaluation episode.
-    most = dict(seed=2**32 - 1, learning_rate=1e37, num_envs=10_000, eval_episodes=10_000)
-    for name, bound in most.items():
-        if getattr(args, name) > bound:
-            raise ValueError(f"--{name.replace('_', '-')} must be at most {bound}, not "
-                             f"{getattr(args, name)}")  # fmt: skip
-    # The rollout buffers and the networks, at ~1 KiB per stored step (observations of up
-    # to ~250 floats) and 3 weight copies (weights, the optimizer's moments) of the two MLPs.
-    check_memory(1024 * args.num_envs * args.num_steps + 4 * 3 * 2 * 2 * args.hidden_size**2,
-                 "--num-envs x --num-steps and --hidden-size")  # fmt: skip
-    if args.optimizer not in ("rmsprop", "adam"):
-        raise ValueError(f"--optimizer must be rmsprop or adam, not {args.optimizer!r}")
-    if not 0 <= args.rms_alpha < 1:
-        raise ValueError("--rms-alpha must lie in [0, 1)")
-    if args.eval_checkpoint and args.eval_episodes == 0:
-        raise ValueError("--eval-episodes must be > 0 with --eval-checkpoint")
-
-
-# ---------------------------------------------------------------------------------------
-# The math. Everything below is a pure function of tensors, so tests can check it alone.
-# ---------------------------------------------------------------------------------------
+# ---- The math: pure functions of tensors, each checked alone by the tests ----
 
 
 def gae(rewards, values, terminated, dones, gamma, lam):
@@ -171,14 +87,11 @@ def gae(rewards, values, terminated, dones, gamma, lam):
     episode's final observation, so at a truncation δ_t bootstraps with V(final obs) while
     the recursion still stops (done = terminated or truncated). Returns Â, shape [T, N].
     """
-    # δ_t = r_t + γ V(s_{t+1}) (1 − terminated_t) − V(s_t), every t at once: only a real
-    # terminal state has value 0; a time-limit cut keeps the bootstrap.
     delta = rewards + gamma * values[1:] * (1 - terminated) - values[:-1]
     decay = gamma * lam * (1 - dones)
     advantages = torch.zeros_like(rewards)
     next_adv = torch.zeros_like(rewards[0])
     for t in reversed(range(rewards.shape[0])):
-        # Â_t = δ_t + γλ (1 − done_t) Â_{t+1}: advantages never leak across episodes.
         next_adv = delta[t] + decay[t] * next_adv
         advantages[t] = next_adv
     return advantages
@@ -190,14 +103,12 @@ def a2c_loss(logp, logits, values, adv, returns, vf_coef, ent_coef):
     L(θ) = −mean_t[log π_θ(a_t|s_t) Â_t] + c1 · ½ mean_t[(V_θ(s_t) − V_t^targ)²] − c2 S[π_θ]
 
     Â and V^targ are constants: −∇ of the first term is the policy-gradient estimate
-    mean_t ∇log π_θ(a_t|s_t) Â_t. Returns (L, policy term, L^VF, S).
+    mean_t ∇log π_θ(a_t|s_t) Â_t, the score-function estimator with the critic as baseline.
+    L^VF is ppo_cartpole.py's halved regression. Returns (L, policy term, L^VF, S).
     """
-    # −mean(log π(a_t|s_t) Â_t): the score-function estimator with the critic as baseline.
     pg_loss = -(logp * adv.detach()).mean()
-    # L^VF = ½ mean (V(s_t) − V_t^targ)², the same halved regression as ppo_cartpole.py.
     v_loss = 0.5 * (values - returns.detach()).pow(2).mean()
     entropy = categorical_entropy(logits)
-    # L = −L^PG + c1 L^VF − c2 S
     return pg_loss + vf_coef * v_loss - ent_coef * entropy, pg_loss, v_loss, entropy
 
 
@@ -214,9 +125,7 @@ def explained_variance(pred, target):
     return float("nan") if var == 0 else float(1 - (target - pred).var() / var)
 
 
-# ---------------------------------------------------------------------------------------
-# The agent
-# ---------------------------------------------------------------------------------------
+# ---- The agent ----
 
 
 def layer_init(layer, std=2**0.5, bias=0.0):
@@ -230,19 +139,13 @@ def layer_init(layer, std=2**0.5, bias=0.0):
 
 def mlp(in_dim, out_dim, hidden, last_std):
     """Two tanh hidden layers of width `hidden`; the output layer's gain is `last_std`."""
-    return nn.Sequential(
-        layer_init(nn.Linear(in_dim, hidden)),
-        nn.Tanh(),
-        layer_init(nn.Linear(hidden, hidden)),
-        nn.Tanh(),
-        layer_init(nn.Linear(hidden, out_dim), last_std),
-    )
+    return nn.Sequential(layer_init(nn.Linear(in_dim, hidden)), nn.Tanh(),
+                         layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
+                         layer_init(nn.Linear(hidden, out_dim), last_std))  # fmt: skip
 
 
-# The paper shares a trunk between actor and critic (its Atari nets are convolutional and
-# costly); on a 4-number observation a trunk saves nothing, and sharing it makes c1 trade the
-# critic's regression against the policy gradient. Separate networks, as in SB3's MlpPolicy
-# and ppo_cartpole.py, keep the two losses apart and make this class PPO's, verbatim.
+# The paper shares a trunk (its Atari convolutions are costly); on 4 numbers it saves nothing.
+# Separate networks, as in SB3's MlpPolicy, make this class PPO's, verbatim.
 class Agent(nn.Module):
     """Separate actor and critic MLPs (tanh). Sharing a trunk would couple the two losses."""
 
@@ -266,247 +169,17 @@ class Agent(nn.Module):
 
 
 def make_optimizer(params, args):
-    """RMSprop as in the A2C paper and SB3 (α = 0.99, ε = 1e-5, no momentum), or Adam."""
+    """RMSprop as in the A2C paper and SB3 (α = 0.99, ε = 1e-5, no momentum), or Adam.
+
+    v ← α v + (1 − α) g²;  θ ← θ − lr g / (√v + ε). PyTorch adds ε outside the square root
+    (TensorFlow, the paper's framework, inside); SB3's MlpPolicy uses PyTorch's too."""
+    lr, eps = args.learning_rate, args.optimizer_eps
     if args.optimizer == "adam":
-        return torch.optim.Adam(params, lr=args.learning_rate, eps=args.optimizer_eps)
-    # v ← α v + (1 − α) g²;  θ ← θ − lr g / (√v + ε). PyTorch adds ε outside the square
-    # root (TensorFlow, the paper's framework, inside); SB3's MlpPolicy uses PyTorch's too.
-    return torch.optim.RMSprop(
-        params, lr=args.learning_rate, alpha=args.rms_alpha, eps=args.optimizer_eps
-    )
+        return torch.optim.Adam(params, lr=lr, eps=eps)
+    return torch.optim.RMSprop(params, lr=lr, alpha=args.rms_alpha, eps=eps)
 
 
-# ---------------------------------------------------------------------------------------
-# Environments, logging, checkpoints
-# ---------------------------------------------------------------------------------------
-
-
-def make_envs(env_id, num_envs, action_spaces, video_dir=None):
-    """A Gymnasium >= 1.0 vector env with next-step autoreset: the numpy-vectorised version
-    when the environment has one (CartPole does), else one copy per env in this process.
-
-    The observation space must be a flat Box, the action space one of `action_spaces`. The
-    observations are cast to float32 (the networks' dtype), and a NaN or infinite one is a
-    ValueError. With `video_dir`, the envs render rgb_array frames and Gymnasium's RecordVideo
-    saves each env's first episode there as MP4. Any failure is one ValueError, and envs made
-    so far are closed.
-    """
-    if video_dir is not None and importlib.util.find_spec("moviepy") is None:
-        raise ValueError("--capture-video needs moviepy, an optional extra: pip install moviepy")
-    # Gymnasium's warnings (an outdated version, ...) are shown only if the env is made: if
-    # not, the one error line says it all.
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            # copy=False: a per-env (sync) vector env hands back its own buffer instead of a
-            # deepcopy (16-32 µs a MuJoCo step, measured); checked() copies anyway.
-            no_copy = dict(vector_kwargs=dict(copy=False))
-            if video_dir is None:
-                vectorised = gym.spec(env_id).vector_entry_point is not None
-                envs = gym.make_vec(env_id, num_envs=num_envs, **({} if vectorised else no_copy))
-            else:  # one env object per copy, each with its own file name
-                names = iter(range(num_envs))
-                record = lambda env: gym.wrappers.RecordVideo(  # noqa: E731
-                    env, video_dir, lambda episode: episode == 0, name_prefix=f"env{next(names)}"
-                )
-                envs = gym.make_vec(env_id, num_envs, "sync", **no_copy, wrappers=[record],
-                                    render_mode="rgb_array")  # fmt: skip
-    except Exception as e:  # gym.error.Error, a missing extra's ModuleNotFoundError, ...
-        raise ValueError(f"cannot make --env-id {env_id!r}: {' '.join(str(e).split())}") from None
-    for w in caught:
-        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    act, obs = envs.single_action_space, envs.single_observation_space
-    problem = None
-    if not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:
-        problem = f"has observations {obs}; need a flat Box"
-    elif not isinstance(act, action_spaces):
-        problem = f"has {act}; need {' or '.join(s.__name__ for s in action_spaces)}"
-        # Point to the sibling scripts: `trpo.py --env-id Pendulum-v1` is a likely first try.
-        if isinstance(act, gym.spaces.Box):
-            problem += " (for Box actions: ppo_continuous.py, trpo_continuous.py)"
-        elif isinstance(act, gym.spaces.Discrete):
-            problem += " (for Discrete actions: ppo_cartpole.py, a2c.py, trpo.py, reinforce.py)"
-    elif envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.NEXT_STEP:
-        problem = "does not autoreset in the next step"
-    if problem:
-        envs.close()
-        raise ValueError(f"--env-id {env_id} {problem}")
-
-    def checked(o):  # a NaN would fail deep inside sampling, float64 meet float32 weights
-        if not np.isfinite(o).all():
-            raise ValueError(f"--env-id {env_id} returned an observation with NaN or inf")
-        return o.astype(np.float32)  # a copy: the vector env reuses its buffer (copy=False)
-
-    box = gym.spaces.Box(-np.inf, np.inf, obs.shape, np.float32)  # no network uses bounds
-    return gym.wrappers.vector.TransformObservation(envs, checked, single_observation_space=box)
-
-
-def evaluate_greedy(policy, envs, seed, device):
-    """Returns of the greedy policy a = argmax_a π(a|s), one episode in each env of `envs`
-    (taking the first finishers of fewer envs would favour short episodes)."""
-    obs, _ = envs.reset(seed=seed)
-    returns, alive = np.zeros(envs.num_envs), np.ones(envs.num_envs, bool)
-    while alive.any():
-        with torch.no_grad():
-            action = policy(torch.as_tensor(obs, device=device)).argmax(-1)
-        obs, reward, term, trunc, _ = envs.step(action.cpu().numpy())
-        returns += reward * alive
-        alive &= ~(term | trunc)
-    return returns
-
-
-def seed_and_device(seed, cuda):
-    """Seed random, numpy and torch; one torch thread (tiny networks: threads cost more than
-    they give); the device to train on."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
-    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
-
-
-def run_dir(args, kind):
-    """--output-dir, or runs/<env>__<script>__<kind>__<seed>__<time>; created and checked to be
-    writable. A directory that already holds files is refused unless --overwrite: a rerun must
-    never replace a finished run's checkpoint and episodes."""
-    name = f"{args.env_id}__{SCRIPT.removesuffix('.py')}__{kind}__{args.seed}__{int(time.time())}"
-    out = args.output_dir or os.path.join("runs", name)
-    if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
-        raise ValueError(f"--output-dir {out} holds files of an earlier run; name a new "
-                         "directory, or pass --overwrite to replace them")  # fmt: skip
-    try:
-        os.makedirs(out, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
-    except OSError as e:
-        raise OSError(f"cannot write to --output-dir {out}: {e.strerror or e}") from None
-    return out
-
-
-class EpisodeLog:
-    """Every finished training episode as (global_step, return), and the solved rule: the
-    first step at which the mean return of the last 20 finished episodes reaches `threshold`
-    (475 on CartPole; the continuous scripts pass their environment's; None: never)."""
-
-    def __init__(self, writer, threshold=475.0):
-        self.writer, self.episodes, self.recent = writer, [], deque(maxlen=20)
-        self.threshold, self.solved_at_step, self.solved_at_s = threshold, None, None
-        self.t0 = time.time()
-
-    def add(self, step, ret):
-        self.episodes.append((step, ret))
-        self.recent.append(ret)
-        self.writer.add_scalar("charts/episodic_return", ret, step)
-        if (self.solved_at_step is None and self.threshold is not None
-                and len(self.recent) == 20 and np.mean(self.recent) >= self.threshold):  # fmt: skip
-            self.solved_at_step, self.solved_at_s = step, round(time.time() - self.t0, 2)
-            print(f"solved at step {step} after {self.solved_at_s:.1f}s")
-
-    def mean(self):
-        return float(np.mean(self.recent)) if self.recent else None
-
-    def save_csv(self, path):
-        """episodes.csv, written atomically."""
-        header = "global_step,episodic_return"
-        write = lambda rows, f: np.savetxt(f, rows, "%g", ",", header=header, comments="")  # noqa: E731
-        save_atomic(np.array(self.episodes).reshape(-1, 2), path, write)
-
-
-def log_rollout_episodes(log, ep_return, rewards, dones, global_step):
-    """Add the episodes that end inside a [T, N] rollout to `log`, in time order. ep_return
-    carries each env's running return across rollouts. global_step counts every vector-env
-    step (N per row, autoreset steps included); returns its new value."""
-    for reward, done in zip(rewards.cpu().numpy(), dones.cpu().numpy().astype(bool), strict=True):
-        global_step += len(reward)
-        ep_return += reward
-        for ret in ep_return[done]:
-            log.add(global_step, ret)
-        ep_return[done] = 0
-    return global_step
-
-
-def check_finite(numbers, module, iteration, hint):
-    """FloatingPointError if a loss or a parameter is NaN or infinite, or a parameter lies
-    beyond ±1e20: no training gets there without diverging, and a little further on the
-    forward pass overflows float32 (3.4e38), so that sampling would fail on a NaN. Called
-    once per iteration, not once per minibatch: a NaN anywhere ends up in the mean losses or
-    weights."""
-    params = torch.cat([p.detach().flatten() for p in module.parameters()])
-    if not (np.isfinite(numbers).all() and params.abs().max() <= 1e20):  # False for a NaN
-        raise FloatingPointError(
-            f"non-finite loss at iteration {iteration}; the checkpoint keeps the parameters of "
-            f"the iteration before; try a lower {hint}"
-        )
-
-
-@contextlib.contextmanager
-def signals_held():
-    """Hold Ctrl-C and SIGTERM while the final files are written, then act on them: an
-    interrupt inside torch.save would leave a temporary file and no checkpoint at all."""
-    caught = []
-    held = {
-        s: signal.signal(s, lambda *_: caught.append(1)) for s in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        yield
-    finally:
-        for s, handler in held.items():
-            signal.signal(s, handler)
-    if caught:
-        raise KeyboardInterrupt
-
-
-def save_checkpoint(path, state, args, **extra):
-    """The agent's weights with the script, the env id and every arg, written atomically."""
-    args = dataclasses.asdict(args)
-    save_atomic(dict(script=SCRIPT, env_id=args["env_id"], agent=state, args=args, **extra), path)
-
-
-def load_checkpoint(path, script, env_id):
-    """The checkpoint that `script` saved for `env_id` at `path`. A missing, corrupt or
-    truncated file, or one made by another script or for another env, is a ValueError."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # no file, a truncated zip, not a torch file at all, ...
-        why = " ".join(str(e).split())[:200]
-        raise ValueError(
-            f"cannot read --eval-checkpoint {path} (missing or corrupt?): {why}"
-        ) from None
-    made_by = ckpt.get("script") if isinstance(ckpt, dict) else None
-    if made_by != script:
-        raise ValueError(f"--eval-checkpoint {path} was made by {made_by or 'another program'}, "
-                         f"not by {script}")  # fmt: skip
-    if ckpt.get("env_id") != env_id:
-        raise ValueError(f"--eval-checkpoint {path} is an agent for {ckpt.get('env_id')}, not "
-                         f"for --env-id {env_id}")  # fmt: skip
-    return ckpt
-
-
-def evaluate_checkpoint(args):
-    """--eval-checkpoint: rebuild the saved agent from its saved args, play --eval-episodes
-    greedy episodes (seed --seed + 10000) without training, return the summary."""
-    ckpt = load_checkpoint(args.eval_checkpoint, SCRIPT, args.env_id)
-    device = seed_and_device(args.seed, args.cuda)
-    video_dir = os.path.join(run_dir(args, "eval"), "videos") if args.capture_video else None
-    envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Discrete,), video_dir)
-    space = envs.single_observation_space.shape[0], envs.single_action_space.n
-    try:
-        agent = Agent(*space, ckpt["args"]["hidden_size"]).to(device)
-        agent.load_state_dict(ckpt["agent"])
-    except (KeyError, RuntimeError) as e:  # e.g. another observation size
-        envs.close()
-        why = " ".join(str(e).split())[:200]
-        raise ValueError(f"--eval-checkpoint {args.eval_checkpoint} does not fit: {why}") from None
-    returns = evaluate_greedy(agent.actor, envs, args.seed + 10_000, device)
-    envs.close()
-    print(f"greedy returns: {' '.join(f'{r:g}' for r in returns)}")
-    summary = dict(script=SCRIPT, env_id=args.env_id, checkpoint=args.eval_checkpoint,
-                   eval_episodes=len(returns), eval_mean_return=float(np.mean(returns)),
-                   eval_std_return=float(np.std(returns)), videos=video_dir)  # fmt: skip
-    return summary
-
-
-# ---------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------
+# ---- Rollout, update, and the training loop ----
 
 
 def rollout(agent, envs, obs, prev_done, num_steps, device):
@@ -558,9 +231,7 @@ def a2c_update(agent, optimizer, t, args):
     """One gradient step on the transitions `t` of one rollout (from valid_transitions),
     minimising a2c_loss; the rollout is then discarded. Returns the loss terms."""
     adv = t["adv"]
-    if args.norm_adv and len(adv) > 1:
-        # Â ← (Â − mean Â) / (std Â + 1e-8) over the rollout: fixes the scale of the policy
-        # gradient, which lets a larger step solve sooner without collapsing after (docs).
+    if args.norm_adv and len(adv) > 1:  # Â ← (Â − mean Â) / (std Â + 1e-8) over the rollout
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
     logp, logits, v = agent.evaluate(t["obs"], t["action"])
     loss, pg_loss, v_loss, entropy = a2c_loss(
@@ -575,33 +246,19 @@ def a2c_update(agent, optimizer, t, args):
 
 
 def train(args):
-    check_args(args)
-    if args.eval_checkpoint:
-        return evaluate_checkpoint(args)
-    start = time.time()
-    device = seed_and_device(args.seed, args.cuda)
-    envs = make_envs(args.env_id, args.num_envs, (gym.spaces.Discrete,))
-    space = envs.single_observation_space.shape[0], envs.single_action_space.n
-    agent = Agent(*space, args.hidden_size).to(device)
-    optimizer = make_optimizer(agent.parameters(), args)
-    out = run_dir(args, "train")  # made only once the envs exist: bad input leaves nothing
-    # A full disk fails the writer's thread, which would print its own traceback; the writer
-    # raises the same OSError here at its next call, which main() reports in one line.
-    threading.excepthook = lambda a: (
-        None if isinstance(a.exc_value, OSError) else threading.__excepthook__(a)
-    )
-    writer = SummaryWriter(out)
-    writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
-
+    """rollout → advantages → one update → log, for --total-timesteps steps."""
+    if args.eval_checkpoint:  # no training: the saved agent's greedy returns
+        agent, envs, _, device = load_for_eval(args, (gym.spaces.Discrete,), Agent)
+        return eval_summary(args, evaluate_greedy(agent.actor, envs, args.seed + 10_000, device))
+    require(args.rms_alpha < 1, "--rms-alpha must be below 1: at 1 the mean of g² stays 0")
     num_iterations = max(1, args.total_timesteps // (args.num_steps * args.num_envs))
-    # A2C's iterations are tiny (40 steps by default): TensorBoard gets ~200 points, not all.
-    log_every = max(1, num_iterations // 200)
+    run = Run(args, (gym.spaces.Discrete,), num_iterations)  # seeds, envs, files, logging
+    envs, device = run.envs, run.device
+    agent = Agent(*env_dims(envs), args.hidden_size).to(device)
+    optimizer = make_optimizer(agent.parameters(), args)
     obs, _ = envs.reset(seed=args.seed)
     prev_done, ep_return = np.zeros(args.num_envs, bool), np.zeros(args.num_envs)
     global_step = 0
-    last_good, trained = copy.deepcopy(agent.state_dict()), False
-    log = EpisodeLog(writer)
-    print(f"training {args.env_id} for {args.total_timesteps} steps; logs in {out}")
     try:
         for iteration in range(1, num_iterations + 1):
             frac = 1.0 - (iteration - 1) / num_iterations
@@ -609,95 +266,284 @@ def train(args):
             optimizer.param_groups[0]["lr"] = lr
 
             b, obs, prev_done = rollout(agent, envs, obs, prev_done, args.num_steps, device)
-            global_step = log_rollout_episodes(log, ep_return, b["reward"], b["done"], global_step)
+            global_step = run.add_rollout(ep_return, b["reward"], b["done"], global_step)
             # With λ = 1 (the default) Â_t + V(s_t) is the paper's n-step return.
             adv = gae(
                 b["reward"], b["value"], b["terminated"], b["done"], args.gamma, args.gae_lambda
             )
             t = valid_transitions(b, adv)
             stats = a2c_update(agent, optimizer, t, args)
+            stats.update(explained_variance=explained_variance(t["value"], t["ret"]), lr=lr)
+            run.iteration(global_step, stats, agent, "--learning-rate")
+    finally:  # on success, a non-finite loss, Ctrl-C and SIGTERM alike
+        run.finish()
+    returns = evaluate_greedy(agent.actor, run.eval_envs, args.seed + 10_000, device)
+    return run.summary("a2c", global_step, returns)
 
-            check_finite(list(stats.values()), agent, iteration, "--learning-rate")
-            last_good, trained = copy.deepcopy(agent.state_dict()), True
-            sps = int(global_step / (time.time() - log.t0))
-            if iteration % log_every == 0:
-                stats["explained_variance"] = explained_variance(t["value"], t["ret"])
-                for name, value in stats.items():
-                    writer.add_scalar(f"losses/{name}", value, global_step)
-                writer.add_scalar("charts/learning_rate", lr, global_step)
-                writer.add_scalar("charts/SPS", sps, global_step)
-            if iteration % max(1, num_iterations // 10) == 0:
-                print(
-                    f"[{100 * iteration // num_iterations:3d}%] step {global_step} mean_return"
-                    f"(last 20)={np.mean(log.recent or [np.nan]):.1f} "
-                    f"entropy={stats['entropy']:.3f} SPS={sps}"
-                )
-    finally:
-        # Runs on success, on a non-finite loss and on Ctrl-C or SIGTERM alike; a second
-        # interrupt waits until these files are complete. Before its first iteration ends, a
-        # run leaves an earlier run's files (--overwrite) as they are: untrained is no better.
-        with signals_held():
-            if trained or not os.path.exists(os.path.join(out, "agent.pt")):
-                save_checkpoint(os.path.join(out, "agent.pt"), last_good, args)
-                log.save_csv(os.path.join(out, "episodes.csv"))
-            envs.close()
-            writer.close()
 
-    eval_returns = None
-    if args.eval_episodes > 0:
-        video_dir = os.path.join(out, "videos") if args.capture_video else None
-        envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Discrete,), video_dir)
-        eval_returns = evaluate_greedy(agent.actor, envs, args.seed + 10_000, device)
+# ==== Plumbing: command line, envs, files, evaluation. The algorithm ends above. ====
+# Each piece is the same text in every script that has it (tests/test_shared_code.py).
+
+RULES = {None: lambda v: True, "> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0,
+         "in [0, 1]": lambda v: 0 <= v <= 1, "in [0, 2^32)": lambda v: 0 <= v < 2**32}  # fmt: skip
+
+
+def parse_args(argv=None):
+    """Args from the command line; a value that breaks its flag's rule is a ValueError."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for f in dataclasses.fields(Args):
+        is_bool, shown = type(f.default) is bool, f" (default: {f.default})" * (f.default != "")
+        parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=f.metadata[
+            "help"] + shown, type=None if is_bool else type(f.default),
+            action=argparse.BooleanOptionalAction if is_bool else None)  # fmt: skip
+    parser.error = lambda message: sys.exit(f"error: {message} (see --help)")
+    args = Args(**vars(parser.parse_args(argv)))
+    for f in dataclasses.fields(args):
+        v, rule = getattr(args, f.name), f.metadata["rule"]
+        ok = v in rule if isinstance(rule, tuple) else RULES[rule](v)
+        require(ok and (not isinstance(v, float) or np.isfinite(v)),
+                f"--{f.name.replace('_', '-')} must be {rule or 'finite'}, not {v!r}")  # fmt: skip
+    return args
+
+
+def require(ok, message):
+    if not ok:
+        raise ValueError(message)
+
+
+def make_envs(env_id, num_envs, action_spaces, video_dir=None):
+    """A Gymnasium >= 1.0 vector env with next-step autoreset, numpy-vectorised where the env
+    has such a version (CartPole does); flat Box observations, cast to float32; actions one
+    of `action_spaces`. With `video_dir`, RecordVideo saves each env's first episode there."""
+    try:  # copy=False: sync envs hand back their buffer, not a deepcopy; astype() copies
+        kwargs = dict(vector_kwargs=dict(copy=False))
+        if video_dir is not None:  # fail before a run, naming what to install (pygame, ...)
+            import moviepy  # noqa: F401  (RecordVideo encodes with it)
+
+            (probe := gym.make(env_id, render_mode="rgb_array")).reset()
+            probe.render(), probe.close()
+            names = iter(range(num_envs))
+            kwargs.update(render_mode="rgb_array", wrappers=[lambda env: gym.wrappers.RecordVideo(
+                env, video_dir, lambda ep: ep == 0, name_prefix=f"env{next(names)}")])  # fmt: skip
+        elif gym.spec(env_id).vector_entry_point is not None:
+            kwargs = {}
+        envs = gym.make_vec(env_id, num_envs, "sync" if video_dir else None, **kwargs)
+    except ModuleNotFoundError as e:
+        flag = "--capture-video" if video_dir else "--env-id"
+        raise ValueError(
+            f"{flag} {env_id} needs the package {e.name}: pip install {e.name}"
+        ) from None
+    except Exception as e:  # gym.error.Error (its DependencyNotInstalled names the extra), ...
+        raise ValueError(f"cannot make --env-id {env_id}: {brief(e)}") from None
+    act, obs = envs.single_action_space, envs.single_observation_space
+    if not (isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1
+            and isinstance(act, action_spaces)
+            and envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP):  # fmt: skip
         envs.close()
-        print(f"eval: greedy returns over {args.eval_episodes} episodes: {eval_returns}")
-    return {
-        "algo": "a2c",
-        "env_id": args.env_id,
-        "seed": args.seed,
-        "global_step": global_step,
-        "solved_at_step": log.solved_at_step,
-        "solved_at_s": log.solved_at_s,
-        "final_mean_return": log.mean(),
-        "eval_mean_return": None if eval_returns is None else float(np.mean(eval_returns)),
-        "wall_time_s": round(time.time() - start, 2),
-        "output_dir": out,
-    }
+        need = " or ".join(s.__name__ for s in action_spaces)
+        raise ValueError(f"--env-id {env_id} has {obs} observations and {act} actions; need a "
+                         f"flat Box and {need}, with next-step autoreset")  # fmt: skip
+
+    def as_float32(o):  # a NaN would fail deep inside sampling, without naming the env
+        require(np.isfinite(o).all(), f"--env-id {env_id} returned a NaN or inf observation")
+        return o.astype(np.float32)
+
+    box = gym.spaces.Box(-np.inf, np.inf, obs.shape, np.float32)  # no network uses bounds
+    return gym.wrappers.vector.TransformObservation(envs, as_float32, single_observation_space=box)
+
+
+def seed_and_device(seed, cuda):
+    """Seed numpy and torch; one thread (small networks lose time to more); the device."""
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
+
+
+def env_dims(envs):
+    """The sizes of an observation and of an action (the number of actions, if Discrete)."""
+    act = envs.single_action_space
+    return envs.single_observation_space.shape[0], getattr(act, "n", None) or act.shape[0]
+
+
+class Run:
+    """A training run's plumbing: seeds, device, envs, --output-dir (refused if it holds a
+    model.pt, unless --overwrite) with TensorBoard, the finished episodes, the solved step
+    (last-20 mean return ≥ `threshold`), the progress line, the last good weights, summary."""
+
+    def __init__(self, args, action_spaces, iterations, threshold=475.0):
+        self.args, self.iterations, self.threshold = args, iterations, threshold
+        self.device = seed_and_device(args.seed, args.cuda)
+        self.envs = make_envs(args.env_id, args.num_envs, action_spaces)
+        name = f"{args.env_id}__{SCRIPT[:-3]}__{args.seed}__{int(time.time())}"
+        self.out = args.output_dir or os.path.join("runs", name)
+        require(args.overwrite or not os.path.exists(f"{self.out}/model.pt"),
+                f"--output-dir {self.out} holds a run; pass --overwrite to replace it")  # fmt: skip
+        video_dir = f"{self.out}/videos" if args.capture_video else None
+        self.eval_envs = None  # made now: a missing video package stops the run before training
+        if args.eval_episodes:
+            self.eval_envs = make_envs(args.env_id, args.eval_episodes, action_spaces, video_dir)
+        # TensorBoard's thread would print its own traceback for a full disk; the writer's next
+        # call raises the same OSError here. flush_secs=2: on Ctrl-C, close() waits a flush.
+        threading.excepthook = lambda a: isinstance(a.exc_value, OSError) or sys.excepthook(*a[:3])
+        self.writer = SummaryWriter(self.out, flush_secs=2)
+        self.writer.add_text("args", json.dumps(vars(args), indent=1))
+        self.episodes, self.recent, self.done, self.shown = [], deque(maxlen=20), 0, 0
+        self.solved_at_step = self.solved_at_s = self.state = None
+        self.t0 = time.time()
+        print(f"{SCRIPT} on {args.env_id} for {args.total_timesteps} steps; files in {self.out}")
+
+    def add_rollout(self, ep_return, rewards, dones, step):
+        """Log the episodes that end in a [T, N] rollout; ep_return carries each env's running
+        return across rollouts; `step` counts vector-env steps (autoresets too) and returns."""
+        for reward, done in zip(rewards.cpu().numpy(), dones.cpu().numpy() > 0, strict=True):
+            step += len(reward)
+            ep_return += reward
+            for ret in ep_return[done]:
+                self.episodes.append((step, ret))
+                self.recent.append(ret)
+                self.writer.add_scalar("charts/episodic_return", ret, step)
+                if (self.solved_at_step is None and self.threshold is not None
+                        and len(self.recent) == 20 and self.mean() >= self.threshold):  # fmt: skip
+                    self.solved_at_step, self.solved_at_s = step, time.time() - self.t0
+            ep_return[done] = 0
+        return step
+
+    def mean(self):
+        return float(np.mean(self.recent)) if self.recent else None
+
+    def iteration(self, step, stats, agent, hint, **extra):
+        """Stop on a non-finite loss or weight (or one beyond ±1e20: float32 overflows soon),
+        naming the flag `hint`; else keep the weights (and `extra`) as the last good state."""
+        weights = torch.cat([p.detach().flatten() for p in agent.parameters()])
+        if not (np.isfinite(list(stats.values())[:3]).all() and weights.abs().max() <= 1e20):
+            raise FloatingPointError(f"non-finite loss at iteration {self.done + 1}; model.pt "
+                                     f"keeps the iteration before; try a lower {hint}")  # fmt: skip
+        self.state = {k: v.clone() for k, v in agent.state_dict().items()}, extra
+        self.done, seconds = self.done + 1, time.time() - self.t0
+        for name, value in {**stats, "SPS": step / seconds}.items():
+            self.writer.add_scalar(f"charts/{name}", value, step)
+        if 10 * self.done // self.iterations > self.shown:
+            self.shown, frac = 10 * self.done // self.iterations, self.done / self.iterations
+            ret = "-" if self.mean() is None else f"{self.mean():.4g}"
+            print(f"[{100 * frac:3.0f}%] step {step}  return {ret}  elapsed {seconds:.0f}s  "
+                  f"ETA {seconds / frac - seconds:.0f}s", flush=True)  # fmt: skip
+
+    def finish(self):
+        """Save model.pt (the last good state, if any) and episodes.csv, close everything; a
+        Ctrl-C or SIGTERM meanwhile waits until the files are whole."""
+        caught, signals = [], (signal.SIGINT, signal.SIGTERM)
+        held = [signal.signal(s, lambda *_: caught.append(1)) for s in signals]
+        try:
+            if self.state is not None:
+                state, extra = self.state
+                ckpt = dict(script=SCRIPT, env_id=self.args.env_id, args=vars(self.args))
+                save_atomic(dict(ckpt, agent=state, **extra), f"{self.out}/model.pt")
+                write = lambda rows, f: np.savetxt(  # noqa: E731
+                    f, rows, "%g", ",", header="global_step,episodic_return", comments=""
+                )
+                save_atomic(np.reshape(self.episodes, (-1, 2)), f"{self.out}/episodes.csv", write)
+            self.envs.close()
+            self.writer.close()
+        finally:
+            for s, handler in zip(signals, held, strict=True):
+                signal.signal(s, handler)
+        if caught:
+            raise KeyboardInterrupt
+
+    def summary(self, algo, step, eval_returns):
+        return dict(algo=algo, env_id=self.args.env_id, seed=self.args.seed, global_step=step,
+                    solved_at_step=self.solved_at_step, solved_at_s=self.solved_at_s,
+                    final_mean_return=self.mean(),
+                    eval_mean_return=None if eval_returns is None else np.mean(eval_returns),
+                    wall_time_s=time.time() - self.t0, output_dir=self.out)  # fmt: skip
 
 
 def save_atomic(obj, path, write=torch.save):
-    """write(obj, path + ".tmp"), then rename it over `path`: a reader finds the old file or the
-    complete new one, never half of one. A failed write (a full disk, a read-only directory)
-    removes the temporary file, keeps the old one, and is an OSError that names `path`."""
-    tmp = path + ".tmp"
+    """Write a temporary file and rename it over `path`: a reader finds the old file or the
+    whole new one. A failed write keeps the old one and is an OSError that names `path`."""
     try:
-        write(obj, tmp)
-        os.replace(tmp, path)
+        write(obj, path + ".tmp")
+        os.replace(path + ".tmp", path)
     except BaseException as e:
         with contextlib.suppress(OSError):
-            os.remove(tmp)
+            os.remove(path + ".tmp")
         if isinstance(e, OSError | RuntimeError):  # torch.save reports ENOSPC as RuntimeError
-            raise OSError(f"cannot write {path}: {' '.join(str(e).split())[:200]}") from None
+            raise OSError(f"cannot write {path}: {brief(e)}") from None
         raise
 
 
+def evaluate_greedy(policy, envs, seed, device):
+    """Returns of the greedy policy a = argmax_a π(a|s), one episode in each env of `envs`
+    (the first finishers of more envs would favour short episodes); None without envs."""
+    if envs is None:
+        return None
+    obs, _ = envs.reset(seed=seed)
+    returns, alive = np.zeros(envs.num_envs), np.ones(envs.num_envs, bool)
+    while alive.any():
+        with torch.no_grad():
+            action = policy(torch.as_tensor(obs, device=device)).argmax(-1)
+        obs, reward, term, trunc, _ = envs.step(action.cpu().numpy())
+        returns, alive = returns + reward * alive, alive & ~(term | trunc)
+    envs.close()
+    return returns
+
+
+def load_for_eval(args, action_spaces, agent_class):
+    """--eval-checkpoint: the saved agent, its checkpoint, --eval-episodes envs of the env it
+    was trained on (recorded in <output-dir>/videos with --capture-video), and the device. A
+    missing, corrupt or foreign file, or weights that do not fit, is a ValueError."""
+    require(args.eval_episodes > 0, "--eval-checkpoint needs --eval-episodes > 0")
+    device = seed_and_device(args.seed, args.cuda)
+    try:
+        ckpt = torch.load(args.eval_checkpoint, map_location="cpu", weights_only=True)
+        require(ckpt.get("script") == SCRIPT, f"it was not made by {SCRIPT}")
+        name = f"runs/{ckpt['env_id']}__{SCRIPT[:-3]}__eval__{args.seed}__{int(time.time())}"
+        video_dir = f"{args.output_dir or name}/videos" if args.capture_video else None
+        require(not video_dir or args.overwrite or not os.path.exists(video_dir),
+                f"{video_dir} holds earlier videos; pass --overwrite to replace them")  # fmt: skip
+        envs = make_envs(ckpt["env_id"], args.eval_episodes, action_spaces, video_dir)
+        agent = agent_class(*env_dims(envs), ckpt["args"]["hidden_size"]).to(device)
+        agent.load_state_dict(ckpt["agent"])
+    except Exception as e:  # no file, a truncated zip, another script's, another size, ...
+        raise ValueError(
+            f"cannot use --eval-checkpoint {args.eval_checkpoint}: {brief(e)}"
+        ) from None
+    args.env_id = ckpt["env_id"]
+    return agent, envs, ckpt, device
+
+
+def eval_summary(args, returns):
+    return dict(script=SCRIPT, env_id=args.env_id, checkpoint=args.eval_checkpoint,
+                eval_episodes=len(returns), eval_mean_return=np.mean(returns),
+                eval_std_return=np.std(returns))  # fmt: skip
+
+
+def brief(e):
+    return " ".join(str(e).split())[:200]  # an exception's message, on one short line
+
+
 def main(argv=None):
-    """Run train(), print its summary as the last stdout line. Bad input, a failed save and an
-    interrupt each end with one line on stderr and a non-zero exit."""
-    # SIGTERM (sent by `timeout`, job schedulers, `docker stop`) becomes the KeyboardInterrupt
-    # of a Ctrl-C, so the same finally-blocks save the last good state before exiting.
+    """train(), then its rounded summary as the last stdout line. Bad input, a failed save, a
+    lack of memory and an interrupt (SIGTERM too) each end in one line and a non-zero exit."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = train(parse_args(argv))
-    except (ValueError, OSError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
+    except (ValueError, OSError, FloatingPointError, MemoryError, RuntimeError) as e:
+        sys.exit(f"error: {brief(e)}")
     except KeyboardInterrupt:
         print("error: interrupted; files saved before the interrupt are kept", file=sys.stderr)
         sys.exit(130)
-    # NaN and inf are not JSON: a summary line must stay parseable whatever the run produced.
-    summary = {k: None if isinstance(v, float) and not math.isfinite(v) else v
-               for k, v in summary.items()}  # fmt: skip
-    print(json.dumps(summary), flush=True)
+    rounded = lambda v: round(float(v), 3) if np.isfinite(v) else None  # noqa: E731 (NaN: no JSON)
+    print(json.dumps({k: rounded(v) if isinstance(v, float) else v for k, v in summary.items()}))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:  # the files are whole: a signal while Python exits must not print a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

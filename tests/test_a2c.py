@@ -318,7 +318,7 @@ def test_ppo_script_with_one_epoch_trains_exactly_like_a2c_script(monkeypatch, t
     shared = dict(
         seed=3, cuda=False, total_timesteps=8 * 5 * 60, learning_rate=7e-4, anneal_lr=True,
         num_envs=8, num_steps=5, gamma=0.99, gae_lambda=1.0, ent_coef=0.01, vf_coef=0.5,
-        max_grad_norm=0.5, norm_adv=False,
+        max_grad_norm=0.5, norm_adv=False, eval_episodes=0,
     )  # fmt: skip
     a2c.train(a2c.Args(**shared, output_dir=str(tmp_path / "a2c")))
     a2c_args = a2c.Args(**shared)
@@ -328,8 +328,8 @@ def test_ppo_script_with_one_epoch_trains_exactly_like_a2c_script(monkeypatch, t
     monkeypatch.setattr(torch, "randperm", lambda n, device=None: torch.arange(n, device=device))
     ppo_args = ppo.Args(**shared, update_epochs=1, num_minibatches=1)
     ppo.train(dataclass_replace(ppo_args, output_dir=str(tmp_path / "ppo")))
-    state_a2c = torch.load(tmp_path / "a2c" / "agent.pt")["agent"]
-    state_ppo = torch.load(tmp_path / "ppo" / "agent.pt")["agent"]
+    state_a2c = torch.load(tmp_path / "a2c" / "model.pt")["agent"]
+    state_ppo = torch.load(tmp_path / "ppo" / "model.pt")["agent"]
     for key in state_a2c:
         torch.testing.assert_close(state_a2c[key], state_ppo[key], rtol=1e-5, atol=1e-6)
     episodes = [(tmp_path / d / "episodes.csv").read_text() for d in ("a2c", "ppo")]
@@ -354,76 +354,93 @@ def run_main(capsys, *flags):
 def test_determinism(tmp_path):
     out = []
     for name in ("a", "b"):
-        args = a2c.Args(total_timesteps=2000, cuda=False, output_dir=str(tmp_path / name))
+        args = a2c.Args(
+            total_timesteps=2000, cuda=False, eval_episodes=0, output_dir=str(tmp_path / name)
+        )
         a2c.train(args)
-        out.append(torch.load(tmp_path / name / "agent.pt")["agent"])
+        out.append(torch.load(tmp_path / name / "model.pt")["agent"])
     for key in out[0]:
         assert torch.equal(out[0][key], out[1][key]), key
     assert (tmp_path / "a/episodes.csv").read_text() == (tmp_path / "b/episodes.csv").read_text()
 
 
+def one_error_line(code, err, *names):
+    """A non-zero exit and one `error:` line on stderr that names each of `names`."""
+    lines = err.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("error:"), err
+    assert all(name in lines[0] for name in names), err
+
+
 @pytest.mark.parametrize(
-    "flags,message",
+    "flags,named",
     [
-        (["--num-envs", "0"], "--num-envs must be positive"),
-        (["--num-steps", "-1"], "--num-steps must be positive"),
-        (["--optimizer", "sgd"], "--optimizer must be rmsprop or adam"),
-        (["--rms-alpha", "1"], "--rms-alpha must lie in [0, 1)"),
-        (["--gae-lambda", "1.5"], "--gae-lambda must be in [0, 1]"),
-        (["--env-id", "Pendulum-v1"], "need Discrete"),
-        (["--env-id", "NoSuchEnv-v0"], "cannot make --env-id"),
-        (["--seed", "x"], "invalid int value"),
+        (["--num-envs", "0"], "--num-envs"),
+        (["--num-steps", "-1"], "--num-steps"),
+        (["--optimizer", "sgd"], "--optimizer"),
+        (["--rms-alpha", "1"], "--rms-alpha"),
+        (["--gae-lambda", "1.5"], "--gae-lambda"),
+        (["--learning-rate", "nan"], "--learning-rate"),
+        (["--env-id", "Pendulum-v1"], "--env-id"),
+        (["--env-id", "NoSuchEnv-v0"], "--env-id"),
+        (["--seed", "x"], "--seed"),
     ],
 )
-def test_bad_input_one_line_error(flags, message, tmp_path, capsys):
+def test_bad_input_one_line_error(flags, named, tmp_path, capsys):
     code, _, err = run_main(capsys, *flags, "--output-dir", str(tmp_path))
-    assert code != 0
-    assert err.strip().count("\n") == 0 and message in err
+    one_error_line(code, err, named)
+    assert not (tmp_path / "model.pt").exists()
 
 
-def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, capsys):
+def test_output_dir_of_a_run_is_refused_without_overwrite(tmp_path, capsys):
+    flags = ["--total-timesteps", "80", "--eval-episodes", "0", "--output-dir", str(tmp_path)]
+    assert run_main(capsys, *flags)[0] == 0 and (tmp_path / "model.pt").exists()
+    code, _, err = run_main(capsys, *flags)
+    one_error_line(code, err, "--output-dir")
+    assert run_main(capsys, *flags, "--overwrite")[0] == 0
+
+
+@pytest.mark.parametrize("lr,iteration", [("1e30", 1), ("1e18", 2)])
+def test_non_finite_loss_stops_and_keeps_the_last_good_state(lr, iteration, tmp_path, capsys):
+    """A diverging step stops the run, naming the flag to lower. model.pt then holds the
+    last finite weights, or, when the first iteration already diverges, does not exist."""
     code, _, err = run_main(
-        capsys, "--learning-rate", "1e30", "--output-dir", str(tmp_path / "out"),
-        "--total-timesteps", "400",
+        capsys, "--learning-rate", lr, "--output-dir", str(tmp_path / "out"),
+        "--total-timesteps", "400", "--eval-episodes", "0",
     )  # fmt: skip
-    assert code == 1 and "non-finite loss at iteration 1" in err
-    saved = torch.load(tmp_path / "out" / "agent.pt")
+    one_error_line(code, err, "--learning-rate", f"iteration {iteration}")
+    if iteration == 1:
+        assert not (tmp_path / "out" / "model.pt").exists()
+        return
+    saved = torch.load(tmp_path / "out" / "model.pt")
     assert (tmp_path / "out" / "episodes.csv").exists() and saved["args"]["seed"] == 1
     assert all(torch.isfinite(v).all() for v in saved["agent"].values())
 
 
-def test_eval_checkpoint_reproduces_the_training_evaluation(tmp_path, capsys):
-    flags = ["--total-timesteps", "4000", "--eval-episodes", "3"]
+def test_eval_checkpoint_alone_reproduces_the_training_evaluation(tmp_path, capsys):
+    """`--eval-checkpoint X` alone: 10 episodes by default, the env id from the checkpoint."""
+    flags = ["--total-timesteps", "4000", "--env-id", "Acrobot-v1"]
     code, out, _ = run_main(capsys, *flags, "--output-dir", str(tmp_path / "train"))
     trained = json.loads(out.strip().splitlines()[-1])
-    ckpt = str(tmp_path / "train" / "agent.pt")
-    code, out, err = run_main(
-        capsys, "--eval-checkpoint", ckpt, "--eval-episodes", "3",
-        "--output-dir", str(tmp_path / "eval"),
-    )  # fmt: skip
+    ckpt = torch.load(tmp_path / "train" / "model.pt")
+    assert {"agent", "script", "env_id", "args"} <= ckpt.keys() and ckpt["script"] == "a2c.py"
+    code, out, err = run_main(capsys, "--eval-checkpoint", str(tmp_path / "train" / "model.pt"))
     assert code == 0, err
     evaluated = json.loads(out.strip().splitlines()[-1])
-    assert evaluated["eval_episodes"] == 3 and evaluated["script"] == "a2c.py"
+    assert evaluated["eval_episodes"] == 10 and evaluated["script"] == "a2c.py"
+    assert evaluated["env_id"] == "Acrobot-v1"
     assert evaluated["eval_mean_return"] == trained["eval_mean_return"]
 
 
-@pytest.mark.parametrize("problem", ["corrupt", "other_script", "other_env"])
+@pytest.mark.parametrize("problem", ["corrupt", "missing", "other_script", "misfit"])
 def test_eval_checkpoint_errors(problem, tmp_path, capsys):
-    path = tmp_path / "agent.pt"
+    path = tmp_path / "model.pt"
     if problem == "corrupt":
         path.write_bytes(b"not a checkpoint")
-        message = "cannot read --eval-checkpoint"
-    else:
-        script, env = ("ppo_cartpole.py", "CartPole-v1")
-        if problem == "other_env":
-            script, env = ("a2c.py", "Acrobot-v1")
-        torch.save({"script": script, "env_id": env, "agent": {}, "args": {}}, path)
-        message = "not by a2c.py" if problem == "other_script" else "not for --env-id"
-    code, _, err = run_main(
-        capsys, "--eval-checkpoint", str(path), "--eval-episodes", "2",
-        "--output-dir", str(tmp_path / "out"),
-    )  # fmt: skip
-    assert code == 1 and err.strip().count("\n") == 0 and message in err
+    elif problem != "missing":
+        script = "ppo_cartpole.py" if problem == "other_script" else "a2c.py"
+        torch.save({"script": script, "env_id": "CartPole-v1", "agent": {}, "args": {}}, path)
+    code, _, err = run_main(capsys, "--eval-checkpoint", str(path), "--eval-episodes", "2")
+    one_error_line(code, err, "--eval-checkpoint", str(path))
 
 
 def test_learns_to_solve_cartpole(tmp_path):
@@ -442,4 +459,4 @@ def test_learns_to_solve_cartpole(tmp_path):
     assert summary["algo"] == "a2c" and summary["global_step"] == 150_000
     assert summary["solved_at_step"] is not None and summary["solved_at_step"] <= 150_000
     assert summary["eval_mean_return"] is not None
-    assert (tmp_path / "out" / "agent.pt").exists()
+    assert (tmp_path / "out" / "model.pt").exists()

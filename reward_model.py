@@ -69,8 +69,7 @@ class Args:
     max_grad_norm: float = flag(1.0, "clip the global gradient norm to this", "> 0")
     label: bool = flag(False, "label pairs yourself in the terminal instead of training")
     label_input: str = flag("", "--label: JSONL of {prompt, a, b}; '' = sample built-in pairs")
-    label_output: str = flag("", "--label: answers are appended here; default "
-                             "<output-dir, or runs>/preferences.jsonl")  # fmt: skip
+    label_output: str = flag("", "--label: answers; '' = preferences.jsonl in --output-dir or runs")
     label_pairs: int = flag(50, "--label: pairs sampled from the built-in task", "> 0")
 
 
@@ -324,14 +323,11 @@ def load_gpt2(model_cls, model_name):
 def builtin_preferences(rng, n, temperature):
     """n pairs {"prompt", "chosen", "rejected"}: two demonstrations for one prompt, ordered by
     a simulated annotator of temperature τ."""
-    demos = builtin_demonstrations(rng, n)
-    second = sample_responses(rng, n)
+    demos, second = builtin_demonstrations(rng, n), sample_responses(rng, n)
     first = [d["response"] for d in demos]
     pick = annotator_prefers_first(rng, gold_scores(first), gold_scores(second), temperature)
-    return [
-        {"prompt": d["prompt"], "chosen": a if p else b, "rejected": b if p else a}
-        for d, a, b, p in zip(demos, first, second, pick, strict=True)
-    ]
+    return [{"prompt": d["prompt"], "chosen": a if p else b, "rejected": b if p else a}
+            for d, a, b, p in zip(demos, first, second, pick, strict=True)]  # fmt: skip
 
 
 def pair_accuracies(r_chosen, r_rejected, gold_chosen=None, gold_rejected=None):
@@ -364,8 +360,7 @@ def length_grouped_batches(rng, lengths, batch_size, pool=16):
     """Index batches for one epoch: shuffle, sort by length within pools of `pool` batches,
     then shuffle the batch order. A batch pads to the longest of similar lengths, which
     saves about a third of the tokens on the built-in task; each pool is still a random
-    sample, so the batches stay close to i.i.d.
-    """
+    sample, so the batches stay close to i.i.d."""
     order = rng.permutation(len(lengths))
     batches = []
     for i in range(0, len(order), pool * batch_size):
@@ -375,56 +370,36 @@ def length_grouped_batches(rng, lengths, batch_size, pool=16):
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def reference_responses(args, pairs, rng):
-    """The (prompts, responses) whose rewards set the normalisation r ← (r − μ)/σ: on the
-    built-in task --num-reference fresh demonstrations (the distribution that SFT imitates);
-    on a user's data both responses of every training pair."""
-    if args.preference_data:
-        prompts = [p["prompt"] for p in pairs] * 2
-        return prompts, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-    demos = builtin_demonstrations(rng, args.num_reference)
-    return [d["prompt"] for d in demos], [d["response"] for d in demos]
-
-
 def train(args):
-    """Bradley-Terry steps over the training pairs → held-out accuracy after each epoch →
-    normalise on the reference responses → <output-dir>/reward_model (or --label)."""
+    """Bradley-Terry steps → held-out accuracy per epoch → normalise → save (or --label)."""
     if args.label:
         return label_preferences(args)
     start = time.time()
     task = os.path.basename(args.preference_data) if args.preference_data else "builtin-reviews"
-    name = f"{task}__reward_model__{args.seed}__{int(start)}"
-    out = args.output_dir or os.path.join("runs", name)
+    out = args.output_dir or f"runs/{task}__reward_model__{args.seed}__{int(start)}"
     path = os.path.join(out, "reward_model")
     require(args.overwrite or not os.path.exists(path),
             f"--output-dir {out} holds a run; pass --overwrite to replace it")  # fmt: skip
     device = seed_and_device(args.seed, args.cuda)
     rng = np.random.default_rng(args.seed)
     hf_logging.disable_progress_bar()  # loading and saving weights: no bars in the log
-
     sides = ("chosen", "rejected")
     if args.preference_data:
-        pairs = read_jsonl(
-            "--preference-data", args.preference_data, ("prompt", *sides), pair=sides
-        )
+        pairs = read_jsonl("--preference-data", args.preference_data, ("prompt", *sides), (), sides)
     else:
         pairs = builtin_preferences(rng, args.num_pairs, args.annotator_temperature)
     pairs, held_out = split_held_out(pairs, rng, args.eval_fraction)
-    if len(held_out) < 20:
-        print(f"warning: an accuracy on {len(held_out)} held-out pairs is mostly chance; "
-              "label more pairs, or raise --eval-fraction", file=sys.stderr)  # fmt: skip
+    if len(held_out) < 20:  # e.g. 2 labels: 1 pair to train on, 1 held out
+        print(f"warning: {len(held_out)} held-out pairs give a rough accuracy", file=sys.stderr)
     # Gold scores exist for the built-in task only: VADER is no judge of other data.
     gold = [] if args.preference_data else [gold_scores([p[k] for p in held_out]) for k in sides]
-
     backbone, tokenizer = load_gpt2(GPT2Model, args.model_name)
     model = RewardModel(backbone).to(device)
     lr = args.learning_rate or (3e-3 if args.model_name == "tiny" else 1e-5)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
     # Tokens in the longer sequence of each pair: what the pair's batch is padded to.
-    lengths = np.maximum(*[
-        np.array([len(ids) for ids in tokenizer([p["prompt"] + p[k] for p in pairs])["input_ids"]])
-        for k in sides
-    ])  # fmt: skip
+    tokens = [tokenizer([p["prompt"] + p[k] for p in pairs])["input_ids"] for k in sides]
+    lengths = np.maximum(*[np.array([len(ids) for ids in side]) for side in tokens])
     total_steps = args.epochs * -(-len(pairs) // args.batch_size)
     # Linear decay to 0: the last, small steps average out the annotators' label noise.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / total_steps)
@@ -440,17 +415,13 @@ def train(args):
             model.train()  # dropout is off in the config; train() only marks the phase
             for indices in length_grouped_batches(rng, lengths, args.batch_size):
                 batch, n = [pairs[i] for i in indices], len(indices)
-                # Chosen and rejected go through one forward pass: [chosen; rejected].
-                ids, mask, _ = encode(
-                    tokenizer, [p["prompt"] for p in batch] * 2,
-                    [p["chosen"] for p in batch] + [p["rejected"] for p in batch],
-                    backbone.config.n_positions,
-                )  # fmt: skip
+                prompts = [p["prompt"] for p in batch] * 2  # one forward pass: [chosen; rejected]
+                responses = [p[k] for k in sides for p in batch]
+                ids, mask, _ = encode(tokenizer, prompts, responses, backbone.config.n_positions)
                 rewards = model(ids.to(device), mask.to(device))
                 loss = bradley_terry_loss(rewards[:n], rewards[n:])
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss at step {step + 1}; nothing was "
-                                             "saved; try a lower --learning-rate")  # fmt: skip
+                require(torch.isfinite(loss), f"non-finite loss at step {step + 1}; nothing was "
+                        "saved; try a lower --learning-rate")  # fmt: skip
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -465,8 +436,7 @@ def train(args):
                 progress(step, total_steps, t0, loss=loss)
             model.eval()
             prompts = [p["prompt"] for p in held_out]
-            r_c = score(model, tokenizer, prompts, [p["chosen"] for p in held_out])
-            r_r = score(model, tokenizer, prompts, [p["rejected"] for p in held_out])
+            r_c, r_r = (score(model, tokenizer, prompts, [p[k] for p in held_out]) for k in sides)
             label_acc, gold_acc = pair_accuracies(r_c, r_r, *gold)
             writer.add_scalar("eval/label_accuracy", label_acc, step)
             line = f"epoch {epoch}: held-out accuracy vs annotators {label_acc:.3f}"
@@ -476,16 +446,21 @@ def train(args):
             print(line)
         train_time = time.time() - t0
 
-        # Normalise: the reference responses score mean 0, std 1.
-        ref_prompts, ref_responses = reference_responses(args, pairs, rng)
+        # Normalise r ← (r − μ)/σ so that reference responses score mean 0, std 1: on the
+        # built-in task --num-reference fresh demonstrations (the distribution that SFT
+        # imitates); on a user's data both responses of every training pair.
+        if args.preference_data:
+            ref = [p["prompt"] for p in pairs] * 2, [p[k] for k in sides for p in pairs]
+        else:
+            demos = builtin_demonstrations(rng, args.num_reference)
+            ref = [d["prompt"] for d in demos], [d["response"] for d in demos]
         require_finite(model, "the reward model", "nothing was saved; try a lower --learning-rate")
-        raw_mean, raw_std = model.normalize_(score(model, tokenizer, ref_prompts, ref_responses))
+        raw_mean, raw_std = model.normalize_(score(model, tokenizer, *ref))
         with signals_held():  # a Ctrl-C or SIGTERM now waits until the model is whole
             model.save(path, tokenizer)
     finally:
         writer.close()
-    print(f"normalised (reference rewards had mean {raw_mean:.3f}, std {raw_std:.3f}); "
-          f"saved to {path}")  # fmt: skip
+    print(f"saved {path}; reference rewards normalised from mean {raw_mean:.3f}, std {raw_std:.3f}")
     return dict(algo="reward_model", seed=args.seed, train_pairs=len(pairs),
                 eval_pairs=len(held_out), eval_label_accuracy=label_acc,
                 eval_gold_accuracy=gold_acc, reference_reward_mean=raw_mean,
@@ -493,45 +468,29 @@ def train(args):
                 wall_time_s=time.time() - start, reward_model_path=path)  # fmt: skip
 
 
-# ---- The labelling tool: you are the annotator ----
-
-
-def printable(text):
-    """`text` with each character that a terminal would act on rather than show (escape
-    sequences, carriage returns, bidirectional overrides) written as its Python escape, so
-    that data cannot clear or recolour the annotator's screen."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-
-
 def mend_last_line(path):
-    """Make `path` end with a newline before answers are appended to it. A last line without
-    one is a whole answer (the newline is added) or one torn by an interrupted write: the torn
-    part is moved to path + '.torn', and the user is told."""
-    if not os.path.isfile(path):
-        return
-    with open(path, "rb+") as f:
+    """Before answers are appended: a last line without its newline is a whole answer (the
+    newline is added) or one torn by an interrupted write (moved to path + '.torn')."""
+    with open(path, "ab+") as f:
+        f.seek(0)
         data = f.read()
-        start = data.rfind(b"\n") + 1
-        if start == len(data):
-            return
+        tail = data[data.rfind(b"\n") + 1 :]
         try:
-            json.loads(data[start:])
-            f.write(b"\n")
-            return
+            tail and json.loads(tail)  # a whole answer: only its newline is missing
         except (ValueError, RecursionError):
-            pass
-        with open(path + ".torn", "ab") as torn:
-            torn.write(data[start:] + b"\n")
-            os.fsync(torn.fileno())
-        f.truncate(start)
-    print(f"{path}: its last line was torn by an interrupted write; moved it to {path}.torn")
+            with open(path + ".torn", "ab") as torn:
+                torn.write(tail + b"\n")
+            f.truncate(len(data) - len(tail))
+            return print(f"{path}: its last line, torn by an interrupted write, is in {path}.torn")
+        f.write(b"\n" * bool(tail))
 
 
 def label_preferences(args):
     """Show pairs; append each answer to --label-output at once, flushed and fsync-ed, so that
     Ctrl-C, a crash or a power cut loses at most the pair on screen. A rerun skips the pairs
-    already answered (in either order of the two responses); each pair is asked once."""
-    start = time.time()
+    already answered (in either order of the two responses); each pair is asked once. What a
+    terminal would act on (escapes, carriage returns, bidi overrides) is shown as repr() does."""
+    printable = lambda t: "".join(c if c.isprintable() else repr(c)[1:-1] for c in t)  # noqa: E731
     require(sys.stdin is not None, "--label reads the answers from standard input, which is closed")
     output = args.label_output or os.path.join(args.output_dir or "runs", "preferences.jsonl")
     if args.label_input:
@@ -547,16 +506,13 @@ def label_preferences(args):
                     "score (VADER sentiment) rewards positive words, not style.")  # fmt: skip
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     mend_last_line(output)
-    done = set()
-    if os.path.exists(output) and os.path.getsize(output) > 0:
-        for row in read_jsonl("--label-output", output, ("prompt", "chosen", "rejected")):
-            done.add((row["prompt"], frozenset((row["chosen"], row["rejected"]))))
-    todo, unique = [], set()
-    for p in pairs:  # each distinct pair once, unless it was answered before
-        key = (p["prompt"], frozenset((p["a"], p["b"])))
-        if key not in unique and key not in done:
-            todo.append(p)
-        unique.add(key)
+    keys = ("prompt", "chosen", "rejected")  # the answers of earlier sessions:
+    rows = read_jsonl("--label-output", output, keys) if os.path.getsize(output) else []
+    done = {(r["prompt"], frozenset((r["chosen"], r["rejected"]))) for r in rows}
+    unique = {}  # each distinct pair once, unless it was answered before
+    for p in pairs:
+        unique.setdefault((p["prompt"], frozenset((p["a"], p["b"]))), p)
+    todo = [p for key, p in unique.items() if key not in done]
     header = (f"{len(unique) - len(todo)} of {len(unique)} pairs already answered in {output}; "
               f"{len(todo)} to go. {question} Answer 1 or 2; s = skip, q = quit.")  # fmt: skip
     width = shutil.get_terminal_size().columns - 1
@@ -566,30 +522,23 @@ def label_preferences(args):
         for k, p in enumerate(todo, 1):
             prompt, a, b = (printable(p[key]) for key in ("prompt", "a", "b"))
             print(f"\n[{k}/{len(todo)}] {prompt}\n  1: {prompt}{a}\n  2: {prompt}{b}")
-            while True:
-                print("better? [1/2/s/q] ", end="", flush=True)
-                line = sys.stdin.readline()
-                answer = line.strip().lower() if line else "q"  # end of input = quit
-                if answer in ("1", "2", "s", "q"):
-                    break
-                print(f"{printable(answer)!r} is not an answer: type 1 or 2 for the better "
-                      "response, s to skip the pair, q to quit")  # fmt: skip
-            if answer == "q":
+            print("better? [1/2/s/q] ", end="", flush=True)
+            while (ans := (sys.stdin.readline() or "q").strip().lower()) not in "1 2 s q".split():
+                print(f"{printable(ans)!r} is not an answer: type 1 or 2 for the better response,"
+                      " s to skip, q to quit\nbetter? [1/2/s/q] ", end="", flush=True)  # fmt: skip
+            if ans == "q":
                 break
-            if answer == "s":
+            if ans == "s":
                 skipped += 1
                 continue
-            chosen, rejected = (p["a"], p["b"]) if answer == "1" else (p["b"], p["a"])
-            out.write(json.dumps({"prompt": p["prompt"], "chosen": chosen, "rejected": rejected}))
-            out.write("\n")
+            chosen, rejected = (p["a"], p["b"]) if ans == "1" else (p["b"], p["a"])
+            out.write(json.dumps(dict(prompt=p["prompt"], chosen=chosen, rejected=rejected)) + "\n")
             out.flush()
             os.fsync(out.fileno())
             answered += 1
-    print(f"\n{answered} answers saved to {output}; train on them with "
-          f"python reward_model.py --preference-data {output}")  # fmt: skip
-    return dict(mode="label", answered=answered, skipped=skipped,
-                answered_total=len(unique) - len(todo) + answered, pairs_total=len(unique),
-                label_output=output, wall_time_s=time.time() - start)  # fmt: skip
+    print(f"\n{answered} answers saved; to train: reward_model.py --preference-data {output}")
+    return dict(mode="label", answered=answered, skipped=skipped, pairs_total=len(unique),
+                answered_total=len(unique) - len(todo) + answered, label_output=output)  # fmt: skip
 
 
 # ==== Plumbing: command line, files, progress. The algorithm ends above. ====

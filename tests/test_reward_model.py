@@ -9,6 +9,8 @@ import io
 import json
 import math
 import os
+import re
+import subprocess
 import sys
 import time
 
@@ -154,9 +156,9 @@ def test_save_and_load_round_trip(tiny, tmp_path):
         rm.RewardModel.load(str(tmp_path))
 
 
-def test_model_name_that_cannot_load_names_the_tiny_option(tmp_path):
+def test_model_name_that_cannot_load_names_the_flag_and_the_tiny_option(tmp_path):
     # An existing directory is read locally, so this never touches the network.
-    with pytest.raises(OSError, match="--model-name tiny"):
+    with pytest.raises(OSError, match="--model-name .*use tiny"):
         rm.load_gpt2(GPT2Model, str(tmp_path))
 
 
@@ -170,10 +172,18 @@ def test_builtin_task_is_a_pure_function_of_the_seed():
     assert a == b and a != c
 
 
+def well_formed(response):
+    """The grammar of reward_model.py's comment, as a regular expression written here."""
+    words = lambda ws: "(?:" + "|".join(map(re.escape, ws)) + ")"  # noqa: E731
+    adjectives = rm.POSITIVE + rm.NEUTRAL + rm.NEGATIVE
+    clause = rf" {words(rm.VERBS)}(?: not)?(?: {words(rm.ADVERBS)})? {words(adjectives)}"
+    return re.fullmatch(rf"{clause}(?: {words(rm.CONJUNCTIONS)} it{clause})?\.", response)
+
+
 def test_demonstrations_are_well_formed_varied_and_balanced():
     demos = rm.builtin_demonstrations(np.random.default_rng(0), 5000)
     responses = [d["response"] for d in demos]
-    assert all(rm.is_well_formed(r) for r in responses)
+    assert all(well_formed(r) for r in responses)
     assert len(set(responses)) > 3000
     assert {d["prompt"] for d in demos} == set(rm.PROMPTS)
     g = rm.gold_scores(responses)
@@ -192,9 +202,9 @@ def test_demonstrations_are_well_formed_varied_and_balanced():
         " was not not good.",
         " Was good.",
     ]:
-        assert not rm.is_well_formed(bad), bad
+        assert not well_formed(bad), bad
     for good in [" was good.", " seemed not kind of dull but it was really fun.", " is so great."]:
-        assert rm.is_well_formed(good)
+        assert well_formed(good)
 
 
 def test_gold_score_is_vader_compound():
@@ -231,8 +241,10 @@ def test_builtin_preferences_agree_with_gold_as_the_temperature_says():
 
 # ---------------------------------------------------------------- learning
 
+PROGRESS = re.compile(r"\[ *(\d+)%\] step (\d+)  loss \S+  elapsed \d+s  ETA \d+s")
 
-def test_tiny_model_learns_builtin_preferences(tmp_path):
+
+def test_tiny_model_learns_builtin_preferences(tmp_path, capsys):
     start = time.time()
     # The default run on half the pairs; the benchmark runs the full default.
     argv = ["--model-name", "tiny", "--num-pairs", "8000", "--no-cuda"]
@@ -243,6 +255,12 @@ def test_tiny_model_learns_builtin_preferences(tmp_path):
     # seed; these keep a margin of 0.05 for other CPU types. Chance is 0.5.
     assert summary["eval_gold_accuracy"] >= 0.80, summary
     assert summary["eval_label_accuracy"] >= 0.78, summary
+    # The output folder is named first; then the progress line about 10 times, ending at 100%.
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith(f"files in {tmp_path}")
+    progress = [PROGRESS.fullmatch(line) for line in out if line.startswith("[")]
+    assert all(progress) and 9 <= len(progress) <= 11, out
+    assert progress[-1].groups() == ("100", str(3 * math.ceil(7200 / 32)))
     print(f"learning test: {time.time() - start:.1f}s, {summary}")
     # The saved model is normalised on fresh demonstrations: mean ≈ 0, std ≈ 1.
     model, tokenizer = rm.RewardModel.load(summary["reward_model_path"])
@@ -254,11 +272,21 @@ def test_tiny_model_learns_builtin_preferences(tmp_path):
     assert great > 1 > -1 > awful
 
 
+def test_progress_prints_each_tenth_once_and_always_100(capsys):
+    for total in (1, 3, 10, 37, 1000):
+        for step in range(1, total + 1):
+            rm.progress(step, total, time.time(), loss=torch.tensor(0.5))
+        lines = capsys.readouterr().out.splitlines()
+        assert all(PROGRESS.fullmatch(line) for line in lines), lines
+        assert len(lines) == min(total, 10) and lines[-1].startswith("[100%]")
+
+
 # ---------------------------------------------------------------- labelling mode
 
 
 def run_label(monkeypatch, tmp_path, answers, *extra):
     monkeypatch.setattr(sys, "stdin", io.StringIO(answers))
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping: the tests re-parse the screen
     out = tmp_path / "prefs.jsonl"
     argv = ["--label", "--label-output", str(out), "--label-pairs", "5", *extra]
     return rm.train(rm.parse_args(argv)), out
@@ -310,6 +338,78 @@ def test_labelling_from_a_jsonl_of_pairs(monkeypatch, tmp_path):
     assert summary["pairs_total"] == 2
 
 
+def test_labelling_prints_a_line_before_the_slow_imports(tmp_path):
+    """With torch made unimportable, the run stops at `import torch`: what it printed by then
+    is what a user sees during the seconds that the imports take."""
+    script = os.path.join(ROOT, "reward_model.py")
+    code = (f"import runpy, sys; sys.modules['torch'] = None; sys.argv = {[script, '--label']!r}; "
+            f"runpy.run_path({script!r}, run_name='__main__')")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert proc.returncode != 0 and "torch" in proc.stderr
+    assert len(proc.stdout.splitlines()) == 1 and proc.stdout.strip()
+
+
+def test_labelling_header_wraps_between_words_and_states_the_criterion(monkeypatch, tmp_path):
+    def header(columns, *extra):
+        monkeypatch.setattr(sys, "stdin", io.StringIO("q\n"))
+        monkeypatch.setenv("COLUMNS", str(columns))
+        argv = ["--label", "--output-dir", str(tmp_path / "o"), "--label-pairs", "3", *extra]
+        buf = io.StringIO()
+        monkeypatch.setattr(sys, "stdout", buf)
+        rm.train(rm.parse_args(argv))
+        monkeypatch.undo()
+        return buf.getvalue().split("\n\n")[0].splitlines()
+
+    wide, narrow = header(10_000), header(100)
+    assert len(wide) == 1 and len(narrow) > 1 and max(map(len, narrow)) < 100
+    assert " ".join(narrow) == wide[0]  # broken only where there was a space
+    assert "positive" in wide[0]  # what the built-in task's gold score rewards
+    src = tmp_path / "pairs.jsonl"
+    src.write_text(json.dumps({"prompt": "Q:", "a": " yes", "b": " no"}) + "\n")
+    assert "criterion" in header(10_000, "--label-input", str(src))[0]
+
+
+def test_labelling_names_the_valid_keys_after_an_invalid_one(monkeypatch, tmp_path, capsys):
+    summary, out = run_label(monkeypatch, tmp_path, "x\n3\n1\nq\n")
+    assert summary["answered"] == 1 and len(read_rows(out)) == 1
+    shown = capsys.readouterr().out.splitlines()
+    for bad in ("'x' is not", "'3' is not"):
+        line = next(line for line in shown if bad in line)
+        assert all(key in line for key in ("1 or 2", "s to skip", "q to quit")), line
+
+
+def test_labelling_writes_under_the_output_dir_or_runs_never_the_current_folder(
+    monkeypatch, tmp_path
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("1\nq\n"))
+    summary = rm.train(rm.parse_args(["--label", "--label-pairs", "3", "--output-dir", "o"]))
+    assert summary["label_output"] == os.path.join("o", "preferences.jsonl")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("1\nq\n"))
+    summary = rm.train(rm.parse_args(["--label", "--label-pairs", "3"]))
+    assert summary["label_output"] == os.path.join("runs", "preferences.jsonl")
+    assert sorted(os.listdir(tmp_path)) == ["o", "runs"]
+    assert len(read_rows(tmp_path / "o" / "preferences.jsonl")) == 1
+    assert len(read_rows(tmp_path / "runs" / "preferences.jsonl")) == 1
+
+
+def test_training_on_two_labels_warns_in_one_line(tmp_path, capsys):
+    """2 labels: 1 pair to train on and 1 held out, whose accuracy is 0 or 1 by chance."""
+    data = tmp_path / "prefs.jsonl"
+    data.write_text('{"prompt": "a", "chosen": " b", "rejected": " c"}\n'
+                    '{"prompt": "d", "chosen": " e", "rejected": " f"}\n')  # fmt: skip
+    rm.main(["--model-name", "tiny", "--no-cuda", "--preference-data", str(data),
+             "--output-dir", str(tmp_path / "o")])  # fmt: skip
+    out, err = capsys.readouterr()
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "1 held-out" in warnings[0]
+    summary = json.loads(out.splitlines()[-1])  # still a run, with a short, rounded summary
+    assert summary["train_pairs"] == 1 and summary["eval_pairs"] == 1
+    assert len(out.splitlines()[-1]) < 400
+    assert all(v == round(v, 3) for v in summary.values() if isinstance(v, float))
+
+
 class InterruptedStdin(io.StringIO):
     """Piped answers, then Ctrl-C while the tool waits for the next one."""
 
@@ -333,58 +433,87 @@ def test_labelling_keeps_answers_when_interrupted(monkeypatch, tmp_path, capsys)
 # ---------------------------------------------------------------- bad input
 
 
+def error_line(argv):
+    """main(argv) must exit with one `error:` line; returns it."""
+    with pytest.raises(SystemExit) as e:
+        rm.main(argv)
+    text = str(e.value.code)
+    assert text.startswith("error: ") and "\n" not in text, text
+    return text
+
+
 GOOD_ROW = '{"prompt": "a", "chosen": "b", "rejected": "c"}\n'
 
 
 @pytest.mark.parametrize(
     "content,message",
     [
-        (GOOD_ROW + '{"prompt": "a", "chosen": "b"\n', ":2: not valid JSON"),
+        (GOOD_ROW + '{"prompt": "a", "chosen": "b"\n', ":2: not"),
         (GOOD_ROW + '\n{"prompt": "a", "chosen": "b"}\n', ":3: needs string fields rejected"),
         ('["a", "b", "c"]\n', ":1: needs string fields prompt, chosen, rejected"),
         ('{"prompt": "a", "chosen": 1, "rejected": "c"}\n', ":1: needs string fields chosen"),
+        (GOOD_ROW + '{"prompt": "a", "chosen": ' + "9" * 5000 + "}\n", ":2: not"),
+        (GOOD_ROW + GOOD_ROW + '{"prompt": "\xff"}\n', ":3: not"),
         ("", "no examples"),
         ("\n  \n", "no examples"),
     ],
 )
-def test_malformed_preference_data_gives_one_line_error(tmp_path, capsys, content, message):
+def test_malformed_preference_data_names_flag_file_and_line(tmp_path, content, message):
     path = tmp_path / "prefs.jsonl"
-    path.write_text(content)
-    with pytest.raises(SystemExit) as e:
-        rm.main(
-            [
-                "--model-name",
-                "tiny",
-                "--preference-data",
-                str(path),
-                "--output-dir",
-                str(tmp_path / "o"),
-            ]
-        )
-    text = str(e.value.code)
-    assert text.startswith("error: " + str(path)) and message in text and "\n" not in text
+    path.write_bytes(content.encode("latin-1" if "\xff" in content else "utf-8"))
+    argv = ["--model-name", "tiny", "--preference-data", str(path)]
+    text = error_line([*argv, "--output-dir", str(tmp_path / "o")])
+    assert text.startswith(f"error: --preference-data {path}") and message in text
     assert not (tmp_path / "o").exists()
 
 
 def test_other_bad_input_gives_one_line_errors(tmp_path, monkeypatch):
-    def error(argv):
-        with pytest.raises(SystemExit) as e:
-            rm.main(argv)
-        assert str(e.value.code).startswith("error: ") and "\n" not in str(e.value.code)
-        return str(e.value.code)
-
-    assert "No such file" in error(["--preference-data", str(tmp_path / "missing.jsonl")])
-    assert "--eval-fraction" in error(["--eval-fraction", "1.5"])
-    assert "--batch-size" in error(["--batch-size", "0"])
-    assert "--annotator-temperature" in error(["--annotator-temperature", "-1"])
-    assert "unrecognized" in error(["--no-such-flag"])
+    missing = error_line(["--preference-data", str(tmp_path / "missing.jsonl")])
+    assert "--preference-data" in missing and "missing.jsonl" in missing
+    assert "--preference-data" in error_line(["--preference-data", str(tmp_path)])  # a folder
+    assert "--eval-fraction" in error_line(["--eval-fraction", "1.5"])
+    assert "--batch-size" in error_line(["--batch-size", "0"])
+    assert "--annotator-temperature" in error_line(["--annotator-temperature", "-1"])
+    assert "--learning-rate" in error_line(["--learning-rate", "nan"])
+    assert "--seed" in error_line(["--seed", str(2**32)])
+    assert "unrecognized" in error_line(["--no-such-flag"])
     one = tmp_path / "one.jsonl"
     one.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
-    assert "too few" in error(["--model-name", "tiny", "--preference-data", str(one)])
+    assert "too few" in error_line(["--model-name", "tiny", "--preference-data", str(one)])
     bad = tmp_path / "bad_pairs.jsonl"
     bad.write_text('{"prompt": "a", "a": "b"}\n')
     monkeypatch.setattr(sys, "stdin", io.StringIO("1\n"))
-    assert f"{bad}:1: needs string fields b" in error(["--label", "--label-input", str(bad)])
+    assert f"--label-input {bad}:1: needs string fields b" in error_line(
+        ["--label", "--label-input", str(bad), "--output-dir", str(tmp_path)]
+    )
+
+
+def test_a_used_output_dir_needs_overwrite(tmp_path):
+    (tmp_path / "reward_model").mkdir()
+    text = error_line(["--model-name", "tiny", "--num-pairs", "50", "--output-dir", str(tmp_path)])
+    assert str(tmp_path) in text and "--overwrite" in text
+
+
+def test_interrupt_in_training_is_one_line_and_saves_nothing(monkeypatch, tmp_path, capsys):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rm, "bradley_terry_loss", interrupted)
+    with pytest.raises(SystemExit) as e:
+        rm.main(["--model-name", "tiny", "--no-cuda", "--num-pairs", "50", "--num-reference",
+                 "10", "--output-dir", str(tmp_path)])  # fmt: skip
+    assert e.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: interrupted")
+    assert not (tmp_path / "reward_model").exists()
+
+
+def test_help_shows_the_usage_examples(capsys):
+    with pytest.raises(SystemExit) as e:
+        rm.parse_args(["--help"])
+    assert e.value.code == 0
+    shown = capsys.readouterr().out
+    assert "python reward_model.py --label" in shown and "HF_HUB_OFFLINE=1" in shown
+    assert "(default: )" not in shown
 
 
 # ---------------------------------------------------------------- copies in rlhf_ppo_gpt2.py
@@ -403,16 +532,15 @@ def load_rlhf():
 def test_rlhf_copy_generates_the_same_task():
     rl = load_rlhf()
     for seed in (0, 7):
-        for fn, args in [
-            ("builtin_preferences", (300, 0.1)),
-            ("builtin_demonstrations", (300,)),
-            ("sample_responses", (300,)),
-        ]:
+        for fn, args in [("builtin_demonstrations", (300,)), ("sample_responses", (300,))]:
             ours = getattr(rm, fn)(np.random.default_rng(seed), *args)
             theirs = getattr(rl, fn)(np.random.default_rng(seed), *args)
             assert ours == theirs, fn
+        gold = np.random.default_rng(seed).uniform(-1, 1, (2, 300))
+        ours = rm.annotator_prefers_first(np.random.default_rng(seed), *gold, 0.1)
+        assert (ours == rl.annotator_prefers_first(np.random.default_rng(seed), *gold, 0.1)).all()
     texts = [" was good.", " was good good.", " felt not so dull but it was fun.", "bad"]
-    assert [rm.is_well_formed(t) for t in texts] == [rl.is_well_formed(t) for t in texts]
+    assert [bool(well_formed(t)) for t in texts] == [rl.is_well_formed(t) for t in texts]
     assert rm.gold_scores(texts).tolist() == rl.gold_scores(texts).tolist()
     assert rm.train_tiny_tokenizer().get_vocab() == rl.train_tiny_tokenizer().get_vocab()
 

@@ -19,6 +19,7 @@ installed are reported as such; the main environment needs none of them.
 
 import argparse
 import contextlib
+import functools
 import importlib.metadata
 import io
 import json
@@ -438,6 +439,19 @@ def sb3_contrib_cells():
 # ---------------------------------------------------------------- TRL
 
 
+@functools.cache
+def trl_defaults():
+    """GRPOConfig's defaults on a CPU (made once: a TrainingArguments is slow to build)."""
+    from accelerate import Accelerator
+    from trl import GRPOConfig
+
+    with quiet():
+        cfg = GRPOConfig(
+            output_dir=tempfile.gettempdir(), report_to="none", use_cpu=True, bf16=False
+        )
+    return cfg, Accelerator(cpu=True)
+
+
 def trl_grpo_trainer(
     loss_type,
     logps,
@@ -452,28 +466,22 @@ def trl_grpo_trainer(
     load a model and a dataset): the attributes _compute_loss reads come from a default
     GRPOConfig; only the forward pass (_get_per_token_logps_and_entropies) is replaced, by
     one that returns the given log-probs."""
-    import torch
-    from accelerate import Accelerator
-    from trl import GRPOConfig, GRPOTrainer
+    import copy
 
-    with quiet():
-        cfg = GRPOConfig(
-            output_dir=tempfile.gettempdir(),
-            report_to="none",
-            use_cpu=True,
-            bf16=False,
-            loss_type=loss_type,
-            beta=beta,
-            max_completion_length=max_completion_length,
-            gradient_accumulation_steps=accumulation,
-            steps_per_generation=steps_per_generation,
-        )
+    import torch
+    from trl import GRPOTrainer
+
+    cfg, accelerator = trl_defaults()
+    cfg = copy.copy(cfg)  # the defaults, with the settings of this run
+    cfg.loss_type, cfg.beta, cfg.max_completion_length = loss_type, beta, max_completion_length
+    cfg.gradient_accumulation_steps = accumulation
+    cfg.steps_per_generation = steps_per_generation
     if bias_correction is not None:
         cfg.use_bias_correction_kl = bias_correction
     tr = object.__new__(GRPOTrainer)
     tr.args = cfg
     tr.model = torch.nn.Module().train()
-    tr.accelerator = Accelerator(cpu=True)
+    tr.accelerator = accelerator
     tr._metrics = {"train": __import__("collections").defaultdict(list)}
     tr.loss_type, tr.beta = cfg.loss_type, cfg.beta
     tr.epsilon_low = cfg.epsilon

@@ -635,16 +635,19 @@ NORMALIZERS = ["ppo_continuous", "trpo_continuous"]  # two copies, proven to agr
 @pytest.mark.parametrize("module", NORMALIZERS)
 @pytest.mark.parametrize("tol,inp,out", cases("obs_normalizer_checkpoint"))
 def test_obs_normalizer_checkpoint(tol, inp, out, module, tmp_path):
+    from dataclasses import asdict
+
     script = SCRIPTS[module]
     stream, W = [np.array(b) for b in inp["stream"]], np.array(inp["W"])
     args = script.Args(norm_obs=True, clip_obs=inp["clip"])
     trained = impl(f"{module}.Normalizer")(W.shape[0], 1, args)
     for batch in stream:
         trained.observe(batch)
-    # saved with the agent, as train() saves it, and loaded into a fresh normaliser
-    path = str(tmp_path / "agent.pt")
-    script.save_checkpoint(path, {}, args, normalizer=trained.state_dict())
-    ckpt = script.load_checkpoint(path, script.SCRIPT, args.env_id)
+    # written with the args as the script writes model.pt, read back as --eval-checkpoint
+    # reads it (weights_only), into a fresh normaliser
+    path = str(tmp_path / "model.pt")
+    script.save_atomic(dict(args=asdict(args), normalizer=trained.state_dict()), path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     loaded = script.Normalizer(W.shape[0], 1, script.Args(**ckpt["args"]))
     loaded.load_state_dict(ckpt["normalizer"])
     mean, var = loaded.frozen_obs_stats()

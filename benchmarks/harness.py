@@ -152,14 +152,17 @@ def read_episodes(path):
 def run_script(script, seed, out_dir, extra=()):
     """One run of one of our scripts, on the CPU, with its episodes read from episodes.csv."""
     out = os.path.join(out_dir, f"{os.path.splitext(script)[0]}_seed{seed}")
-    cmd = [sys.executable, script, "--no-cuda", "--seed", str(seed), "--output-dir", out]
+    # --eval-episodes 0: the scripts evaluate 10 episodes after training by default (issue 30);
+    # the benchmarks time training alone, and evaluate a saved checkpoint apart.
+    cmd = [sys.executable, script, "--no-cuda", "--seed", str(seed), "--output-dir", out,
+           "--eval-episodes=0"]  # fmt: skip
     result = run_json(cmd + list(extra))
     result["episodes"] = read_episodes(os.path.join(out, "episodes.csv"))
     result["output_dir"] = os.path.relpath(out, ROOT)  # no absolute paths in the results
     return result
 
 
-def run_script_final(script, seed, out_dir, checkpoint, extra=(), episodes=10):
+def run_script_final(script, seed, out_dir, checkpoint="model.pt", extra=(), episodes=10):
     """run_script to the budget, then `--eval-checkpoint` of its saved checkpoint in a second
     process: `episodes` deterministic episodes with the saved observation statistics frozen.
     train_s is the training run's own wall time, evaluation not included."""

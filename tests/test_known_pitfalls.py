@@ -70,8 +70,11 @@ def gae_matches_golden(gae):
 @pytest.mark.parametrize("script", [ppo_cartpole, a2c, trpo, ppo_continuous, trpo_continuous])
 def test_truncation_is_not_termination(script):
     """CleanRL #198, #457 and #504 (its continuous PPO cannot learn Pendulum-v1, whose episodes
-    only ever truncate), Spinning Up PR #233 and issue #37: a time-limit truncation was
-    treated as a termination, so V(final observation) was never bootstrapped.
+    only ever truncate): a time-limit truncation was treated as a termination, so V(final
+    observation) was never bootstrapped. Spinning Up PR #233 fixes the bootstrap at a timeout
+    (pointing to issue #37, where Gym's TimeLimit ends every episode with done = True), and
+    its issue #257 and the review of #233 the opposite slip: a step that is terminal *and*
+    at the time limit must not be bootstrapped.
 
     The scripts' side: tests/test_ppo_cartpole.py::test_gae_resets_at_episode_end_and_
     bootstraps_at_truncation, tests/test_a2c.py::test_truncation_bootstraps_and_termination_

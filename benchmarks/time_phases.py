@@ -67,9 +67,9 @@ def trpo_update(args):
 
         def step(t):
             adv = (t["adv"] - t["adv"].mean()) / (t["adv"].std() + 1e-8)
-            tc.gaussian_trpo_step(agent, t["obs"], t["action"], adv, args.max_kl,
-                                  args.cg_iters, args.cg_damping, args.cg_tol,
-                                  args.line_search_steps)  # fmt: skip
+            actor = [*agent.actor_mean.parameters(), agent.actor_log_std]
+            tc.trpo_step(actor, lambda o: tc.gaussian_policy(agent, o), tc.gaussian_log_prob,
+                         tc.gaussian_kl, t["obs"], t["action"], adv, args)  # fmt: skip
             tc.fit_critic(agent.critic, opt, t["obs"], t["ret"], args.critic_epochs,
                           args.critic_minibatch_size)  # fmt: skip
 

@@ -238,7 +238,10 @@ def test_conjugate_gradient(tol, inp, out):
 @checks("fisher_vector_product", "trpo.fisher_vector_product")
 @pytest.mark.parametrize("tol,inp,out", cases("fisher_vector_product"))
 def test_fisher_vector_product(tol, inp, out):
-    fvp = trpo.fisher_vector_product(Linear(inp["W"]), t(inp["obs"]), inp["damping"])
+    policy = Linear(inp["W"])
+    logits = policy(t(inp["obs"]))  # KL̄ at θ_old with π_θold held fixed
+    kl = trpo.categorical_kl(logits.detach(), logits).mean()
+    fvp = trpo.fisher_vector_product(kl, list(policy.parameters()), inp["damping"])
     close(fvp(t(inp["v"])), out["Fv"], tol)
 
 
@@ -247,9 +250,11 @@ def test_fisher_vector_product(tol, inp, out):
 def test_trpo_step(tol, inp, out):
     policy = Linear(inp["W"])
     n = policy.W.numel()
+    args = SimpleNamespace(max_kl=inp["max_kl"], cg_iters=4 * n, cg_damping=inp["damping"],
+                           cg_tol=1e-12, line_search_steps=inp["ls_steps"])  # fmt: skip
     stats = trpo.trpo_step(
-        policy, t(inp["obs"]), torch.tensor(inp["actions"]), t(inp["adv"]), inp["max_kl"],
-        cg_iters=4 * n, cg_damping=inp["damping"], cg_tol=1e-12, ls_steps=inp["ls_steps"],
+        list(policy.parameters()), lambda o: (policy(o),), trpo.categorical_log_prob,
+        trpo.categorical_kl, t(inp["obs"]), torch.tensor(inp["actions"]), t(inp["adv"]), args,
     )  # fmt: skip
     assert stats["line_search_steps"] == out["line_search_steps"]
     assert stats["accepted"] == out["accepted"]
@@ -272,9 +277,8 @@ def test_categorical_kl(tol, inp, out):
 @checks("trpo_surrogate", "trpo.surrogate_advantage")
 @pytest.mark.parametrize("tol,inp,out", cases("trpo_surrogate"))
 def test_trpo_surrogate(tol, inp, out):
-    L = trpo.surrogate_advantage(
-        t(inp["logits"]), torch.tensor(inp["actions"]), t(inp["logp_old"]), t(inp["adv"])
-    )
+    logp = trpo.categorical_log_prob(torch.tensor(inp["actions"]), t(inp["logits"]))
+    L = trpo.surrogate_advantage(logp, t(inp["logp_old"]), t(inp["adv"]))
     close(L.item(), out["surrogate"], tol)
 
 

@@ -4,165 +4,91 @@ Williams 1992, "Simple statistical gradient-following algorithms for connectioni
 reinforcement learning"; the policy gradient theorem as in Sutton et al. 2000. Each update
 uses exactly one complete episode per environment, all collected with the current policy.
 
-    python reinforce.py                                  # value baseline: solves CartPole-v1
+    python reinforce.py --output-dir runs/reinforce          # value baseline: solves CartPole-v1
     python reinforce.py --baseline none --no-normalize-advantages   # textbook REINFORCE
-    python reinforce.py --help
+    python reinforce.py --eval-checkpoint runs/reinforce/model.pt --capture-video
 """
+
+import signal
+
+if __name__ == "__main__":  # until main() runs, Ctrl-C ends the process without a traceback
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 import argparse
 import contextlib
+import copy
 import dataclasses
-import importlib.util
 import json
-import math
 import os
-import random
-import signal
 import sys
-import tempfile
 import threading
 import time
-import warnings
 from collections import deque
-from dataclasses import dataclass
 
-try:  # Ctrl-C while torch loads (a second or two) gets one line, not a traceback
-    import gymnasium as gym
-    import numpy as np
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-    from torch.distributions import Categorical
-    from torch.utils.tensorboard import SummaryWriter
-except KeyboardInterrupt:
-    sys.exit("error: interrupted while starting up; nothing was written")
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.distributions import Categorical
+from torch.utils.tensorboard import SummaryWriter
 
 SCRIPT = "reinforce.py"  # recorded in checkpoints, checked when one is loaded
 
 
-def flag(default, help):
-    """A dataclass field that is also a command-line flag with help text."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def flag(default, help, rule=None):
+    """A field of Args that is also a --flag; parse_args checks its rule (see RULES)."""
+    return dataclasses.field(default=default, metadata=dict(help=help, rule=rule))
 
 
-@dataclass
+@dataclasses.dataclass
 class Args:
-    seed: int = flag(1, "seed of random, numpy, torch and the environments")
+    seed: int = flag(1, "seed of random, numpy, torch and the environments", "in [0, 2^32)")
     cuda: bool = flag(True, "use CUDA when it is available")
-    output_dir: str = flag("", "logs and checkpoints go here; default runs/<run-name>")
+    output_dir: str = flag("", "logs and model.pt go here; default runs/<env>__<script>__...")
     overwrite: bool = flag(False, "replace the files of an earlier run in --output-dir")
     env_id: str = flag("CartPole-v1", "a Gymnasium environment with a Discrete action space")
-    total_timesteps: int = flag(
-        300_000, "environment steps to train for (the last batch may overrun)"
-    )
-    learning_rate: float = flag(1e-2, "Adam learning rate of the policy")
-    value_learning_rate: float = flag(1e-2, "Adam learning rate of V(s) (--baseline value)")
-    gamma: float = flag(0.99, "discount factor of the reward-to-go")
-    num_envs: int = flag(8, "parallel environments = complete episodes per update")
-    baseline: str = flag(
-        "value", "none | mean (batch mean of G_t; with normalisation, same as none) | value (V(s))"
-    )
+    total_timesteps: int = flag(300_000, "environment steps; the last batch may overrun", "> 0")
+    learning_rate: float = flag(1e-2, "Adam learning rate of the policy", "> 0")
+    value_learning_rate: float = flag(1e-2, "Adam learning rate of V(s) (--baseline value)", "> 0")
+    gamma: float = flag(0.99, "discount factor of the reward-to-go", "in [0, 1]")
+    num_envs: int = flag(8, "parallel environments = complete episodes per update", "> 0")
+    baseline: str = flag("value", "b(s_t): 0, the batch mean of G_t, or V(s_t)",
+                         ("none", "mean", "value"))  # fmt: skip
     normalize_advantages: bool = flag(True, "scale the advantages of each batch to mean 0, std 1")
-    bootstrap_truncated: bool = flag(
-        True, "with --baseline value, G_t of a time-limit-truncated episode adds γ^k V(s_final)"
-    )
-    ent_coef: float = flag(0.0, "weight of the entropy bonus; 0 turns it off")
-    max_grad_norm: float = flag(0.5, "clip each network's gradient norm to this; 0 turns it off")
-    hidden_size: int = flag(64, "width of the two hidden layers of the policy and of V(s)")
-    eval_episodes: int = flag(0, "greedy evaluation episodes after training; 0 skips it")
-    eval_checkpoint: str = flag(
-        "", "evaluate this saved checkpoint.pt on --eval-episodes; no training"
-    )
-    capture_video: bool = flag(False, "save the evaluation episodes as MP4 in <output-dir>/videos")
+    bootstrap_truncated: bool = flag(True, "--baseline value: a time-limit cut adds γ^k V(s_final)")
+    ent_coef: float = flag(0.0, "weight of the entropy bonus; 0 turns it off", ">= 0")
+    max_grad_norm: float = flag(0.5, "clip each network's gradient norm to this; 0 = off", ">= 0")
+    hidden_size: int = flag(64, "width of the two hidden layers of the policy and of V(s)", "> 0")
+    eval_episodes: int = flag(10, "greedy episodes to evaluate after training; 0 = none", ">= 0")
+    eval_checkpoint: str = flag("", "evaluate this saved model.pt instead of training")
+    capture_video: bool = flag(False, "record the evaluation episodes in <output-dir>/videos")
 
 
-def parse_args(argv=None) -> Args:
-    """Build the command line from the fields of Args: --flag-name, --x/--no-x for booleans."""
-    parser = argparse.ArgumentParser(description=sys.modules[__name__].__doc__.split("\n")[0])
-    for f in dataclasses.fields(Args):
-        kind = type(f.default)
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            type=None if kind is bool else kind,
-            action=argparse.BooleanOptionalAction if kind is bool else None,
-            default=f.default,
-            help=f.metadata["help"] + " (default: %(default)s)",
-        )
-    parser.error = lambda message: sys.exit(f"error: {message} (see --help)")
-    return Args(**vars(parser.parse_args(argv)))
+# ---- The math: pure functions of tensors, each checked alone by the tests ----
 
 
-def check_flags(args, positive=(), nonneg=(), unit=()):
-    """The one rule every script applies to its numeric flags, naming the flag at fault: every
-    float flag finite (a NaN trains nothing and an inf stalls it); every count, step size or
-    norm bound > 0 (a negative gradient-norm bound would flip the gradient); every weight, ε
-    or tolerance ≥ 0; every probability, γ or λ in [0, 1]."""
-    for field in dataclasses.fields(args):
-        value = getattr(args, field.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"--{field.name.replace('_', '-')} must be finite, not {value}")
-    rules = (
-        (positive, lambda v: v > 0, "positive"),
-        (nonneg, lambda v: v >= 0, "0 or more"),
-        (unit, lambda v: 0 <= v <= 1, "in [0, 1]"),
-    )
-    for names, ok, what in rules:
-        for name in names:
-            if not ok(getattr(args, name)):
-                raise ValueError(
-                    f"--{name.replace('_', '-')} must be {what}, not {getattr(args, name)}"
-                )
+def reinforce_loss(logprob, advantages):
+    """Surrogate whose gradient is the REINFORCE estimate, averaged over all steps:
 
+        L(θ) = −mean_t [ log πθ(a_t|s_t) · Â_t ],   −∇θ L = mean_t ∇θ log πθ(a_t|s_t) Â_t.
 
-def check_memory(nbytes, flags):
-    """ValueError, before anything is allocated, if about `nbytes` would not fit in half of
-    this machine's memory: numpy and torch would fail with a traceback, or the run would swap."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if nbytes > total / 2:
-        gib = min(nbytes, 2**100) / 2**30  # a huge int would overflow the float division
-        raise ValueError(f"{flags} need about {gib:.3g} GiB, more than half of this "
-                         f"machine's {total / 2**30:.0f} GiB; lower them")  # fmt: skip
-
-
-def check_args(args):
-    """Reject settings that would fail later with an obscure error, saying what to fix."""
-    check_flags(args, positive=("total_timesteps", "num_envs", "hidden_size", "learning_rate",
-                                "value_learning_rate"),
-                nonneg=("seed", "ent_coef", "max_grad_norm", "eval_episodes"),
-                unit=("gamma",))  # fmt: skip
-    # numpy's seeds are 32-bit; the optimizer's first step, ~10 lr, must fit in a float32; one
-    # environment object per env or evaluation episode.
-    most = dict(seed=2**32 - 1, learning_rate=1e37, value_learning_rate=1e37, num_envs=10_000,
-                eval_episodes=10_000)  # fmt: skip
-    for name, bound in most.items():
-        if getattr(args, name) > bound:
-            raise ValueError(f"--{name.replace('_', '-')} must be at most {bound}, not "
-                             f"{getattr(args, name)}")  # fmt: skip
-    # 3 weight copies (weights, Adam's two moments) of the two MLPs.
-    check_memory(4 * 3 * 2 * 2 * args.hidden_size**2, "the networks of --hidden-size")
-    if args.baseline not in ("none", "mean", "value"):
-        raise ValueError(f"--baseline must be none, mean or value, not {args.baseline!r}")
-    if args.eval_checkpoint and args.eval_episodes == 0:
-        raise ValueError("--eval-episodes must be > 0 with --eval-checkpoint")
-
-
-# ---------------------------------------------------------------------------------------
-# The math
-# ---------------------------------------------------------------------------------------
-
-# The policy gradient theorem (Sutton et al. 2000), in its Monte Carlo form (Williams 1992):
-#     ∇θ J(θ) = E_τ~πθ [ Σ_t ∇θ log πθ(a_t|s_t) · G_t ],   G_t = Σ_k γ^k r_{t+k+1}.
-# Reward-to-go: an action cannot influence rewards that came before it (causality). For
-# k < t, r_{k+1} is fixed once the history up to s_t is, and a_t ~ π(·|s_t) is drawn after
-# it, so E[∇ log π(a_t|s_t) · r_{k+1}] = E[r_{k+1} · E_{a_t~π}[∇ log π(a_t|s_t)]] = 0, as
-# Σ_a π ∇ log π = ∇ Σ_a π = ∇1 = 0. The whole-episode return can thus be replaced by G_t:
-# that drops terms of mean zero, and with them their variance.
-# Baseline: for any b(s_t) that does not depend on a_t, E[∇ log π(a_t|s_t) · b(s_t)] = 0 by
-# the same identity, so G_t − b(s_t) is an unbiased weight; b ≈ V(s_t) = E[G_t|s_t] makes it
-# small, which lowers the variance.
-# With γ < 1 we drop the γ^t factor the discounted theorem puts in front of each term, as
-# nearly all implementations do: the result is not exactly ∇ of the discounted objective
-# (Nota & Thomas 2020, "Is the policy gradient a gradient?"). With γ = 1 it is exact.
+    Â_t is a constant here (no gradient flows through the baseline). This is the policy
+    gradient theorem (Sutton et al. 2000) in its Monte Carlo form (Williams 1992):
+        ∇θ J(θ) = E_τ~πθ [ Σ_t ∇θ log πθ(a_t|s_t) · G_t ],   G_t = Σ_k γ^k r_{t+k+1}.
+    Reward-to-go: an action cannot influence rewards that came before it (causality). For
+    k < t, r_{k+1} is fixed once the history up to s_t is, and a_t ~ π(·|s_t) is drawn after
+    it, so E[∇ log π(a_t|s_t) · r_{k+1}] = E[r_{k+1} · E_{a_t~π}[∇ log π(a_t|s_t)]] = 0, as
+    Σ_a π ∇ log π = ∇ Σ_a π = ∇1 = 0. The whole-episode return can thus be replaced by G_t:
+    that drops terms of mean zero, and with them their variance.
+    Baseline: for any b(s_t) that does not depend on a_t, E[∇ log π(a_t|s_t) · b(s_t)] = 0 by
+    the same identity, so Â_t = G_t − b(s_t) is an unbiased weight; b ≈ V(s_t) = E[G_t|s_t]
+    makes it small, which lowers the variance.
+    With γ < 1 we drop the γ^t factor the discounted theorem puts in front of each term, as
+    nearly all implementations do: the result is not exactly ∇ of the discounted objective
+    (Nota & Thomas 2020, "Is the policy gradient a gradient?"). With γ = 1 it is exact.
+    """
+    return -(logprob * advantages.detach()).mean()
 
 
 def reward_to_go(rewards, ends, bootstrap, gamma):
@@ -177,7 +103,6 @@ def reward_to_go(rewards, ends, bootstrap, gamma):
     returns = torch.zeros_like(rewards)
     next_return = torch.zeros_like(rewards[0])
     for t in reversed(range(rewards.shape[0])):
-        # G_t = r_{t+1} + γ [(1 − end_t) G_{t+1} + end_t · bootstrap_t]
         next_return = rewards[t] + gamma * torch.where(ends[t], bootstrap[t], next_return)
         returns[t] = next_return
     return returns
@@ -193,38 +118,23 @@ def advantage_estimate(returns, values, baseline, normalize):
     Normalisation is a per-batch change of step size that keeps the sign of every weight
     relative to the batch mean (Schulman et al.'s implementations; Andrychowicz et al. 2021).
     """
-    # Â_t = G_t − b_t
     if baseline == "none":
         adv = returns
     elif baseline == "mean":
         adv = returns - returns.mean()
     else:
         adv = returns - values.detach()
-    # Â ← (Â − mean Â) / (std Â + 1e-8)
     if normalize and adv.numel() > 1:
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
     return adv
 
 
-def reinforce_loss(logprob, advantages):
-    """Surrogate whose gradient is the REINFORCE estimate, averaged over all steps:
-
-        L(θ) = −mean_t [ log πθ(a_t|s_t) · Â_t ],   −∇θ L = mean_t ∇θ log πθ(a_t|s_t) Â_t.
-
-    Â_t is a constant here (no gradient flows through the baseline)."""
-    # L = −mean(log π(a_t|s_t) · Â_t)
-    return -(logprob * advantages.detach()).mean()
-
-
 def value_regression_loss(values, returns):
     """Regression of the baseline on the returns: L_V = ½ mean_t (V(s_t) − G_t)²."""
-    # L_V = ½ mean (V(s_t) − G_t)²
     return 0.5 * (values - returns).pow(2).mean()
 
 
-# ---------------------------------------------------------------------------------------
-# The agent
-# ---------------------------------------------------------------------------------------
+# ---- The agent ----
 
 
 def layer_init(layer, std=2**0.5, bias=0.0):
@@ -238,13 +148,9 @@ def layer_init(layer, std=2**0.5, bias=0.0):
 
 def mlp(in_dim, out_dim, hidden, last_std):
     """Two tanh hidden layers of width `hidden`; the output layer's gain is `last_std`."""
-    return nn.Sequential(
-        layer_init(nn.Linear(in_dim, hidden)),
-        nn.Tanh(),
-        layer_init(nn.Linear(hidden, hidden)),
-        nn.Tanh(),
-        layer_init(nn.Linear(hidden, out_dim), last_std),
-    )
+    return nn.Sequential(layer_init(nn.Linear(in_dim, hidden)), nn.Tanh(),
+                         layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
+                         layer_init(nn.Linear(hidden, out_dim), last_std))  # fmt: skip
 
 
 class Agent(nn.Module):
@@ -269,224 +175,7 @@ class Agent(nn.Module):
         return logp, logits, self.value(obs)
 
 
-# ---------------------------------------------------------------------------------------
-# Environments, logging, checkpoints
-# ---------------------------------------------------------------------------------------
-
-
-def make_envs(env_id, num_envs, action_spaces, video_dir=None):
-    """A Gymnasium >= 1.0 vector env with next-step autoreset: the numpy-vectorised version
-    when the environment has one (CartPole does), else one copy per env in this process.
-
-    The observation space must be a flat Box, the action space one of `action_spaces`. The
-    observations are cast to float32 (the networks' dtype), and a NaN or infinite one is a
-    ValueError. With `video_dir`, the envs render rgb_array frames and Gymnasium's RecordVideo
-    saves each env's first episode there as MP4. Any failure is one ValueError, and envs made
-    so far are closed.
-    """
-    if video_dir is not None and importlib.util.find_spec("moviepy") is None:
-        raise ValueError("--capture-video needs moviepy, an optional extra: pip install moviepy")
-    # Gymnasium's warnings (an outdated version, ...) are shown only if the env is made: if
-    # not, the one error line says it all.
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            # copy=False: a per-env (sync) vector env hands back its own buffer instead of a
-            # deepcopy (16-32 µs a MuJoCo step, measured); checked() copies anyway.
-            no_copy = dict(vector_kwargs=dict(copy=False))
-            if video_dir is None:
-                vectorised = gym.spec(env_id).vector_entry_point is not None
-                envs = gym.make_vec(env_id, num_envs=num_envs, **({} if vectorised else no_copy))
-            else:  # one env object per copy, each with its own file name
-                names = iter(range(num_envs))
-                record = lambda env: gym.wrappers.RecordVideo(  # noqa: E731
-                    env, video_dir, lambda episode: episode == 0, name_prefix=f"env{next(names)}"
-                )
-                envs = gym.make_vec(env_id, num_envs, "sync", **no_copy, wrappers=[record],
-                                    render_mode="rgb_array")  # fmt: skip
-    except Exception as e:  # gym.error.Error, a missing extra's ModuleNotFoundError, ...
-        raise ValueError(f"cannot make --env-id {env_id!r}: {' '.join(str(e).split())}") from None
-    for w in caught:
-        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    act, obs = envs.single_action_space, envs.single_observation_space
-    problem = None
-    if not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:
-        problem = f"has observations {obs}; need a flat Box"
-    elif not isinstance(act, action_spaces):
-        problem = f"has {act}; need {' or '.join(s.__name__ for s in action_spaces)}"
-        # Point to the sibling scripts: `trpo.py --env-id Pendulum-v1` is a likely first try.
-        if isinstance(act, gym.spaces.Box):
-            problem += " (for Box actions: ppo_continuous.py, trpo_continuous.py)"
-        elif isinstance(act, gym.spaces.Discrete):
-            problem += " (for Discrete actions: ppo_cartpole.py, a2c.py, trpo.py, reinforce.py)"
-    elif envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.NEXT_STEP:
-        problem = "does not autoreset in the next step"
-    if problem:
-        envs.close()
-        raise ValueError(f"--env-id {env_id} {problem}")
-
-    def checked(o):  # a NaN would fail deep inside sampling, float64 meet float32 weights
-        if not np.isfinite(o).all():
-            raise ValueError(f"--env-id {env_id} returned an observation with NaN or inf")
-        return o.astype(np.float32)  # a copy: the vector env reuses its buffer (copy=False)
-
-    box = gym.spaces.Box(-np.inf, np.inf, obs.shape, np.float32)  # no network uses bounds
-    return gym.wrappers.vector.TransformObservation(envs, checked, single_observation_space=box)
-
-
-def evaluate_greedy(policy, envs, seed, device):
-    """Returns of the greedy policy a = argmax_a π(a|s), one episode in each env of `envs`
-    (taking the first finishers of fewer envs would favour short episodes)."""
-    obs, _ = envs.reset(seed=seed)
-    returns, alive = np.zeros(envs.num_envs), np.ones(envs.num_envs, bool)
-    while alive.any():
-        with torch.no_grad():
-            action = policy(torch.as_tensor(obs, device=device)).argmax(-1)
-        obs, reward, term, trunc, _ = envs.step(action.cpu().numpy())
-        returns += reward * alive
-        alive &= ~(term | trunc)
-    return returns
-
-
-def seed_and_device(seed, cuda):
-    """Seed random, numpy and torch; one torch thread (tiny networks: threads cost more than
-    they give); the device to train on."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
-    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
-
-
-def run_dir(args, kind):
-    """--output-dir, or runs/<env>__<script>__<kind>__<seed>__<time>; created and checked to be
-    writable. A directory that already holds files is refused unless --overwrite: a rerun must
-    never replace a finished run's checkpoint and episodes."""
-    name = f"{args.env_id}__{SCRIPT.removesuffix('.py')}__{kind}__{args.seed}__{int(time.time())}"
-    out = args.output_dir or os.path.join("runs", name)
-    if os.path.isdir(out) and os.listdir(out) and not args.overwrite:
-        raise ValueError(f"--output-dir {out} holds files of an earlier run; name a new "
-                         "directory, or pass --overwrite to replace them")  # fmt: skip
-    try:
-        os.makedirs(out, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
-    except OSError as e:
-        raise OSError(f"cannot write to --output-dir {out}: {e.strerror or e}") from None
-    return out
-
-
-class EpisodeLog:
-    """Every finished training episode as (global_step, return), and the solved rule: the
-    first step at which the mean return of the last 20 finished episodes reaches `threshold`
-    (475 on CartPole; the continuous scripts pass their environment's; None: never)."""
-
-    def __init__(self, writer, threshold=475.0):
-        self.writer, self.episodes, self.recent = writer, [], deque(maxlen=20)
-        self.threshold, self.solved_at_step, self.solved_at_s = threshold, None, None
-        self.t0 = time.time()
-
-    def add(self, step, ret):
-        self.episodes.append((step, ret))
-        self.recent.append(ret)
-        self.writer.add_scalar("charts/episodic_return", ret, step)
-        if (self.solved_at_step is None and self.threshold is not None
-                and len(self.recent) == 20 and np.mean(self.recent) >= self.threshold):  # fmt: skip
-            self.solved_at_step, self.solved_at_s = step, round(time.time() - self.t0, 2)
-            print(f"solved at step {step} after {self.solved_at_s:.1f}s")
-
-    def mean(self):
-        return float(np.mean(self.recent)) if self.recent else None
-
-    def save_csv(self, path):
-        """episodes.csv, written atomically."""
-        header = "global_step,episodic_return"
-        write = lambda rows, f: np.savetxt(f, rows, "%g", ",", header=header, comments="")  # noqa: E731
-        save_atomic(np.array(self.episodes).reshape(-1, 2), path, write)
-
-
-def check_finite(numbers, module, iteration, hint):
-    """FloatingPointError if a loss or a parameter is NaN or infinite, or a parameter lies
-    beyond ±1e20: no training gets there without diverging, and a little further on the
-    forward pass overflows float32 (3.4e38), so that sampling would fail on a NaN. Called
-    once per iteration, not once per minibatch: a NaN anywhere ends up in the mean losses or
-    weights."""
-    params = torch.cat([p.detach().flatten() for p in module.parameters()])
-    if not (np.isfinite(numbers).all() and params.abs().max() <= 1e20):  # False for a NaN
-        raise FloatingPointError(
-            f"non-finite loss at iteration {iteration}; the checkpoint keeps the parameters of "
-            f"the iteration before; try a lower {hint}"
-        )
-
-
-@contextlib.contextmanager
-def signals_held():
-    """Hold Ctrl-C and SIGTERM while the final files are written, then act on them: an
-    interrupt inside torch.save would leave a temporary file and no checkpoint at all."""
-    caught = []
-    held = {
-        s: signal.signal(s, lambda *_: caught.append(1)) for s in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        yield
-    finally:
-        for s, handler in held.items():
-            signal.signal(s, handler)
-    if caught:
-        raise KeyboardInterrupt
-
-
-def save_checkpoint(path, state, args, **extra):
-    """The agent's weights with the script, the env id and every arg, written atomically."""
-    args = dataclasses.asdict(args)
-    save_atomic(dict(script=SCRIPT, env_id=args["env_id"], agent=state, args=args, **extra), path)
-
-
-def load_checkpoint(path, script, env_id):
-    """The checkpoint that `script` saved for `env_id` at `path`. A missing, corrupt or
-    truncated file, or one made by another script or for another env, is a ValueError."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # no file, a truncated zip, not a torch file at all, ...
-        why = " ".join(str(e).split())[:200]
-        raise ValueError(
-            f"cannot read --eval-checkpoint {path} (missing or corrupt?): {why}"
-        ) from None
-    made_by = ckpt.get("script") if isinstance(ckpt, dict) else None
-    if made_by != script:
-        raise ValueError(f"--eval-checkpoint {path} was made by {made_by or 'another program'}, "
-                         f"not by {script}")  # fmt: skip
-    if ckpt.get("env_id") != env_id:
-        raise ValueError(f"--eval-checkpoint {path} is an agent for {ckpt.get('env_id')}, not "
-                         f"for --env-id {env_id}")  # fmt: skip
-    return ckpt
-
-
-def evaluate_checkpoint(args):
-    """--eval-checkpoint: rebuild the saved agent from its saved args, play --eval-episodes
-    greedy episodes (seed --seed + 10000) without training, return the summary."""
-    ckpt = load_checkpoint(args.eval_checkpoint, SCRIPT, args.env_id)
-    device = seed_and_device(args.seed, args.cuda)
-    video_dir = os.path.join(run_dir(args, "eval"), "videos") if args.capture_video else None
-    envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Discrete,), video_dir)
-    space = envs.single_observation_space.shape[0], envs.single_action_space.n
-    try:
-        agent = Agent(*space, ckpt["args"]["hidden_size"]).to(device)
-        agent.load_state_dict(ckpt["agent"])
-    except (KeyError, RuntimeError) as e:  # e.g. another observation size
-        envs.close()
-        why = " ".join(str(e).split())[:200]
-        raise ValueError(f"--eval-checkpoint {args.eval_checkpoint} does not fit: {why}") from None
-    returns = evaluate_greedy(agent.actor, envs, args.seed + 10_000, device)
-    envs.close()
-    print(f"greedy returns: {' '.join(f'{r:g}' for r in returns)}")
-    summary = dict(script=SCRIPT, env_id=args.env_id, checkpoint=args.eval_checkpoint,
-                   eval_episodes=len(returns), eval_mean_return=float(np.mean(returns)),
-                   eval_std_return=float(np.std(returns)), videos=video_dir)  # fmt: skip
-    return summary
-
-
-# ---------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------
+# ---- Episodes, update, and the training loop ----
 
 
 def collect_episodes(envs, policy, device, seed=None):
@@ -497,8 +186,8 @@ def collect_episodes(envs, policy, device, seed=None):
     and on-policy. An env whose episode is over is still stepped by the vector env, but
     nothing it returns is kept: its autoreset step and next episode never enter the batch,
     so the autoreset mode does not matter here. Returns [T, N] tensors (obs: [T, N, obs_dim]);
-    `alive` marks the steps that belong to an episode; `truncated` the last steps of episodes cut
-    by the time limit that did not also terminate.
+    `alive` marks the steps that belong to an episode; `truncated` the last steps of episodes
+    cut by the time limit that did not also terminate.
     """
     obs, _ = envs.reset(seed=seed)
     alive = np.ones(envs.num_envs, dtype=bool)
@@ -515,10 +204,8 @@ def collect_episodes(envs, policy, device, seed=None):
         alive = alive & ~end
         obs = next_obs
     keys = ("obs", "actions", "rewards", "ends", "truncated", "final_obs", "alive")
-    columns = zip(*steps, strict=True)
-    batch = {
-        k: torch.as_tensor(np.stack(v), device=device) for k, v in zip(keys, columns, strict=True)
-    }
+    batch = {k: torch.as_tensor(np.stack(v), device=device)
+             for k, v in zip(keys, zip(*steps, strict=True), strict=True)}  # fmt: skip
     batch["rewards"] = batch["rewards"].float()
     return batch
 
@@ -540,7 +227,7 @@ def episode_returns(batch, critic, gamma):
     return reward_to_go(batch["rewards"], batch["ends"], bootstrap, gamma)[batch["alive"]]
 
 
-def reinforce_update(agent, optimizer, obs, actions, returns, args, iteration):
+def reinforce_update(agent, optimizer, obs, actions, returns, args):
     """One gradient step on L = −mean_t log π(a_t|s_t) Â_t − c_ent S (+ L_V with --baseline
     value) over all live steps of the batch. Returns the statistics to log."""
     values = agent.value(obs) if args.baseline == "value" else None
@@ -559,136 +246,323 @@ def reinforce_update(agent, optimizer, obs, actions, returns, args, iteration):
         grad_norm = nn.utils.clip_grad_norm_(agent.actor.parameters(), args.max_grad_norm)
         nn.utils.clip_grad_norm_(agent.critic.parameters(), args.max_grad_norm)
     optimizer.step()
-    stats = dict(policy_loss=pg_loss.item(), value_loss=v_loss.item(), entropy=entropy.item())
-    check_finite(list(stats.values()), agent, iteration, "--learning-rate or --value-learning-rate")
-    return stats | dict(policy_grad_norm=float(grad_norm))
+    return dict(policy_loss=pg_loss.item(), value_loss=v_loss.item(), entropy=entropy.item(),
+                policy_grad_norm=float(grad_norm))  # fmt: skip
+
+
+def log_episodes(run, batch, step):
+    """Hand the batch's episodes to Run in finishing order, one row per time step: the envs
+    alive then, each episode's whole return on its last step. `step` counts live transitions
+    only, i.e. exactly the steps a one-env implementation would take for the same episodes."""
+    returns = batch["rewards"].sum(0)
+    for alive, ends in zip(batch["alive"], batch["ends"], strict=True):
+        row = (returns * ends)[alive]
+        step = run.add_rollout(np.zeros(len(row)), row[None], ends[alive][None], step)
+    return step
 
 
 def train(args):
-    check_args(args)
-    if args.eval_checkpoint:
-        return evaluate_checkpoint(args)
-    start = time.time()
-    device = seed_and_device(args.seed, args.cuda)
-    envs = make_envs(args.env_id, args.num_envs, (gym.spaces.Discrete,))
-    space = envs.single_observation_space.shape[0], envs.single_action_space.n
-    agent = Agent(*space, args.hidden_size).to(device)
-    optimizer = torch.optim.Adam(
-        [
-            {"params": agent.actor.parameters(), "lr": args.learning_rate},
-            {"params": agent.critic.parameters(), "lr": args.value_learning_rate},
-        ]
-    )
-    out = run_dir(args, "train")  # made only once the envs exist: bad input leaves nothing
-    # A full disk fails the writer's thread, which would print its own traceback; the writer
-    # raises the same OSError here at its next call, which main() reports in one line.
-    threading.excepthook = lambda a: (
-        None if isinstance(a.exc_value, OSError) else threading.__excepthook__(a)
-    )
-    writer = SummaryWriter(out)
-    writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
-    log = EpisodeLog(writer)
-    global_step, iteration, simulated, trained = 0, 0, 0, False
+    """collect episodes → returns → advantages → update → log, until --total-timesteps."""
+    if args.eval_checkpoint:  # no training: the saved agent's greedy returns
+        agent, envs, _, device = load_for_eval(args, (gym.spaces.Discrete,), Agent)
+        return eval_summary(args, evaluate_greedy(agent.actor, envs, args.seed + 10_000, device))
+    run = Run(args, (gym.spaces.Discrete,), 1)  # seeds, envs, files, logging
+    envs, device = run.envs, run.device
+    agent = Agent(*env_dims(envs), args.hidden_size).to(device)
+    optimizer = torch.optim.Adam([
+        {"params": agent.actor.parameters(), "lr": args.learning_rate},
+        {"params": agent.critic.parameters(), "lr": args.value_learning_rate},
+    ])  # fmt: skip
     critic = agent.critic if args.baseline == "value" and args.bootstrap_truncated else None
-    print(f"reinforce on {args.env_id}: {device}, output in {out}", flush=True)
+    global_step, iteration, simulated = 0, 0, 0
     try:
         while global_step < args.total_timesteps:
             iteration += 1
             seed = args.seed if iteration == 1 else None
             batch = collect_episodes(envs, agent.actor, device, seed)
-            # Episodes in finishing order; global_step counts live transitions only, i.e.
-            # exactly the steps a one-env implementation would take for the same episodes.
-            live_per_step = batch["alive"].sum(1).cpu().numpy()
-            ep_return = batch["rewards"].sum(0).cpu().numpy()
-            for t, env_idx in batch["ends"].nonzero().cpu().numpy():
-                log.add(global_step + int(live_per_step[: t + 1].sum()), float(ep_return[env_idx]))
-            global_step += int(live_per_step.sum())
+            global_step = log_episodes(run, batch, global_step)
             simulated += batch["alive"].numel()  # including the idle steps of envs already done
 
             returns = episode_returns(batch, critic, args.gamma)
             obs, actions = batch["obs"][batch["alive"]], batch["actions"][batch["alive"]]
-            stats = reinforce_update(agent, optimizer, obs, actions, returns, args, iteration)
-
-            save_checkpoint(os.path.join(out, "checkpoint.pt"), agent.state_dict(), args,
-                            optimizer=optimizer.state_dict(), iteration=iteration)  # fmt: skip
-            trained = True
+            stats = reinforce_update(agent, optimizer, obs, actions, returns, args)
             stats.update(episodes_per_update=int(batch["ends"].sum()))
-            for tag, val in stats.items():
-                writer.add_scalar(f"losses/{tag}", val, global_step)
-            sps = int(global_step / (time.time() - log.t0))
-            writer.add_scalar("charts/SPS", sps, global_step)
-            if iteration % 10 == 0:
-                print(
-                    f"iter {iteration:4d}  step {global_step:7d}  return(last 20) "
-                    f"{np.mean(log.recent):6.1f}  entropy {stats['entropy']:.3f}  {sps} steps/s",
-                    flush=True,
-                )
-    finally:
-        # Runs on success, on a non-finite loss and on Ctrl-C or SIGTERM alike; a second
-        # interrupt waits until the file is complete. Before its first checkpoint, a run
-        # leaves an earlier run's episodes (--overwrite) as they are.
-        with signals_held():
-            if trained or not os.path.exists(os.path.join(out, "episodes.csv")):
-                log.save_csv(os.path.join(out, "episodes.csv"))
-            envs.close()
+            # Iterations differ in length: Run's progress becomes the fraction of steps done.
+            total = args.total_timesteps
+            run.iterations = (run.done + 1) * total / min(global_step, total)
+            state = dict(optimizer=copy.deepcopy(optimizer.state_dict()), iteration=iteration)
+            run.iteration(
+                global_step, stats, agent, "--learning-rate or --value-learning-rate", **state
+            )
+    finally:  # on success, a non-finite loss, Ctrl-C and SIGTERM alike
+        run.finish()
+    returns = evaluate_greedy(agent.actor, run.eval_envs, args.seed + 10_000, device)
+    return run.summary("reinforce", global_step, returns) | dict(env_steps_simulated=simulated)
 
-    eval_returns = None
-    if args.eval_episodes:
-        video_dir = os.path.join(out, "videos") if args.capture_video else None
-        envs = make_envs(args.env_id, args.eval_episodes, (gym.spaces.Discrete,), video_dir)
-        eval_returns = evaluate_greedy(agent.actor, envs, args.seed + 10_000, device)
+
+# ==== Plumbing: command line, envs, files, evaluation. The algorithm ends above. ====
+# Each piece is the same text in every script that has it (tests/test_shared_code.py).
+
+RULES = {None: lambda v: True, "> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0,
+         "in [0, 1]": lambda v: 0 <= v <= 1, "in [0, 2^32)": lambda v: 0 <= v < 2**32}  # fmt: skip
+
+
+def parse_args(argv=None):
+    """Args from the command line; a value that breaks its flag's rule is a ValueError."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for f in dataclasses.fields(Args):
+        is_bool, shown = type(f.default) is bool, f" (default: {f.default})" * (f.default != "")
+        parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=f.metadata[
+            "help"] + shown, type=None if is_bool else type(f.default),
+            action=argparse.BooleanOptionalAction if is_bool else None)  # fmt: skip
+    parser.error = lambda message: sys.exit(f"error: {message} (see --help)")
+    args = Args(**vars(parser.parse_args(argv)))
+    for f in dataclasses.fields(args):
+        v, rule = getattr(args, f.name), f.metadata["rule"]
+        ok = v in rule if isinstance(rule, tuple) else RULES[rule](v)
+        require(ok and (not isinstance(v, float) or np.isfinite(v)),
+                f"--{f.name.replace('_', '-')} must be {rule or 'finite'}, not {v!r}")  # fmt: skip
+    return args
+
+
+def require(ok, message):
+    if not ok:
+        raise ValueError(message)
+
+
+def make_envs(env_id, num_envs, action_spaces, video_dir=None):
+    """A Gymnasium >= 1.0 vector env with next-step autoreset, numpy-vectorised where the env
+    has such a version (CartPole does); flat Box observations, cast to float32; actions one
+    of `action_spaces`. With `video_dir`, RecordVideo saves each env's first episode there."""
+    try:  # copy=False: sync envs hand back their buffer, not a deepcopy; astype() copies
+        kwargs = dict(vector_kwargs=dict(copy=False))
+        if video_dir is not None:  # fail before a run, naming what to install (pygame, ...)
+            import moviepy  # noqa: F401  (RecordVideo encodes with it)
+
+            (probe := gym.make(env_id, render_mode="rgb_array")).reset()
+            probe.render(), probe.close()
+            names = iter(range(num_envs))
+            kwargs.update(render_mode="rgb_array", wrappers=[lambda env: gym.wrappers.RecordVideo(
+                env, video_dir, lambda ep: ep == 0, name_prefix=f"env{next(names)}")])  # fmt: skip
+        elif gym.spec(env_id).vector_entry_point is not None:
+            kwargs = {}
+        envs = gym.make_vec(env_id, num_envs, "sync" if video_dir else None, **kwargs)
+    except ModuleNotFoundError as e:
+        flag = "--capture-video" if video_dir else "--env-id"
+        raise ValueError(
+            f"{flag} {env_id} needs the package {e.name}: pip install {e.name}"
+        ) from None
+    except Exception as e:  # gym.error.Error (its DependencyNotInstalled names the extra), ...
+        raise ValueError(f"cannot make --env-id {env_id}: {brief(e)}") from None
+    act, obs = envs.single_action_space, envs.single_observation_space
+    if not (isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1
+            and isinstance(act, action_spaces)
+            and envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP):  # fmt: skip
         envs.close()
-        writer.add_scalar("charts/eval_mean_return", np.mean(eval_returns), global_step)
-    writer.close()
-    return {
-        "algo": "reinforce",
-        "env_id": args.env_id,
-        "seed": args.seed,
-        "global_step": global_step,
-        "solved_at_step": log.solved_at_step,
-        "solved_at_s": log.solved_at_s,
-        "final_mean_return": log.mean(),
-        "eval_mean_return": None if eval_returns is None else float(np.mean(eval_returns)),
-        "wall_time_s": round(time.time() - start, 2),
-        "env_steps_simulated": simulated,
-        "output_dir": out,
-    }
+        need = " or ".join(s.__name__ for s in action_spaces)
+        raise ValueError(f"--env-id {env_id} has {obs} observations and {act} actions; need a "
+                         f"flat Box and {need}, with next-step autoreset")  # fmt: skip
+
+    def as_float32(o):  # a NaN would fail deep inside sampling, without naming the env
+        require(np.isfinite(o).all(), f"--env-id {env_id} returned a NaN or inf observation")
+        return o.astype(np.float32)
+
+    box = gym.spaces.Box(-np.inf, np.inf, obs.shape, np.float32)  # no network uses bounds
+    return gym.wrappers.vector.TransformObservation(envs, as_float32, single_observation_space=box)
+
+
+def seed_and_device(seed, cuda):
+    """Seed numpy and torch; one thread (small networks lose time to more); the device."""
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
+
+
+def env_dims(envs):
+    """The sizes of an observation and of an action (the number of actions, if Discrete)."""
+    act = envs.single_action_space
+    return envs.single_observation_space.shape[0], getattr(act, "n", None) or act.shape[0]
+
+
+class Run:
+    """A training run's plumbing: seeds, device, envs, --output-dir (refused if it holds a
+    model.pt, unless --overwrite) with TensorBoard, the finished episodes, the solved step
+    (last-20 mean return ≥ `threshold`), the progress line, the last good weights, summary."""
+
+    def __init__(self, args, action_spaces, iterations, threshold=475.0):
+        self.args, self.iterations, self.threshold = args, iterations, threshold
+        self.device = seed_and_device(args.seed, args.cuda)
+        self.envs = make_envs(args.env_id, args.num_envs, action_spaces)
+        name = f"{args.env_id}__{SCRIPT[:-3]}__{args.seed}__{int(time.time())}"
+        self.out = args.output_dir or os.path.join("runs", name)
+        require(args.overwrite or not os.path.exists(f"{self.out}/model.pt"),
+                f"--output-dir {self.out} holds a run; pass --overwrite to replace it")  # fmt: skip
+        video_dir = f"{self.out}/videos" if args.capture_video else None
+        self.eval_envs = None  # made now: a missing video package stops the run before training
+        if args.eval_episodes:
+            self.eval_envs = make_envs(args.env_id, args.eval_episodes, action_spaces, video_dir)
+        # TensorBoard's thread would print its own traceback for a full disk; the writer's next
+        # call raises the same OSError here. flush_secs=2: on Ctrl-C, close() waits a flush.
+        threading.excepthook = lambda a: isinstance(a.exc_value, OSError) or sys.excepthook(*a[:3])
+        self.writer = SummaryWriter(self.out, flush_secs=2)
+        self.writer.add_text("args", json.dumps(vars(args), indent=1))
+        self.episodes, self.recent, self.done, self.shown = [], deque(maxlen=20), 0, 0
+        self.solved_at_step = self.solved_at_s = self.state = None
+        self.t0 = time.time()
+        print(f"{SCRIPT} on {args.env_id} for {args.total_timesteps} steps; files in {self.out}")
+
+    def add_rollout(self, ep_return, rewards, dones, step):
+        """Log the episodes that end in a [T, N] rollout; ep_return carries each env's running
+        return across rollouts; `step` counts vector-env steps (autoresets too) and returns."""
+        for reward, done in zip(rewards.cpu().numpy(), dones.cpu().numpy() > 0, strict=True):
+            step += len(reward)
+            ep_return += reward
+            for ret in ep_return[done]:
+                self.episodes.append((step, ret))
+                self.recent.append(ret)
+                self.writer.add_scalar("charts/episodic_return", ret, step)
+                if (self.solved_at_step is None and self.threshold is not None
+                        and len(self.recent) == 20 and self.mean() >= self.threshold):  # fmt: skip
+                    self.solved_at_step, self.solved_at_s = step, time.time() - self.t0
+            ep_return[done] = 0
+        return step
+
+    def mean(self):
+        return float(np.mean(self.recent)) if self.recent else None
+
+    def iteration(self, step, stats, agent, hint, **extra):
+        """Stop on a non-finite loss or weight (or one beyond ±1e20: float32 overflows soon),
+        naming the flag `hint`; else keep the weights (and `extra`) as the last good state."""
+        weights = torch.cat([p.detach().flatten() for p in agent.parameters()])
+        if not (np.isfinite(list(stats.values())[:3]).all() and weights.abs().max() <= 1e20):
+            raise FloatingPointError(f"non-finite loss at iteration {self.done + 1}; model.pt "
+                                     f"keeps the iteration before; try a lower {hint}")  # fmt: skip
+        self.state = {k: v.clone() for k, v in agent.state_dict().items()}, extra
+        self.done, seconds = self.done + 1, time.time() - self.t0
+        for name, value in {**stats, "SPS": step / seconds}.items():
+            self.writer.add_scalar(f"charts/{name}", value, step)
+        if 10 * self.done // self.iterations > self.shown:
+            self.shown, frac = 10 * self.done // self.iterations, self.done / self.iterations
+            ret = "-" if self.mean() is None else f"{self.mean():.4g}"
+            print(f"[{100 * frac:3.0f}%] step {step}  return {ret}  elapsed {seconds:.0f}s  "
+                  f"ETA {seconds / frac - seconds:.0f}s", flush=True)  # fmt: skip
+
+    def finish(self):
+        """Save model.pt (the last good state, if any) and episodes.csv, close everything; a
+        Ctrl-C or SIGTERM meanwhile waits until the files are whole."""
+        caught, signals = [], (signal.SIGINT, signal.SIGTERM)
+        held = [signal.signal(s, lambda *_: caught.append(1)) for s in signals]
+        try:
+            if self.state is not None:
+                state, extra = self.state
+                ckpt = dict(script=SCRIPT, env_id=self.args.env_id, args=vars(self.args))
+                save_atomic(dict(ckpt, agent=state, **extra), f"{self.out}/model.pt")
+                write = lambda rows, f: np.savetxt(  # noqa: E731
+                    f, rows, "%g", ",", header="global_step,episodic_return", comments=""
+                )
+                save_atomic(np.reshape(self.episodes, (-1, 2)), f"{self.out}/episodes.csv", write)
+            self.envs.close()
+            self.writer.close()
+        finally:
+            for s, handler in zip(signals, held, strict=True):
+                signal.signal(s, handler)
+        if caught:
+            raise KeyboardInterrupt
+
+    def summary(self, algo, step, eval_returns):
+        return dict(algo=algo, env_id=self.args.env_id, seed=self.args.seed, global_step=step,
+                    solved_at_step=self.solved_at_step, solved_at_s=self.solved_at_s,
+                    final_mean_return=self.mean(),
+                    eval_mean_return=None if eval_returns is None else np.mean(eval_returns),
+                    wall_time_s=time.time() - self.t0, output_dir=self.out)  # fmt: skip
 
 
 def save_atomic(obj, path, write=torch.save):
-    """write(obj, path + ".tmp"), then rename it over `path`: a reader finds the old file or the
-    complete new one, never half of one. A failed write (a full disk, a read-only directory)
-    removes the temporary file, keeps the old one, and is an OSError that names `path`."""
-    tmp = path + ".tmp"
+    """Write a temporary file and rename it over `path`: a reader finds the old file or the
+    whole new one. A failed write keeps the old one and is an OSError that names `path`."""
     try:
-        write(obj, tmp)
-        os.replace(tmp, path)
+        write(obj, path + ".tmp")
+        os.replace(path + ".tmp", path)
     except BaseException as e:
         with contextlib.suppress(OSError):
-            os.remove(tmp)
+            os.remove(path + ".tmp")
         if isinstance(e, OSError | RuntimeError):  # torch.save reports ENOSPC as RuntimeError
-            raise OSError(f"cannot write {path}: {' '.join(str(e).split())[:200]}") from None
+            raise OSError(f"cannot write {path}: {brief(e)}") from None
         raise
 
 
+def evaluate_greedy(policy, envs, seed, device):
+    """Returns of the greedy policy a = argmax_a π(a|s), one episode in each env of `envs`
+    (the first finishers of more envs would favour short episodes); None without envs."""
+    if envs is None:
+        return None
+    obs, _ = envs.reset(seed=seed)
+    returns, alive = np.zeros(envs.num_envs), np.ones(envs.num_envs, bool)
+    while alive.any():
+        with torch.no_grad():
+            action = policy(torch.as_tensor(obs, device=device)).argmax(-1)
+        obs, reward, term, trunc, _ = envs.step(action.cpu().numpy())
+        returns, alive = returns + reward * alive, alive & ~(term | trunc)
+    envs.close()
+    return returns
+
+
+def load_for_eval(args, action_spaces, agent_class):
+    """--eval-checkpoint: the saved agent, its checkpoint, --eval-episodes envs of the env it
+    was trained on (recorded in <output-dir>/videos with --capture-video), and the device. A
+    missing, corrupt or foreign file, or weights that do not fit, is a ValueError."""
+    require(args.eval_episodes > 0, "--eval-checkpoint needs --eval-episodes > 0")
+    device = seed_and_device(args.seed, args.cuda)
+    try:
+        ckpt = torch.load(args.eval_checkpoint, map_location="cpu", weights_only=True)
+        require(ckpt.get("script") == SCRIPT, f"it was not made by {SCRIPT}")
+        name = f"runs/{ckpt['env_id']}__{SCRIPT[:-3]}__eval__{args.seed}__{int(time.time())}"
+        video_dir = f"{args.output_dir or name}/videos" if args.capture_video else None
+        require(not video_dir or args.overwrite or not os.path.exists(video_dir),
+                f"{video_dir} holds earlier videos; pass --overwrite to replace them")  # fmt: skip
+        envs = make_envs(ckpt["env_id"], args.eval_episodes, action_spaces, video_dir)
+        agent = agent_class(*env_dims(envs), ckpt["args"]["hidden_size"]).to(device)
+        agent.load_state_dict(ckpt["agent"])
+    except Exception as e:  # no file, a truncated zip, another script's, another size, ...
+        raise ValueError(
+            f"cannot use --eval-checkpoint {args.eval_checkpoint}: {brief(e)}"
+        ) from None
+    args.env_id = ckpt["env_id"]
+    return agent, envs, ckpt, device
+
+
+def eval_summary(args, returns):
+    return dict(script=SCRIPT, env_id=args.env_id, checkpoint=args.eval_checkpoint,
+                eval_episodes=len(returns), eval_mean_return=np.mean(returns),
+                eval_std_return=np.std(returns))  # fmt: skip
+
+
+def brief(e):
+    return " ".join(str(e).split())[:200]  # an exception's message, on one short line
+
+
 def main(argv=None):
-    """Run train(), print its summary as the last stdout line. Bad input, a failed save and an
-    interrupt each end with one line on stderr and a non-zero exit."""
-    # SIGTERM (sent by `timeout`, job schedulers, `docker stop`) becomes the KeyboardInterrupt
-    # of a Ctrl-C, so the same finally-blocks save the last good state before exiting.
+    """train(), then its rounded summary as the last stdout line. Bad input, a failed save, a
+    lack of memory and an interrupt (SIGTERM too) each end in one line and a non-zero exit."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = train(parse_args(argv))
-    except (ValueError, OSError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
+    except (ValueError, OSError, FloatingPointError, MemoryError, RuntimeError) as e:
+        sys.exit(f"error: {brief(e)}")
     except KeyboardInterrupt:
         print("error: interrupted; files saved before the interrupt are kept", file=sys.stderr)
         sys.exit(130)
-    # NaN and inf are not JSON: a summary line must stay parseable whatever the run produced.
-    summary = {k: None if isinstance(v, float) and not math.isfinite(v) else v
-               for k, v in summary.items()}  # fmt: skip
-    print(json.dumps(summary), flush=True)
+    rounded = lambda v: round(float(v), 3) if np.isfinite(v) else None  # noqa: E731 (NaN: no JSON)
+    print(json.dumps({k: rounded(v) if isinstance(v, float) else v for k, v in summary.items()}))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:  # the files are whole: a signal while Python exits must not print a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -3,8 +3,10 @@ gradient of a two-step MDP, CartPole's own physics limits, and a short learning 
 
 import csv
 import functools
+import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -241,12 +243,13 @@ def test_trains_on_float64_observations(tmp_path):
 
 
 def run_train(tmp_path, name, **overrides):
+    overrides = {"eval_episodes": 0, **overrides}
     args = reinforce.Args(output_dir=str(tmp_path / name), cuda=False, **overrides)
     return reinforce.train(args), args.output_dir
 
 
 def read_params(out_dir):
-    ckpt = torch.load(os.path.join(out_dir, "checkpoint.pt"))
+    ckpt = torch.load(os.path.join(out_dir, "model.pt"))
     return ckpt["agent"]  # actor.* (the policy) and critic.* (V)
 
 
@@ -284,13 +287,14 @@ def test_short_run_learns(tmp_path):
 @pytest.mark.parametrize(
     "argv,needle",
     [
-        (["--num-envs", "0"], "--num-envs must be positive"),
-        (["--total-timesteps", "-1"], "--total-timesteps must be positive"),
-        (["--learning-rate", "0"], "--learning-rate must be positive"),
+        (["--num-envs", "0"], "--num-envs"),
+        (["--total-timesteps", "-1"], "--total-timesteps"),
+        (["--learning-rate", "0"], "--learning-rate"),
+        (["--value-learning-rate", "inf"], "--value-learning-rate"),
         (["--gamma", "1.5"], "--gamma"),
-        (["--baseline", "median"], "--baseline must be none, mean or value"),
-        (["--env-id", "Pendulum-v1"], "Discrete"),
-        (["--env-id", "NoSuchEnv-v0"], "cannot make --env-id"),
+        (["--baseline", "median"], "--baseline"),
+        (["--env-id", "Pendulum-v1"], "--env-id"),
+        (["--env-id", "NoSuchEnv-v0"], "--env-id"),
     ],
 )
 def test_bad_input_is_one_line_error(tmp_path, argv, needle):
@@ -325,5 +329,30 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "nan"
     with pytest.raises(SystemExit) as e:
         reinforce.main(["--output-dir", str(out), "--no-cuda"])
-    assert str(e.value.code).startswith("error: non-finite loss at iteration 3")
-    assert torch.load(out / "checkpoint.pt")["iteration"] == 2
+    msg = str(e.value.code)
+    assert msg.startswith("error: ") and "iteration 3" in msg and "--learning-rate" in msg
+    assert torch.load(out / "model.pt")["iteration"] == 2
+
+
+# ------------------------------------------------------------------- progress and evaluation
+
+
+def test_progress_reaches_100_percent_and_eval_checkpoint_alone_replays_it(tmp_path, capsys):
+    """Iterations differ in length, so the progress line follows the steps: its percentages
+    rise to a last line of 100% although the last batch overruns --total-timesteps. Then
+    `--eval-checkpoint X` alone evaluates 10 episodes of the env recorded in X, the same
+    greedy episodes as the evaluation at the end of training."""
+    out = tmp_path / "run"
+    reinforce.main(["--no-cuda", "--total-timesteps", "3000", "--output-dir", str(out)])
+    stdout = capsys.readouterr().out
+    percents = [int(p) for p in re.findall(r"^\[\s*(\d+)%\]", stdout, re.MULTILINE)]
+    assert len(percents) >= 3 and percents == sorted(set(percents)) and percents[-1] == 100
+    trained = json.loads(stdout.strip().splitlines()[-1])
+    assert trained["global_step"] >= 3000 and trained["env_steps_simulated"] >= 3000
+    ckpt = torch.load(out / "model.pt")
+    assert ckpt["script"] == "reinforce.py" and ckpt["env_id"] == "CartPole-v1"
+    assert {"agent", "args", "optimizer", "iteration"} <= ckpt.keys()
+    reinforce.main(["--eval-checkpoint", str(out / "model.pt"), "--no-cuda"])
+    evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert evaluated["eval_episodes"] == 10 and evaluated["env_id"] == "CartPole-v1"
+    assert evaluated["eval_mean_return"] == trained["eval_mean_return"]

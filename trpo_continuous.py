@@ -525,9 +525,8 @@ def require(ok, message):
 
 
 def make_envs(env_id, num_envs, action_spaces, video_dir=None):
-    """A Gymnasium >= 1.0 vector env with next-step autoreset, numpy-vectorised where the env
-    has such a version (CartPole does); flat Box observations, cast to float32; actions one
-    of `action_spaces`. With `video_dir`, RecordVideo saves each env's first episode there."""
+    """A Gymnasium >= 1.0 vector env with next-step autoreset (numpy-vectorised if the env has
+    a version so); float32 observations; RecordVideo of each env's first episode into video_dir."""
     try:  # copy=False: sync envs hand back their buffer, not a deepcopy; astype() copies
         kwargs = dict(vector_kwargs=dict(copy=False))
         if video_dir is not None:  # fail before a run, naming what to install (pygame, ...)
@@ -543,9 +542,7 @@ def make_envs(env_id, num_envs, action_spaces, video_dir=None):
         envs = gym.make_vec(env_id, num_envs, "sync" if video_dir else None, **kwargs)
     except ModuleNotFoundError as e:
         flag = "--capture-video" if video_dir else "--env-id"
-        raise ValueError(
-            f"{flag} {env_id} needs the package {e.name}: pip install {e.name}"
-        ) from None
+        raise ValueError(f"{flag} {env_id} needs {e.name}: pip install {e.name}") from None
     except Exception as e:  # gym.error.Error (its DependencyNotInstalled names the extra), ...
         raise ValueError(f"cannot make --env-id {env_id}: {brief(e)}") from None
     act, obs = envs.single_action_space, envs.single_observation_space
@@ -596,9 +593,8 @@ def solved_threshold(args):
 
 
 class Run:
-    """A training run's plumbing: seeds, device, envs, --output-dir (refused if it holds a
-    model.pt, unless --overwrite) with TensorBoard, the finished episodes, the solved step
-    (last-20 mean return ≥ `threshold`), the progress line, the last good weights, summary."""
+    """A training run's plumbing: seeds, envs, --output-dir, TensorBoard, the episodes, the
+    solved step (last-20 mean return ≥ `threshold`), progress, the last good weights, summary."""
 
     def __init__(self, args, action_spaces, iterations, threshold=475.0):
         self.args, self.iterations, self.threshold = args, iterations, threshold
@@ -612,8 +608,8 @@ class Run:
         self.eval_envs = None  # made now: a missing video package stops the run before training
         if args.eval_episodes:
             self.eval_envs = make_envs(args.env_id, args.eval_episodes, action_spaces, video_dir)
-        # TensorBoard's thread would print its own traceback for a full disk; the writer's next
-        # call raises the same OSError here. flush_secs=2: on Ctrl-C, close() waits a flush.
+        # A full disk: no traceback from TensorBoard's thread (the writer raises it here too);
+        # flush_secs=2, as close() after a Ctrl-C waits for the thread's next flush.
         threading.excepthook = lambda a: isinstance(a.exc_value, OSError) or sys.excepthook(*a[:3])
         self.writer = SummaryWriter(self.out, flush_secs=2)
         self.writer.add_text("args", json.dumps(vars(args), indent=1))
@@ -623,8 +619,7 @@ class Run:
         print(f"{SCRIPT} on {args.env_id} for {args.total_timesteps} steps; files in {self.out}")
 
     def add_rollout(self, ep_return, rewards, dones, step):
-        """Log the episodes that end in a [T, N] rollout; ep_return carries each env's running
-        return across rollouts; `step` counts vector-env steps (autoresets too) and returns."""
+        """Log the episodes ending in a [T, N] rollout; `step` counts every vector-env step."""
         for reward, done in zip(rewards.cpu().numpy(), dones.cpu().numpy() > 0, strict=True):
             step += len(reward)
             ep_return += reward
@@ -642,8 +637,7 @@ class Run:
         return float(np.mean(self.recent)) if self.recent else None
 
     def iteration(self, step, stats, agent, hint, **extra):
-        """Stop on a non-finite loss or weight (or one beyond ±1e20: float32 overflows soon),
-        naming the flag `hint`; else keep the weights (and `extra`) as the last good state."""
+        """Stop on a non-finite loss or weight (or beyond ±1e20), else keep them as last good."""
         weights = torch.cat([p.detach().flatten() for p in agent.parameters()])
         if not (np.isfinite(list(stats.values())[:3]).all() and weights.abs().max() <= 1e20):
             raise FloatingPointError(f"non-finite loss at iteration {self.done + 1}; model.pt "
@@ -659,8 +653,7 @@ class Run:
                   f"ETA {seconds / frac - seconds:.0f}s", flush=True)  # fmt: skip
 
     def finish(self):
-        """Save model.pt (the last good state, if any) and episodes.csv, close everything; a
-        Ctrl-C or SIGTERM meanwhile waits until the files are whole."""
+        """Save model.pt and episodes.csv; a Ctrl-C or SIGTERM meanwhile waits for them."""
         caught, signals = [], (signal.SIGINT, signal.SIGTERM)
         held = [signal.signal(s, lambda *_: caught.append(1)) for s in signals]
         try:
@@ -689,8 +682,7 @@ class Run:
 
 
 def save_atomic(obj, path, write=torch.save):
-    """Write a temporary file and rename it over `path`: a reader finds the old file or the
-    whole new one. A failed write keeps the old one and is an OSError that names `path`."""
+    """Write path.tmp, then rename it: the old file stays whole until the new one is."""
     try:
         write(obj, path + ".tmp")
         os.replace(path + ".tmp", path)
@@ -723,9 +715,7 @@ def evaluate_deterministic(agent, envs, seed, device, obs_stats, clip_obs):
 
 
 def load_for_eval(args, action_spaces, agent_class):
-    """--eval-checkpoint: the saved agent, its checkpoint, --eval-episodes envs of the env it
-    was trained on (recorded in <output-dir>/videos with --capture-video), and the device. A
-    missing, corrupt or foreign file, or weights that do not fit, is a ValueError."""
+    """--eval-checkpoint: the saved agent and --eval-episodes envs of the env it was made on."""
     require(args.eval_episodes > 0, "--eval-checkpoint needs --eval-episodes > 0")
     device = seed_and_device(args.seed, args.cuda)
     try:
@@ -739,9 +729,7 @@ def load_for_eval(args, action_spaces, agent_class):
         agent = agent_class(*env_dims(envs), ckpt["args"]["hidden_size"]).to(device)
         agent.load_state_dict(ckpt["agent"])
     except Exception as e:  # no file, a truncated zip, another script's, another size, ...
-        raise ValueError(
-            f"cannot use --eval-checkpoint {args.eval_checkpoint}: {brief(e)}"
-        ) from None
+        raise ValueError(f"--eval-checkpoint {args.eval_checkpoint}: {brief(e)}") from None
     args.env_id = ckpt["env_id"]
     return agent, envs, ckpt, device
 
@@ -768,8 +756,7 @@ def brief(e):
 
 
 def main(argv=None):
-    """train(), then its rounded summary as the last stdout line. Bad input, a failed save, a
-    lack of memory and an interrupt (SIGTERM too) each end in one line and a non-zero exit."""
+    """train(), then its rounded summary; any failure is one `error:` line, exit non-zero."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:

@@ -397,11 +397,10 @@ def require(ok, message):
 def make_envs(env_id, num_envs, action_spaces, video_dir=None):
     """A Gymnasium >= 1.0 vector env with next-step autoreset (numpy-vectorised if the env has
     a version so); float32 observations; RecordVideo of each env's first episode into video_dir."""
+    flag = "--capture-video" if video_dir else "--env-id"
     try:  # copy=False: sync envs hand back their buffer, not a deepcopy; astype() copies
         kwargs = dict(vector_kwargs=dict(copy=False))
-        if video_dir is not None:  # fail before a run, naming what to install (pygame, ...)
-            import moviepy  # noqa: F401  (RecordVideo encodes with it)
-
+        if video_dir:  # a missing renderer (pygame, ...) or moviepy fails now, not after a run
             (probe := gym.make(env_id, render_mode="rgb_array")).reset()
             probe.render(), probe.close()
             names = iter(range(num_envs))
@@ -410,11 +409,8 @@ def make_envs(env_id, num_envs, action_spaces, video_dir=None):
         elif gym.spec(env_id).vector_entry_point is not None:
             kwargs = {}
         envs = gym.make_vec(env_id, num_envs, "sync" if video_dir else None, **kwargs)
-    except ModuleNotFoundError as e:
-        flag = "--capture-video" if video_dir else "--env-id"
-        raise ValueError(f"{flag} {env_id} needs {e.name}: pip install {e.name}") from None
-    except Exception as e:  # gym.error.Error (its DependencyNotInstalled names the extra), ...
-        raise ValueError(f"cannot make --env-id {env_id}: {brief(e)}") from None
+    except Exception as e:  # gym.error.Error, DependencyNotInstalled (names the package), ...
+        raise ValueError(f"{flag} {env_id}: {brief(e)}") from None
     act, obs = envs.single_action_space, envs.single_observation_space
     if not (isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1
             and isinstance(act, action_spaces)
@@ -496,7 +492,8 @@ class Run:
         if not (np.isfinite(list(stats.values())[:3]).all() and weights.abs().max() <= 1e20):
             raise FloatingPointError(f"non-finite loss at iteration {self.done + 1}; model.pt "
                                      f"keeps the iteration before; try a lower {hint}")  # fmt: skip
-        self.state = {k: v.clone() for k, v in agent.state_dict().items()}, extra
+        self.state = dict(script=SCRIPT, env_id=self.args.env_id, args=vars(self.args), **extra,
+                          agent={k: v.clone() for k, v in agent.state_dict().items()})  # fmt: skip
         self.done, seconds = self.done + 1, time.time() - self.t0
         for name, value in {**stats, "SPS": step / seconds}.items():
             self.writer.add_scalar(f"charts/{name}", value, step)
@@ -512,13 +509,10 @@ class Run:
         held = [signal.signal(s, lambda *_: caught.append(1)) for s in signals]
         try:
             if self.state is not None:
-                state, extra = self.state
-                ckpt = dict(script=SCRIPT, env_id=self.args.env_id, args=vars(self.args))
-                save_atomic(dict(ckpt, agent=state, **extra), f"{self.out}/model.pt")
-                write = lambda rows, f: np.savetxt(  # noqa: E731
-                    f, rows, "%g", ",", header="global_step,episodic_return", comments=""
-                )
-                save_atomic(np.reshape(self.episodes, (-1, 2)), f"{self.out}/episodes.csv", write)
+                header = "global_step,episodic_return"
+                csv = lambda rows, f: np.savetxt(f, rows, "%g", ",", header=header, comments="")  # noqa: E731
+                save_atomic(self.state, f"{self.out}/model.pt")
+                save_atomic(np.reshape(self.episodes, (-1, 2)), f"{self.out}/episodes.csv", csv)
             self.envs.close()
             self.writer.close()
         finally:
@@ -572,8 +566,6 @@ def load_for_eval(args, action_spaces, agent_class):
         require(ckpt.get("script") == SCRIPT, f"it was not made by {SCRIPT}")
         name = f"runs/{ckpt['env_id']}__{SCRIPT[:-3]}__eval__{args.seed}__{int(time.time())}"
         video_dir = f"{args.output_dir or name}/videos" if args.capture_video else None
-        require(not video_dir or args.overwrite or not os.path.exists(video_dir),
-                f"{video_dir} holds earlier videos; pass --overwrite to replace them")  # fmt: skip
         envs = make_envs(ckpt["env_id"], args.eval_episodes, action_spaces, video_dir)
         agent = agent_class(*env_dims(envs), ckpt["args"]["hidden_size"]).to(device)
         agent.load_state_dict(ckpt["agent"])

@@ -22,11 +22,19 @@ https://arxiv.org/abs/2503.20783). Departures from the papers, on purpose:
 - GRPO's β is adapted by the same KL controller as PPO's, from --loss-kl-coef (the paper
   keeps it fixed); Dr. GRPO keeps the k3 term (the paper drops it, with a checkable reward).
 
-    python rlhf_ppo_gpt2.py --model-name tiny                  # built-in task, CPU, ~1 minute
-    python rlhf_ppo_gpt2.py --model-name tiny --algo grpo      # critic-free, 16 prompts x 4
-    python rlhf_ppo_gpt2.py --reward-model-path runs/rm/reward_model  # RM of reward_model.py
-    python rlhf_ppo_gpt2.py --help
+    python rlhf_ppo_gpt2.py --model-name tiny --output-dir runs/rlhf   # built-in task, CPU, ~1 min
+    python rlhf_ppo_gpt2.py --model-name tiny --algo grpo              # critic-free, 16 prompts x 4
+    python rlhf_ppo_gpt2.py --reward-model-path runs/rm/reward_model   # an RM of reward_model.py
+    torchrun --nproc-per-node 2 rlhf_ppo_gpt2.py --model-name tiny     # data parallel (DDP)
+
+--model-name gpt2 is read from a local directory or the Hugging Face cache, else downloaded;
+with HF_HUB_OFFLINE=1 a missing model fails at once instead of after a minute of retries.
 """
+
+import signal
+
+if __name__ == "__main__":  # until main() runs, Ctrl-C ends the process without a traceback
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 import argparse
 import contextlib
@@ -35,181 +43,801 @@ import dataclasses
 import functools
 import glob
 import json
-import logging
-import math
 import os
 import random
 import re
 import shutil
-import signal
-import socket
 import sys
 import tempfile
-import threading
 import time
-import urllib.parse
-from dataclasses import dataclass
 
-try:  # Ctrl-C while torch loads (a second or two) gets one line, not a traceback
-    import numpy as np
-    import torch
-    import torch.distributed as dist
-    import torch.nn as nn
-    import torch.nn.functional as F
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from torch.nn.parallel import DistributedDataParallel
-    from torch.utils.tensorboard import SummaryWriter
-    from transformers import (
-        AutoTokenizer,
-        GPT2Config,
-        GPT2LMHeadModel,
-        GPT2Model,
-        PreTrainedTokenizerFast,
-    )
-    from transformers.utils import logging as hf_logging
-except KeyboardInterrupt:
-    sys.exit("error: interrupted while starting up; nothing was written")
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+import transformers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch.utils.tensorboard import SummaryWriter
+from transformers import AutoTokenizer, GPT2Config, GPT2Model, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 
-def flag(default, help):
-    """A dataclass field that is also a command-line flag with help text."""
-    return dataclasses.field(default=default, metadata={"help": help})
+def flag(default, help, rule=None):
+    """A field of Args that is also a --flag; parse_args checks its rule (see RULES)."""
+    return dataclasses.field(default=default, metadata=dict(help=help, rule=rule))
 
 
-@dataclass
+@dataclasses.dataclass
 class Args:
-    seed: int = flag(1, "seed of random, numpy and torch")
+    seed: int = flag(1, "seed of random, numpy and torch", "in [0, 2^32)")
     cuda: bool = flag(True, "use CUDA when it is available")
-    output_dir: str = flag("", "logs and checkpoints go here; default runs/<run-name>")
+    output_dir: str = flag("", "sft/, reward_model/, policy/ and logs go here; default runs/...")
     overwrite: bool = flag(False, "replace the files of an earlier run in --output-dir")
-    model_name: str = flag("gpt2", "'gpt2' (pretrained, hub or local dir) or 'tiny' (offline)")
+    model_name: str = flag("gpt2", "'gpt2' (pretrained; hub name or local dir) or 'tiny' (offline)")
     sft_data: str = flag("", "JSONL of {prompt, response} for SFT; '' = built-in demonstrations")
     preference_data: str = flag("", "JSONL of {prompt, chosen, rejected}; '' = annotators label")
     reward_model_path: str = flag("", "RM saved by reward_model.py; '' = train one inline")
-    annotator_temperature: float = flag(
-        0.1, "τ of the simulated annotators, P(y1 preferred) = σ((g1 - g2)/τ); 0 = noiseless"
-    )
-    threads: int = flag(0, "torch CPU threads; 0 = 1 for --model-name tiny, else torch's default")
+    annotator_temperature: float = flag(0.1, "τ of the simulated annotators; 0 = noiseless", ">= 0")
+    threads: int = flag(0, "torch CPU threads; 0 = 1 for --model-name tiny, else torch's", ">= 0")
     # Stage 1: SFT
-    sft_demos: int = flag(6144, "built-in demonstrations to fine-tune on")
-    sft_epochs: int = flag(3, "passes over the demonstrations")
-    sft_batch_size: int = flag(32, "demonstrations per SFT step")
-    sft_lr: float = flag(3e-3, "Adam step size of SFT")
+    sft_demos: int = flag(6144, "built-in demonstrations to fine-tune on", "> 0")
+    sft_epochs: int = flag(3, "passes over the demonstrations", ">= 0")
+    sft_batch_size: int = flag(32, "demonstrations per SFT step", "> 0")
+    sft_lr: float = flag(3e-3, "Adam step size of SFT", "> 0")
     # Stage 2: RM
-    rm_pairs: int = flag(4096, "preference pairs sampled from the SFT policy for the inline RM")
-    rm_epochs: int = flag(2, "passes over the preference pairs")
-    rm_batch_size: int = flag(32, "pairs per RM step")
-    rm_lr: float = flag(5e-4, "Adam step size of the RM")
+    rm_pairs: int = flag(4096, "preference pairs sampled from the SFT policy for the RM", "> 0")
+    rm_epochs: int = flag(2, "passes over the preference pairs", ">= 0")
+    rm_batch_size: int = flag(32, "pairs per RM step", "> 0")
+    rm_lr: float = flag(5e-4, "Adam step size of the RM", "> 0")
     # Stage 3: PPO, or a critic-free policy gradient
-    algo: str = flag("ppo", "'ppo' (critic + GAE) or critic-free 'rloo', 'grpo', 'dr_grpo'")
-    reward: str = flag("rm", "stage-3 reward: 'rm' (the learned RM) or 'gold' (the task's scorer)")
-    samples_per_prompt: int = flag(0, "responses per prompt, one generate(); 0 = 1 for ppo, else 4")
-    ppo_iterations: int = flag(40, "rollout-then-update iterations")
-    rollout_batch_size: int = flag(64, "responses per iteration (prompts x --samples-per-prompt)")
-    minibatch_size: int = flag(16, "responses per gradient step")
-    ppo_epochs: int = flag(4, "passes over each rollout batch")
-    learning_rate: float = flag(1e-4, "Adam step size of the policy and the value model")
-    adam_eps: float = flag(1e-5, "Adam epsilon (PyTorch adds it outside the sqrt, TF inside)")
-    temperature: float = flag(1.0, "sampling temperature; log-probs are recomputed with it too")
-    max_new_tokens: int = flag(16, "longest response; a response without EOS is cut here")
-    clip_coef: float = flag(0.2, "PPO ratio clip epsilon")
-    value_clip: float = flag(0.2, "clip of the value change per update (0 = no value clipping)")
-    max_grad_norm: float = flag(1.0, "gradient-norm clip, applied to each model separately")
-    gamma: float = flag(1.0, "discount over response tokens")
-    gae_lambda: float = flag(0.95, "GAE lambda over response tokens")
-    init_kl_coef: float = flag(
-        0.2, "initial KL penalty coefficient beta (ppo, rloo: in the reward)"
-    )
-    loss_kl_coef: float = flag(0.5, "initial beta of the k3 KL loss term (grpo, dr_grpo)")
-    kl_target: float = flag(4.0, "target KL(pi||pi_ref) in nats per response; 0 = fixed beta")
-    kl_horizon: int = flag(500, "horizon (in responses) of the adaptive KL controller")
-    no_eos_penalty: float = flag(1.0, "subtracted from the RM score of a response with no EOS")
-    eval_samples: int = flag(256, "responses sampled to evaluate the SFT and the final policy")
-    sample_every: int = flag(10, "print a few sample responses every N iterations (0 = never)")
+    algo: str = flag("ppo", "PPO or a critic-free baseline", ("ppo", "rloo", "grpo", "dr_grpo"))
+    reward: str = flag("rm", "stage-3 reward: the learned RM or the gold scorer", ("rm", "gold"))
+    samples_per_prompt: int = flag(0, "responses per prompt; 0 = 1 for ppo, else 4", ">= 0")
+    ppo_iterations: int = flag(40, "rollout-then-update iterations", ">= 0")
+    rollout_batch_size: int = flag(64, "responses per iteration (prompts x samples)", "> 0")
+    minibatch_size: int = flag(16, "responses per gradient step", "> 0")
+    ppo_epochs: int = flag(4, "passes over each rollout batch", "> 0")
+    learning_rate: float = flag(1e-4, "Adam step size of the policy and the value model", "> 0")
+    adam_eps: float = flag(1e-5, "Adam ε (PyTorch adds it outside the sqrt, TF inside)", "> 0")
+    temperature: float = flag(1.0, "sampling temperature; log-probs use it too", "> 0")
+    max_new_tokens: int = flag(16, "longest response; a response without EOS is cut", "> 0")
+    clip_coef: float = flag(0.2, "ε of the PPO ratio clip", ">= 0")
+    value_clip: float = flag(0.2, "clip of the value change per update; 0 = none", ">= 0")
+    max_grad_norm: float = flag(1.0, "gradient-norm clip, of each model separately", "> 0")
+    gamma: float = flag(1.0, "discount γ over response tokens", "in [0, 1]")
+    gae_lambda: float = flag(0.95, "GAE λ over response tokens", "in [0, 1]")
+    init_kl_coef: float = flag(0.2, "initial β of the KL penalty in the reward (ppo, rloo)", ">= 0")
+    loss_kl_coef: float = flag(0.5, "initial β of the k3 KL loss term (grpo, dr_grpo)", ">= 0")
+    kl_target: float = flag(4.0, "target KL(π‖π_ref), nats per response; 0 = fixed β", ">= 0")
+    kl_horizon: int = flag(500, "horizon (in responses) of the adaptive KL controller", "> 0")
+    no_eos_penalty: float = flag(1.0, "subtracted from the score of a response with no EOS", ">= 0")
+    eval_samples: int = flag(256, "responses to evaluate SFT and final policy (and RM norm)", "> 0")
+    sample_every: int = flag(10, "print sample responses every N iterations; 0 = never", ">= 0")
 
 
-def parse_args(argv=None) -> Args:
-    """Build the command line from the fields of Args: --flag-name, --x/--no-x for booleans."""
-    parser = argparse.ArgumentParser(description=sys.modules[__name__].__doc__.split("\n")[0])
-    for f in dataclasses.fields(Args):
-        kind = type(f.default)
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            type=None if kind is bool else kind,
-            action=argparse.BooleanOptionalAction if kind is bool else None,
-            default=f.default,
-            help=f.metadata["help"] + " (default: %(default)s)",
+# ---- The math: pure functions of tensors, each checked alone by the tests ----
+
+
+def positions_from_mask(mask):
+    """p_t = (sum_{s<=t} m_s) - 1: the index of each real token among the real tokens.
+
+    With left-padded prompts the first real token must sit at position 0, as it did in
+    pre-training; arange() positions would shift every token by the pad count (Huang et al.
+    2023). Pads get 0; they are masked out of attention anyway."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def token_logprobs(logits, tokens, temperature):
+    """log pi(a_t | s_t) = log_softmax(z_t / T)[a_t], with the T that sampling used.
+
+    logits[:, t] must be the logits that predicted tokens[:, t]. Sampling at T but scoring at
+    T = 1 would make the PPO ratio differ from 1 before any update."""
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def token_entropy(logits, temperature):
+    """H_t = -sum_a p_a log p_a with p = softmax(z_t / T), per token."""
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def masked_mean(x, mask):
+    """sum(x * m) / sum(m)."""
+    return (x * mask).sum() / mask.sum()
+
+
+def masked_whiten(x, mask, eps=1e-8):
+    """(x - mu) / sqrt(var + eps), with mu and (unbiased) var over the unmasked entries only;
+    masked entries come out 0, so padding never leaks into the statistics or the loss."""
+    mu = masked_mean(x, mask)
+    var = masked_mean((x - mu) ** 2, mask) * mask.sum() / (mask.sum() - 1)
+    return (x - mu) * torch.rsqrt(var + eps) * mask
+
+
+def sft_loss(logits, labels, loss_mask):
+    """L_SFT = -(1/|R|) sum_{t in R} log p(x_t | x_<t), over the response tokens R of the batch.
+
+    logits[:, t] predicts labels[:, t + 1]. R holds the response tokens and the appended EOS
+    (so the model learns to stop); prompt tokens and padding have loss_mask 0, so whatever
+    sits in their labels does not matter."""
+    mask = loss_mask[:, 1:].float()
+    targets = torch.where(mask.bool(), labels[:, 1:], 0)
+    logp = F.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets.unsqueeze(-1))
+    return -(logp.squeeze(-1) * mask).sum() / mask.sum()
+
+
+def kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, beta):
+    """r_t = -beta (log pi(a_t|s_t) - log pi_ref(a_t|s_t)) + [t = last real token] r_phi(x, y).
+
+    The RM judges the whole response, so its score lands once, on the last real token; the
+    KL penalty (Ziegler et al. 2019) is paid on every response token; padding after
+    EOS gets 0. mask must be a prefix of ones (the response, EOS included)."""
+    rewards = -beta * (logprobs - ref_logprobs) * mask
+    last = mask.sum(1).long() - 1
+    rewards[torch.arange(len(rewards)), last] += scores
+    return rewards
+
+
+def token_gae(rewards, values, mask, gamma, lam):
+    """GAE over the response tokens of a [batch, T] rollout; returns (Â, returns).
+
+    δ_t = r_t + γ V_{t+1} − V_t,   Â_t = δ_t + γλ Â_{t+1},   R_t = Â_t + V_t.
+    Rewards, V and Â are zero past the last real token, so an episode ends at EOS (or at the
+    length cut) with no bootstrap, and padding neither gets nor leaks any advantage."""
+    rewards, values = rewards * mask, values * mask
+    adv = torch.zeros_like(rewards)
+    next_adv = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else 0.0
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_adv = delta + gamma * lam * next_adv
+        adv[:, t] = next_adv
+    adv = adv * mask
+    return adv, (adv + values) * mask
+
+
+def token_policy_loss(logprobs, old_logprobs, advantages, mask, clip_coef):
+    """L_CLIP = -E_t[min(rho_t A_t, clip(rho_t, 1-eps, 1+eps) A_t)],  rho_t = pi/pi_old.
+
+    Also returns the clip fraction and the k3 estimate of KL(pi_old || pi):
+    (rho - 1) - log rho, which is unbiased and never negative (Schulman, 2020)."""
+    log_ratio = logprobs - old_logprobs
+    ratio = log_ratio.exp()
+    # -min(rho A, clip(rho) A) = max(-rho A, -clip(rho) A)
+    losses = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef))
+    with torch.no_grad():
+        clipfrac = masked_mean(((ratio - 1).abs() > clip_coef).float(), mask)
+        approx_kl = masked_mean(ratio - 1 - log_ratio, mask)
+    return masked_mean(losses, mask), clipfrac, approx_kl
+
+
+def token_value_loss(values, old_values, returns, mask, clip_coef):
+    """L_V = 1/2 E_t[max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)].
+
+    The value function may not move further than c from its rollout-time value in one
+    update, as the policy's ratio may not leave [1-eps, 1+eps]; c = 0 turns the clip off."""
+    if clip_coef <= 0:
+        return 0.5 * masked_mean((values - returns) ** 2, mask)
+    clipped = old_values + (values - old_values).clamp(-clip_coef, clip_coef)
+    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+def adaptive_kl_coef(beta, kl, kl_target, n_steps, horizon):
+    """Ziegler et al. 2019 (as in their code): e = clip(KL / KL_target - 1, -0.2, 0.2),
+    beta <- beta (1 + e n_steps / horizon). kl_target = 0 keeps beta fixed.
+
+    The error is clipped, so one noisy batch moves beta by at most 20% of n_steps/horizon."""
+    if kl_target <= 0:
+        return beta
+    e = min(max(kl / kl_target - 1.0, -0.2), 0.2)
+    return beta * (1.0 + e * n_steps / horizon)
+
+
+def kl_estimators(logprobs, ref_logprobs):
+    """Single-sample estimators of KL(π‖π_ref) per token (Schulman 2020), for tokens sampled
+    from π, with log r = log π_ref(a_t) − log π(a_t):
+
+    k1 = −log r,   k2 = ½ (log r)²,   k3 = (r − 1) − log r.
+
+    E_π[k1] = E_π[k3] = KL(π‖π_ref); k2 is biased (right to second order), k3 never negative.
+    As loss terms, differentiated at fixed samples, their expected gradients are 0, ∇KL(π‖π_ref)
+    and ∇KL(π_ref‖π): k3 in the loss (GRPO) pulls on the forward KL, not the one it
+    estimates (equal only to first order near π_ref). PPO and RLOO sum k1 into the reward
+    instead, where the score-function gradient of E[Σ k1] is ∇KL(π‖π_ref), unbiased."""
+    log_r = ref_logprobs - logprobs
+    return -log_r, 0.5 * log_r**2, log_r.exp() - 1 - log_r
+
+
+def rloo_advantages(rewards, k):
+    """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024) for rewards grouped k
+    consecutive per prompt: the baseline of sample i is the mean reward of the other k − 1,
+
+    Â_i = R_i − 1/(k−1) Σ_{j≠i} R_j  (= k/(k−1) (R_i − mean_j R_j)).
+
+    The baseline does not depend on y_i, so the estimator stays unbiased."""
+    R = rewards.view(-1, k)
+    return (R - (R.sum(1, keepdim=True) - R) / (k - 1)).flatten()
+
+
+def group_advantages(rewards, k, scale_by_std, eps=1e-4):
+    """Group-relative advantages for rewards grouped k consecutive per prompt:
+
+    GRPO (Shao et al. 2024):       Â_i = (r_i − mean(r)) / (std(r) + ε)
+    Dr. GRPO (Liu et al. 2025):    Â_i = r_i − mean(r)          (scale_by_std=False)
+
+    std is the sample std (k − 1 in the denominator), as in TRL. A group whose rewards are all
+    equal carries no signal: its advantages are exactly 0 (never NaN, whatever ε is)."""
+    r = rewards.view(-1, k)
+    same = r.max(1, keepdim=True).values == r.min(1, keepdim=True).values
+    adv = r - r.mean(1, keepdim=True)
+    if scale_by_std:
+        adv = adv / (r.std(1, keepdim=True) + eps)
+    return adv.masked_fill(same, 0.0).flatten()
+
+
+def grpo_policy_loss(
+    logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_coef, beta, constant=0
+):
+    """GRPO's loss (Shao et al. 2024, eq. 3): the clipped surrogate plus a k3 KL term per token,
+
+    ℓ_t = −min(ρ_t Â_t, clip(ρ_t, 1−ε, 1+ε) Â_t) + β k3_t,   ρ_t = π/π_old,
+    L = mean_i (1/|y_i|) Σ_t ℓ_{i,t}        (per response, then over responses), or
+    L = Σ_i Σ_t ℓ_{i,t} / constant          (Dr. GRPO, Liu et al. 2025: constant > 0).
+
+    GRPO's per-response mean gives each token of a short response more weight than one of a
+    long response (a length bias); Dr. GRPO's constant does not. Also returns the clip
+    fraction and approx. KL(π_old‖π), as token_policy_loss does."""
+    log_ratio = logprobs - old_logprobs
+    ratio = log_ratio.exp()
+    # −min(ρ Â, clip(ρ) Â) = max(−ρ Â, −clip(ρ) Â)
+    surrogate = torch.max(-advantages * ratio,
+                          -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef))  # fmt: skip
+    losses = (surrogate + beta * kl_estimators(logprobs, ref_logprobs)[2]) * mask
+    loss = losses.sum() / constant if constant > 0 else (losses.sum(1) / mask.sum(1)).mean()
+    with torch.no_grad():
+        clipfrac = masked_mean(((ratio - 1).abs() > clip_coef).float(), mask)
+        approx_kl = masked_mean(ratio - 1 - log_ratio, mask)
+    return loss, clipfrac, approx_kl
+
+
+def response_mask_after_eos(responses, eos_id):
+    """m_t = 1 up to and including the first EOS, 0 after it (where generate() pads).
+
+    GPT-2 pads with EOS itself, so padding is found by position, not by token id."""
+    is_eos = responses == eos_id
+    # eos seen strictly before t  <=>  t is padding
+    return ((is_eos.long().cumsum(1) - is_eos.long()) == 0).long()
+
+
+# ---- The models: policy log-probs, sampling, the value model ----
+
+
+def sequence_logits(model, queries, query_mask, responses, response_mask):
+    """Logits that predict each response token: the forward pass over prompt + response,
+    shifted by one (logits at position t predict token t + 1)."""
+    ids = torch.cat([queries, responses], 1)
+    mask = torch.cat([query_mask, response_mask], 1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask))
+    return out.logits[:, queries.shape[1] - 1 : -1]
+
+
+@torch.no_grad()
+def generate_responses(policy, tokenizer, prompts, max_new_tokens, temperature, scores=False):
+    """Sample one response per prompt at temperature T. No top-k, no top-p: plain ancestral
+    sampling, so the recomputed log pi_T(a_t) describe the distribution actually sampled.
+
+    Returns the left-padded prompts and their mask, the responses (padding after the first
+    EOS) and their mask, and with scores=True generate()'s own log pi_T(a_t)."""
+    device = next(policy.parameters()).device
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left",
+                    add_special_tokens=False)  # fmt: skip
+    queries, query_mask = enc.input_ids.to(device), enc.attention_mask.to(device)
+    # generate() derives position ids from the attention mask, as positions_from_mask does
+    out = policy.generate(
+        input_ids=queries, attention_mask=query_mask, do_sample=True, temperature=temperature,
+        top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, return_dict_in_generate=True, output_scores=scores,
+    )  # fmt: skip
+    responses = out.sequences[:, queries.shape[1] :]
+    mask = response_mask_after_eos(responses, tokenizer.eos_token_id)
+    responses = responses.masked_fill(mask == 0, tokenizer.pad_token_id)
+    gen_logprobs = None
+    if scores:
+        # out.scores[t] holds the processed logits z_t / T, so log_softmax gives log pi_T
+        logp = F.log_softmax(torch.stack(out.scores, 1).float(), dim=-1)
+        gen_logprobs = logp.gather(-1, responses.unsqueeze(-1)).squeeze(-1) * mask
+    return queries, query_mask, responses, mask, gen_logprobs
+
+
+def decode_responses(tokenizer, responses, mask):
+    """Response texts without EOS and padding, and whether each one ended with EOS."""
+    texts, ended = [], []
+    for ids, n in zip(responses.tolist(), mask.sum(1).tolist(), strict=True):
+        ids = ids[:n]
+        ended.append(bool(ids) and ids[-1] == tokenizer.eos_token_id)
+        texts.append(tokenizer.decode(ids[:-1] if ended[-1] else ids))
+    return texts, ended
+
+
+def sample_texts(policy, tokenizer, prompts, args):
+    """Response texts sampled from the policy at --temperature, one per prompt, batched."""
+    texts = []
+    for i in range(0, len(prompts), args.rollout_batch_size):
+        batch = prompts[i : i + args.rollout_batch_size]
+        r, m = generate_responses(policy, tokenizer, batch, args.max_new_tokens,
+                                  args.temperature)[2:4]  # fmt: skip
+        texts += decode_responses(tokenizer, r, m)[0]
+    return texts
+
+
+class ValueModel(nn.Module):
+    """V(s_t) for each response token t, read where the policy's logits for token t are: a
+    GPT-2 trunk and a scalar head at every token, a network of its own that starts as a copy
+    of the reward model.
+
+    Separate rather than a second head on the policy (as in Ouyang et al. 2022 and Huang et
+    al. 2024): the value loss cannot then drag the policy's features, and a copy of the RM
+    predicts the final score from the first iteration instead of from noise. The price is
+    a second forward/backward pass per minibatch."""
+
+    def __init__(self, reward_model):
+        super().__init__()
+        self.backbone = copy.deepcopy(reward_model.backbone)
+        self.head = copy.deepcopy(reward_model.head)
+
+    def forward(self, queries, query_mask, responses, response_mask):
+        ids, mask = torch.cat([queries, responses], 1), torch.cat([query_mask, response_mask], 1)
+        hidden = self.backbone(ids, attention_mask=mask, position_ids=positions_from_mask(mask))
+        values = self.head(hidden.last_hidden_state).squeeze(-1).float()
+        return values[:, queries.shape[1] - 1 : -1]
+
+
+# ---- Rollout and update (stage 3) ----
+
+
+@torch.no_grad()
+def collect_rollout(policy, reference, reward_model, rm_tokenizer, tokenizer, prompts, args):
+    """Sample one response per prompt and score it: the tensors PPO needs, and the metrics.
+    A prompt repeated k times in `prompts` gets k responses from the same generate() call.
+
+    The RM reads the response re-encoded from its text (the form it was trained on, EOS
+    appended), so an RM from reward_model.py scores PPO samples as it scored its data;
+    reward_model None means the gold score is the reward (--reward gold). The KL of a
+    response is sum_t (log pi(a_t) - log pi_ref(a_t)): the k1 estimate of KL(pi || pi_ref)
+    in nats per response, the quantity the KL penalty and target use."""
+    q, qm, r, m, _ = generate_responses(policy, tokenizer, prompts, args.max_new_tokens,
+                                        args.temperature)  # fmt: skip
+    logits = sequence_logits(policy, q, qm, r, m)
+    logp = token_logprobs(logits, r, args.temperature) * m
+    ref_logp = token_logprobs(sequence_logits(reference, q, qm, r, m), r, args.temperature) * m
+    texts, ended = decode_responses(tokenizer, r, m)
+    gold = gold_scores(texts)
+    if reward_model is None:
+        scores = torch.tensor(gold, dtype=torch.float32, device=r.device)
+    else:
+        scores = score(reward_model, rm_tokenizer, list(prompts), texts).to(r.device)
+    roll = {"q": q, "qm": qm, "r": r, "m": m, "logp": logp, "ref_logp": ref_logp}
+    roll |= {"scores": scores, "ended": torch.tensor(ended, device=r.device), "texts": texts}
+    well_formed = [e and is_well_formed(t) for t, e in zip(texts, ended, strict=True)]
+    stats = dict(gold=float(gold.mean()), rm_score=scores.mean().item(),
+                 kl=(logp - ref_logp).sum(1).mean().item(),
+                 entropy=masked_mean(token_entropy(logits, args.temperature), m).item(),
+                 well_formed=float(np.mean(well_formed)),
+                 length=m.sum(1).float().mean().item())  # fmt: skip
+    return roll, stats
+
+
+def evaluate_lm_policy(policy, reference, reward_model, rm_tokenizer, tokenizer, prompts, args):
+    """Mean rollout metrics over --eval-samples responses (the same prompts at every call)."""
+    rng, n = random.Random(args.seed + 1), args.rollout_batch_size
+    chosen = [rng.choice(prompts) for _ in range(args.eval_samples)]
+    models = (policy, reference, reward_model, rm_tokenizer, tokenizer)
+    parts = [collect_rollout(*models, chosen[i : i + n], args)[1] for i in range(0, len(chosen), n)]
+    weights = [len(chosen[i : i + n]) for i in range(0, len(chosen), n)]
+    return {k: float(np.average([p[k] for p in parts], weights=weights)) for k in parts[0]}
+
+
+@torch.no_grad()
+def algo_advantages(args, roll, value_model, beta, k):
+    """Â for every response token of a rollout, by --algo (and, for ppo, the values and the
+    returns the value loss needs): PPO's token GAE over KL-shaped rewards, whitened over the
+    global batch; RLOO's leave-one-out baseline on a KL-penalised sequence reward; GRPO's
+    (Dr. GRPO's) group baseline, the same Â on every token of a response."""
+    m = roll["m"]
+    # a response cut at --max-new-tokens never ended: a fixed penalty on its score
+    scores = roll["scores"] - args.no_eos_penalty * (~roll["ended"]).float()
+    if args.algo == "ppo":
+        values = value_model(roll["q"], roll["qm"], roll["r"], m) * m
+        rewards = kl_shaped_rewards(scores, roll["logp"], roll["ref_logp"], m, beta)
+        adv, returns = token_gae(rewards, values, m, args.gamma, args.gae_lambda)
+        # whitened over all response tokens of the batch, after the returns are made
+        return {"adv": global_masked_whiten(adv, m), "values": values, "returns": returns}
+    if args.algo == "rloo":
+        # R = r_φ(x, y) − β Σ_t (log π − log π_ref): the KL (k1) in the sequence reward
+        seq_reward = scores - beta * (roll["logp"] - roll["ref_logp"]).sum(1)
+        return {"adv": rloo_advantages(seq_reward, k)[:, None] * m}
+    # the KL is a loss term (grpo_policy_loss), not part of the reward
+    return {"adv": group_advantages(scores, k, args.algo == "grpo")[:, None] * m}
+
+
+def minibatch_loss(args, policy, value_model, b, mb, beta):
+    """The stage-3 loss of the responses `mb` (indices) of the rollout `b`, and its statistics: the
+    clipped surrogate with token-mean aggregation (ppo, rloo) or GRPO's loss with its k3 KL term
+    weighted by β (grpo, dr_grpo); plus, for ppo, the clipped value loss. No value-loss weight: the
+    two networks share no parameters, and Adam's step does not depend on the scale of the gradient,
+    so a weight would cancel out. Under torchrun a token mean is scaled by token_share (the mean
+    over the global minibatch; × 1 in a plain run); GRPO's per-response means and Dr. GRPO's
+    constant already average right, since every rank holds as many responses."""
+    q, qm, r, m, old = b["q"][mb], b["qm"][mb], b["r"][mb], b["m"][mb], b["logp"][mb]
+    logp = token_logprobs(sequence_logits(policy, q, qm, r, m), r, args.temperature)
+    if args.algo in ("ppo", "rloo"):
+        pg_loss, clipfrac, approx_kl = token_policy_loss(logp, old, b["adv"][mb], m, args.clip_coef)
+        pg_loss = pg_loss * token_share(m)
+    else:  # Dr. GRPO's constant: the most tokens a minibatch can hold
+        constant = len(mb) * args.max_new_tokens if args.algo == "dr_grpo" else 0
+        pg_loss, clipfrac, approx_kl = grpo_policy_loss(
+            logp, old, b["ref_logp"][mb], b["adv"][mb], m, args.clip_coef, beta, constant
         )
-    parser.error = lambda message: sys.exit(f"error: {message} (see --help)")
-    return Args(**vars(parser.parse_args(argv)))
+    v_loss = torch.zeros(())  # critic-free: + 0
+    if value_model is not None:
+        values = value_model(q, qm, r, m)
+        v_loss = token_value_loss(values, b["values"][mb], b["returns"][mb], m, args.value_clip)
+        v_loss = v_loss * token_share(m)
+    # max |ρ − 1|; in the first minibatch it must be ~0, else the forward pass does not
+    # reproduce the rollout (dropout on, temperature or position ids differ; Huang et al. 2023)
+    ratio_dev = (((logp.detach() - old).exp() - 1) * m).abs().max()
+    return pg_loss + v_loss, dict(pg_loss=pg_loss, value_loss=v_loss, clipfrac=clipfrac,
+                      approx_kl=approx_kl, ratio_dev=ratio_dev)  # fmt: skip
 
 
-def check_flags(args, positive=(), nonneg=(), unit=()):
-    """The one rule every script applies to its numeric flags, naming the flag at fault: every
-    float flag finite (a NaN trains nothing and an inf stalls it); every count, step size or
-    norm bound > 0 (a negative gradient-norm bound would flip the gradient); every weight, ε
-    or tolerance ≥ 0; every probability, γ or λ in [0, 1]."""
-    for field in dataclasses.fields(args):
-        value = getattr(args, field.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"--{field.name.replace('_', '-')} must be finite, not {value}")
-    rules = (
-        (positive, lambda v: v > 0, "positive"),
-        (nonneg, lambda v: v >= 0, "0 or more"),
-        (unit, lambda v: 0 <= v <= 1, "in [0, 1]"),
-    )
-    for names, ok, what in rules:
-        for name in names:
-            if not ok(getattr(args, name)):
-                raise ValueError(
-                    f"--{name.replace('_', '-')} must be {what}, not {getattr(args, name)}"
-                )
+def ppo_update(args, policy, value_model, optimizer, batch, beta=0.0):
+    """--ppo-epochs passes of shuffled minibatches over one rollout batch, for every --algo
+    (critic-free: value_model None); the mean statistics, and max |ρ − 1| of the first one."""
+    stats = []
+    for _ in range(args.ppo_epochs):  # --minibatch-size is global: each rank holds 1/W of it
+        for mb in torch.randperm(len(batch["r"])).split(args.minibatch_size // world()[1]):
+            loss, s = minibatch_loss(args, policy, value_model, batch, mb, beta)
+            if not torch.isfinite(loss):
+                bad = ("--learning-rate" if stats else  # before any update: the rewards overflow
+                       "--no-eos-penalty, --init-kl-coef or --loss-kl-coef")  # fmt: skip
+                raise FloatingPointError(f"non-finite {args.algo} loss; lower {bad}")
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
+            if value_model is not None:
+                nn.utils.clip_grad_norm_(value_model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            stats.append([v.item() for v in s.values()])  # in the order of STATS
+    *means, _ = np.mean(stats, 0).tolist()  # and |ρ − 1| of the first minibatch:
+    out = dict(zip(STATS, [*means, stats[0][-1]], strict=True))
+    if value_model is None:
+        del out["value_loss"]
+    return out
 
 
-def check_memory(nbytes, flags):
-    """ValueError, before anything is allocated, if about `nbytes` would not fit in half of
-    this machine's memory: numpy and torch would fail with a traceback, or the run would swap."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if nbytes > total / 2:
-        gib = min(nbytes, 2**100) / 2**30  # a huge int would overflow the float division
-        raise ValueError(f"{flags} need about {gib:.3g} GiB, more than half of this "
-                         f"machine's {total / 2**30:.0f} GiB; lower them")  # fmt: skip
+STATS = ("pg_loss", "value_loss", "clipfrac", "approx_kl", "ratio_dev_first_mb")
 
 
-@contextlib.contextmanager
-def signals_held():
-    """Hold Ctrl-C and SIGTERM while the final files are written, then act on them: an
-    interrupt inside torch.save would leave a temporary file and no checkpoint at all."""
-    caught = []
-    held = {
-        s: signal.signal(s, lambda *_: caught.append(1)) for s in (signal.SIGINT, signal.SIGTERM)
-    }
+# ---- The three stages ----
+
+
+def fit(stage, model, rows, loss_fn, args, writer):
+    """Stages 1 and 2: Adam (--<stage>-lr) over --<stage>-epochs passes of `rows` in shuffled
+    global batches, minimising loss_fn(DDP-wrapped model, this rank's rows) -> (loss, metrics)."""
+    lr, epochs, batch_size = (getattr(args, f"{stage}_{x}") for x in ("lr", "epochs", "batch_size"))
+    hint = f"nothing of it was saved; lower --{stage}-lr or --max-grad-norm"
+    train_model = data_parallel(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, eps=args.adam_eps)
+    total, start = epochs * -(-len(rows) // batch_size), time.time()
+    for step, batch in enumerate(my_batches(rows, batch_size, epochs), 1):
+        loss, metrics = loss_fn(train_model, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"[{stage}] non-finite loss at step {step}; {hint}")
+        optimizer.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        metrics = {"loss": loss.item(), **metrics}
+        for name, value in metrics.items():
+            writer.add_scalar(f"{stage}/{name}", value, step)
+        progress(step, total, start, f"{stage} step", **metrics)
+    require_finite(model, f"[{stage}] the trained model", hint)
+
+
+PAIR = ("chosen", "rejected")
+
+
+def stage_sft(args, policy, tokenizer, demos, writer):
+    """Stage 1: cross-entropy on the response tokens (and EOS) of the demonstrations."""
+    device, max_length = next(policy.parameters()).device, policy.config.n_positions
+
+    def loss_fn(model, rows):
+        texts = [x["prompt"] for x in rows], [x["response"] for x in rows]
+        ids, mask, resp = (t.to(device) for t in encode(tokenizer, *texts, max_length))
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask))
+        # × token_share: the token mean over the global batch under torchrun
+        return sft_loss(out.logits, ids, resp) * token_share(resp[:, 1:]), {}
+
+    fit("sft", policy, demos, loss_fn, args, writer)
+
+
+def stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng):
+    """Stage 2: a Bradley-Terry RM whose trunk starts as a copy of the SFT model, trained on
+    `pairs` ({prompt, chosen, rejected}), or if there are none on pairs of SFT samples for
+    one prompt ordered by the simulated annotators."""
+    device = next(policy.parameters()).device
+    if not pairs:
+        batch = [prompts[i] for i in rng.integers(len(prompts), size=args.rm_pairs)]
+        # each rank samples its block; every rank then holds the whole global batch
+        mine = [batch[i] for i in my_share(len(batch))]
+        a = all_gather_list(sample_texts(policy, tokenizer, mine, args))
+        b = all_gather_list(sample_texts(policy, tokenizer, mine, args))
+        first = annotator_prefers_first(rng, gold_scores(a), gold_scores(b),
+                                        args.annotator_temperature)  # fmt: skip
+        pairs = [{"prompt": p, "chosen": x if f else y, "rejected": y if f else x}
+                 for p, x, y, f in zip(batch, a, b, first, strict=True)]  # fmt: skip
+    print(f"[rm] {len(pairs)} preference pairs; the trunk starts as the SFT model's")
+    reward_model = RewardModel(copy.deepcopy(policy.transformer)).to(device).eval()
+
+    def loss_fn(model, rows):  # chosen and rejected in one forward pass: rows [0, n), [n, 2n)
+        texts = [x["prompt"] for x in rows] * 2, [x[k] for k in PAIR for x in rows]
+        ids, mask, _ = encode(tokenizer, *texts, policy.config.n_positions)
+        r_chosen, r_rejected = model(ids.to(device), mask.to(device)).chunk(2)
+        # × token_share: the mean over the pairs of the global batch under torchrun
+        loss = bradley_terry_loss(r_chosen, r_rejected) * token_share(torch.ones(len(rows)))
+        return loss, {"accuracy": (r_chosen > r_rejected).float().mean().item()}
+
+    fit("rm", reward_model, pairs, loss_fn, args, writer)
+    return reward_model
+
+
+def normalize_reward_model(args, policy, tokenizer, reward_model, rm_tokenizer, prompts, rng):
+    """Normalise the RM in place so that its scores of --eval-samples SFT samples have mean 0
+    and std 1: r ← (r − μ) / σ. The KL coefficient and the value clip are then on a known
+    scale (Ziegler et al. 2019). Under torchrun each rank samples its block of the prompts,
+    and μ and σ are those of the scores of all ranks."""
+    reference_prompts = [prompts[i] for i in rng.integers(len(prompts), size=args.eval_samples)]
+    reference_prompts = [reference_prompts[i] for i in my_share(len(reference_prompts))]
+    sft_texts = sample_texts(policy, tokenizer, reference_prompts, args)
     try:
-        yield
-    finally:
-        for s, handler in held.items():
-            signal.signal(s, handler)
-    if caught:
-        raise KeyboardInterrupt
+        scores = score(reward_model, rm_tokenizer, reference_prompts, sft_texts)  # on the CPU
+        mean, std = reward_model.normalize_(torch.cat(all_gather_list([scores])))
+    except FloatingPointError as e:  # name the flag at fault
+        hint = "check --reward-model-path" if args.reward_model_path else "lower --rm-lr"
+        raise FloatingPointError(f"[rm] {e}; {hint} or raise --eval-samples") from None
+    print(f"[rm] normalised on {args.eval_samples} SFT samples (mean {mean:.3f}, std {std:.3f})")
 
 
-def save_atomic(obj, path, write=torch.save):
-    """write(obj, path + ".tmp"), then rename it over `path`: a reader finds the old file or the
-    complete new one, never half of one. A failed write (a full disk, a read-only directory)
-    removes the temporary file, keeps the old one, and is an OSError that names `path`."""
-    tmp = path + ".tmp"
+def stage_rl(args, models, value_model, prompts, rng, writer, out, last):
+    """Stage 3: --ppo-iterations of rollout → advantages (by --algo) → update → log, starting
+    from the SFT policy with π_ref frozen. Under torchrun each rank samples its share of the
+    prompt groups, and the KL controller and the logs see the statistics of the global batch.
+    last["policy"] keeps the weights of the last complete iteration. Returns the final β."""
+    policy, rank, world_size = models[0], *world()
+    trained = [*policy.parameters(), *(value_model.parameters() if value_model else ())]
+    optimizer = torch.optim.Adam(trained, lr=args.learning_rate, eps=args.adam_eps)
+    # under torchrun the update's forward passes go through DDP (the reference and the RM need
+    # no gradients); rollouts and saving use the plain modules. The wrappers are freed on
+    # return, while every rank is still in the process group.
+    train_policy, train_value = data_parallel(policy), data_parallel(value_model)
+    k = responses_per_prompt(args)
+    # β weighs a KL penalty in the reward (ppo, rloo) or a KL term in the loss (grpo, dr_grpo):
+    # two scales, two starting values; one controller adapts either
+    beta = args.init_kl_coef if args.algo in ("ppo", "rloo") else args.loss_kl_coef
+    start = time.time()
+    csv_path = os.path.join(out, f"{args.algo}_metrics.csv") if rank == 0 else os.devnull
+    with open(csv_path, "w") as csv:
+        for it in range(1, args.ppo_iterations + 1):
+            # k consecutive copies of each prompt: its group of k responses
+            chosen = rng.integers(len(prompts), size=args.rollout_batch_size // k)
+            chosen = chosen[my_share(len(chosen))]  # this rank's groups (all of them, alone)
+            batch_prompts = [prompts[i] for i in np.repeat(chosen, k)]
+            roll, stats = collect_rollout(*models, batch_prompts, args)
+            roll |= algo_advantages(args, roll, value_model, beta, k)
+            try:
+                stats |= ppo_update(args, train_policy, train_value, optimizer, roll, beta)
+                for net in (policy, value_model or policy):  # the last step's update too
+                    require_finite(net, "the updated model", "lower --learning-rate")
+            except FloatingPointError as e:
+                raise FloatingPointError(f"{e} ({args.algo} iteration {it})") from None
+            last["policy"] = {name: v.clone() for name, v in policy.state_dict().items()}
+            if world_size > 1:  # the controller and the logs see the global batch's means
+                values = all_reduce_sum(torch.tensor(list(stats.values()), dtype=torch.float64))
+                stats = dict(zip(stats, (values / world_size).tolist(), strict=True))
+            stats["beta"], n = beta, len(roll["r"]) * world_size  # n: the global batch
+            beta = adaptive_kl_coef(beta, stats["kl"], args.kl_target, n, args.kl_horizon)
+            for key, v in stats.items():
+                writer.add_scalar(f"{args.algo}/{key}", v, it)
+            if it == 1:
+                csv.write("iteration," + ",".join(stats) + "\n")
+            csv.write(f"{it}," + ",".join(f"{v:.6g}" for v in stats.values()) + "\n")
+            csv.flush()
+            progress(it, args.ppo_iterations, start, f"{args.algo} iteration",
+                     reward=stats["rm_score"], gold=stats["gold"], kl=stats["kl"])  # fmt: skip
+            if args.sample_every and (it % args.sample_every == 0 or it == 1):
+                rows = zip(batch_prompts, roll["texts"], roll["scores"].tolist(), strict=True)
+                for p, t, s in list(rows)[:3]:
+                    print(f"    {p + t!r}  gold {gold_scores([t])[0]:+.2f}  {args.reward} {s:+.2f}")
+    return beta
+
+
+def responses_per_prompt(args):
+    """k of --samples-per-prompt; 0 = automatic: 1 for PPO, 4 for the group baselines."""
+    return args.samples_per_prompt or (1 if args.algo == "ppo" else 4)
+
+
+def train(args):
+    """SFT → RM → stage 3 (--algo) → the evaluation of the SFT and the final policy. Each
+    stage's model is saved once complete; stage 3's policy also when an interrupt or a
+    non-finite loss stops it, as of its last complete iteration."""
+    reward_model = rm_tokenizer = None  # loaded before the seeds: its head's init draws
+    if args.reward == "rm" and args.reward_model_path:
+        reward_model, rm_tokenizer = RewardModel.load(args.reward_model_path)
+    device, rank, world_size, rng = start_run(args)
+    task = os.path.basename(args.sft_data) if args.sft_data else "movie-reviews"
+    out = args.output_dir or f"runs/{task}__rlhf_ppo_gpt2__{args.seed}__{int(time.time())}"
+    t_start = time.time()
+    # Every input is read and checked before anything is written: a bad file or flag should
+    # stop the run before, not after, SFT.
+    if args.sft_data:
+        demos = read_jsonl("--sft-data", args.sft_data, ["prompt", "response"], ["prompt"])
+    else:
+        demos = builtin_demonstrations(rng, args.sft_demos)
+    pairs = []
+    if args.preference_data and not args.reward_model_path:
+        pairs = read_jsonl("--preference-data", args.preference_data, ("prompt", *PAIR), (), PAIR)
+    policy, tokenizer = load_gpt2(transformers.GPT2LMHeadModel, args.model_name)
+    policy = policy.to(device).eval()
+    prompts = sorted({d["prompt"] for d in demos})
+    check_inputs(args, policy.config, tokenizer, prompts, rm_tokenizer)
+    writer = open_output_dir(args, out)
+    print(f"[sft] {len(demos)} demonstrations, {args.model_name} on {device}; files in {out}")
+
+    # Stage 1: SFT. Every model stays in eval mode for the whole run: GPT-2's only train-mode
+    # behaviour is dropout (also zeroed in the config), which would make ρ ≠ 1 at the start.
+    stage_sft(args, policy, tokenizer, demos, writer)
+    save_pretrained_atomic(f"{out}/sft", policy, tokenizer)
+    t_sft = time.time()
+
+    # Stage 2: RM, normalised on SFT samples. --reward gold needs no RM: the task's own scorer
+    # is the reward, as with checkable answers.
+    rm_tokenizer = rm_tokenizer or tokenizer
+    if args.reward == "gold":
+        print("[rm] --reward gold: no reward model; stage 3 is rewarded with the gold score")
+    elif reward_model is None:
+        reward_model = stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng)
+    if reward_model is not None:
+        reward_model = reward_model.to(device).eval().requires_grad_(False)
+        normalize_reward_model(args, policy, tokenizer, reward_model, rm_tokenizer, prompts, rng)
+        if rank == 0:
+            with signals_held():  # Ctrl-C or SIGTERM waits until the model is complete
+                reward_model.save(f"{out}/reward_model", rm_tokenizer)
+    t_rm = time.time()
+
+    # Stage 3. π_ref is a frozen copy of the SFT policy. PPO's V is a copy of the RM (of the
+    # SFT trunk with a fresh head under --reward gold); the critic-free algorithms have none.
+    reference = copy.deepcopy(policy).requires_grad_(False)
+    value_model = None
+    if args.algo == "ppo":
+        value_model = ValueModel(reward_model or RewardModel(policy.transformer))
+        value_model = value_model.to(device).requires_grad_(True)
+    models = (policy, reference, reward_model, rm_tokenizer, tokenizer)
+    sft_eval = evaluate_lm_policy(*models, prompts, args) if rank == 0 else {}
+    print(f"[{args.algo}] SFT policy:   " + "  ".join(f"{k} {v:.3f}" for k, v in sft_eval.items()))
+    last = {}  # the policy of the last complete iteration
     try:
-        write(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        if isinstance(e, OSError | RuntimeError):  # torch.save reports ENOSPC as RuntimeError
-            raise OSError(f"cannot write {path}: {' '.join(str(e).split())[:200]}") from None
-        raise
+        t_loop = time.time()
+        beta = stage_rl(args, models, value_model, prompts, rng, writer, out, last)
+        t_loop = time.time() - t_loop  # the rollout-and-update loop alone: no evaluation
+    finally:  # on success, a non-finite loss, Ctrl-C and SIGTERM alike
+        if last:
+            policy.load_state_dict(last.pop("policy"))
+            save_pretrained_atomic(f"{out}/policy", policy, tokenizer)
+        writer.close()
+    t_ppo = time.time()
+    if world_size > 1:
+        # DDP's reducers, dropped by stage_rl() while every rank was here, hold the process
+        # group; leave together (freed after destroy_process_group, one hung gloo's teardown)
+        dist.barrier()
+        dist.destroy_process_group()  # the other ranks are done; rank 0 evaluates alone
+    if rank > 0:
+        return {}
+    final = evaluate_lm_policy(*models, prompts, args)
+    print(f"[{args.algo}] final policy: " + "  ".join(f"{k} {v:.3f}" for k, v in final.items()))
+    # summary.json: both evaluations, β, the seconds; the JSON line: what a reader needs
+    full = dict(algo=f"rlhf_{args.algo}", model_name=args.model_name, seed=args.seed,
+                reward=args.reward, samples_per_prompt=responses_per_prompt(args),
+                **{f"sft_{k}": v for k, v in sft_eval.items()},
+                **{f"final_{k}": v for k, v in final.items()}, kl_target=args.kl_target,
+                final_beta=beta, sft_time_s=t_sft - t_start, rm_time_s=t_rm - t_sft,
+                ppo_time_s=t_ppo - t_rm, iteration_s=t_loop / max(1, args.ppo_iterations),
+                wall_time_s=time.time() - t_start, output_dir=out)  # fmt: skip
+    with open(f"{out}/summary.json", "w") as f:
+        json.dump(full, f, indent=1)
+    return {k: full[k] for k in ("algo", "model_name", "seed", "reward", "sft_gold", "final_gold",
+            "sft_well_formed", "final_well_formed", "final_kl", "kl_target", "wall_time_s",
+            "output_dir")}  # fmt: skip
 
 
-# ---- shared with rlhf_ppo_gpt2.py (tests/test_shared_code.py checks the copies are identical) ----
+# ---- Data parallelism (torchrun): none of this runs in a plain `python rlhf_ppo_gpt2.py` ----
+
+
+def world():
+    """(rank, world size) of this process: (0, 1) unless torchrun started a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(x):
+    """Σ_ranks x, in place, for a tensor; x itself in a plain run."""
+    if world()[1] > 1:
+        dist.all_reduce(x)
+    return x
+
+
+def all_gather_list(items):
+    """The ranks' lists concatenated in rank order; the list itself in a plain run."""
+    if world()[1] == 1:
+        return items
+    parts = [None] * world()[1]
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
+def my_share(n):
+    """Indices of this rank's contiguous block of range(n): all of it in a plain run."""
+    rank, world_size = world()
+    return np.array_split(np.arange(n), world_size)[rank]
+
+
+def global_masked_whiten(x, mask, eps=1e-8):
+    """masked_whiten with μ and the unbiased var over the unmasked entries of every rank:
+
+    μ = Σ_r Σ x m / Σ_r Σ m,   var = Σ_r Σ (x - μ)² m / (Σ_r Σ m - 1).
+
+    One rank: masked_whiten itself, so a plain run is not changed by a single bit."""
+    if world()[1] == 1:
+        return masked_whiten(x, mask, eps)
+    sums = all_reduce_sum(torch.stack([(x * mask).sum(), mask.sum()]).double())
+    mu = (sums[0] / sums[1]).to(x.dtype)
+    var = all_reduce_sum(((x - mu) ** 2 * mask).sum().double()) / (sums[1] - 1)
+    return (x - mu) * torch.rsqrt(var.to(x.dtype) + eps) * mask
+
+
+def token_share(mask):
+    """W · N_rank / N_global for the tokens of one minibatch. DDP averages the W ranks'
+    gradients, so a token mean over this rank's share times this factor has the gradient of
+    the token mean over the global minibatch, whatever each rank holds. 1 in a plain run."""
+    n = mask.sum().double()
+    return (world()[1] * n / all_reduce_sum(n.clone())).float()
+
+
+def my_batches(rows, batch_size, epochs):
+    """`epochs` passes over `rows` in global batches of `batch_size`, each pass in a new order
+    that every rank shares (rank 0's); this rank's rows of each: every W-th, from its rank."""
+    rank, world_size = world()
+    for _ in range(epochs):
+        perm = torch.randperm(len(rows))
+        if world_size > 1:
+            dist.broadcast(perm, 0)
+        for idx in perm.split(batch_size):
+            yield [rows[j] for j in idx[rank::world_size].tolist()]
+
+
+def data_parallel(model):
+    """The model in DistributedDataParallel under torchrun (gradients averaged across ranks in
+    backward; generation, scoring and saving use the bare model); the model in a plain run."""
+    if model is None or world()[1] == 1:
+        return model
+    device = next(model.parameters()).device
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, ids)
+
+
+# ---- shared with reward_model.py (tests/test_shared_code.py checks the copies are identical) ----
 # The built-in task: synthetic movie reviews. A prompt opens a review ("The plot"); a response
 # continues it from this grammar (every response starts with a space, GPT-2 style, and ends
 # with a period; tokenisation appends EOS):
@@ -240,10 +868,6 @@ NEGATIVE = (
 )  # fmt: skip
 CONJUNCTIONS = ("and", "but")
 _ADJECTIVES = POSITIVE + NEUTRAL + NEGATIVE
-_CLAUSE = (
-    rf" (?:{'|'.join(VERBS)})(?: not)?(?: (?:{'|'.join(ADVERBS)}))? (?:{'|'.join(_ADJECTIVES)})"
-)
-WELL_FORMED = re.compile(rf"{_CLAUSE}(?: (?:{'|'.join(CONJUNCTIONS)}) it{_CLAUSE})?\.")
 EOS_TOKEN = "<|endoftext|>"  # GPT-2's end of text; also the padding token (masks say which)
 
 
@@ -262,14 +886,9 @@ def sample_responses(rng, n):
     conj = rng.integers(len(CONJUNCTIONS), size=n)
 
     def clause(i, k):
-        return (
-            " "
-            + VERBS[verb[i, k]]
-            + (" not" if neg[i, k] else "")
-            + (" " + ADVERBS[adv[i, k]] if has_adv[i, k] else "")
-            + " "
-            + _ADJECTIVES[adj[i, k]]
-        )
+        verb_not = VERBS[verb[i, k]] + (" not" if neg[i, k] else "")
+        adverb = " " + ADVERBS[adv[i, k]] if has_adv[i, k] else ""
+        return f" {verb_not}{adverb} {_ADJECTIVES[adj[i, k]]}"
 
     return [
         clause(i, 0) + (" " + CONJUNCTIONS[conj[i]] + " it" + clause(i, 1) if two[i] else "") + "."
@@ -280,15 +899,8 @@ def sample_responses(rng, n):
 def builtin_demonstrations(rng, n):
     """n demonstrations {"prompt", "response"}: a uniform prompt and a grammar response."""
     prompts = rng.integers(len(PROMPTS), size=n)
-    return [
-        {"prompt": PROMPTS[p], "response": r}
-        for p, r in zip(prompts, sample_responses(rng, n), strict=True)
-    ]
-
-
-def is_well_formed(response):
-    """True iff the grammar can produce `response` exactly (no EOS, leading space included)."""
-    return WELL_FORMED.fullmatch(response) is not None
+    return [{"prompt": PROMPTS[p], "response": r}
+            for p, r in zip(prompts, sample_responses(rng, n), strict=True)]  # fmt: skip
 
 
 @functools.cache
@@ -314,149 +926,15 @@ def annotator_prefers_first(rng, gold_first, gold_second, temperature):
     u = rng.random(len(diff))
     if temperature == 0:
         return np.where(diff == 0, u < 0.5, diff > 0)
-    # P(y1 ≻ y2) = σ((g1 - g2) / τ)
     return u < 1 / (1 + np.exp(-diff / temperature))
 
 
-def builtin_preferences(rng, n, temperature):
-    """n pairs {"prompt", "chosen", "rejected"}: two demonstrations for one prompt, ordered by
-    a simulated annotator of temperature τ."""
-    demos = builtin_demonstrations(rng, n)
-    second = sample_responses(rng, n)
-    first = [d["response"] for d in demos]
-    pick = annotator_prefers_first(rng, gold_scores(first), gold_scores(second), temperature)
-    return [
-        {"prompt": d["prompt"], "chosen": a if p else b, "rejected": b if p else a}
-        for d, a, b, p in zip(demos, first, second, pick, strict=True)
-    ]
+def bradley_terry_loss(r_chosen, r_rejected):
+    """Bradley-Terry negative log-likelihood of the human choices (Christiano et al. 2017):
 
-
-def read_jsonl(path, keys, nonempty=(), pair=()):
-    """Rows of a UTF-8 JSONL file (a byte-order mark may open it), each a dict with string
-    values for `keys`; the `nonempty` keys must not be empty, and the two `pair` keys are two
-    responses, which must be non-empty and differ (an identical pair states no preference).
-    Any problem with a line (bytes that are not UTF-8, bad or too deeply nested JSON, a missing
-    key, a lone UTF-16 surrogate, which no tokenizer accepts) raises ValueError naming the
-    file and line, and so does an empty file."""
-    rows = []
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, 1):
-            where = f"{path}:{line_no}"
-            try:
-                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(
-                    f"{where}: not UTF-8 (byte {e.start + 1} is {raw[e.start]:#x})"
-                ) from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-            except RecursionError:
-                raise ValueError(f"{where}: JSON nested too deeply") from None
-            missing = [
-                k for k in keys if not isinstance(row, dict) or not isinstance(row.get(k), str)
-            ]
-            if missing:
-                raise ValueError(f"{where}: needs string fields {', '.join(missing)}")
-            surrogates = [k for k in keys if re.search("[\ud800-\udfff]", row[k])]
-            if surrogates:
-                raise ValueError(f"{where}: lone UTF-16 surrogate in {', '.join(surrogates)}")
-            empty = [k for k in (*nonempty, *pair) if not row[k]]
-            if empty:
-                raise ValueError(f"{where}: empty {', '.join(empty)}")
-            if pair and row[pair[0]] == row[pair[1]]:
-                raise ValueError(f"{where}: {' and '.join(pair)} are the same text: no preference")
-            rows.append({k: row[k] for k in keys})
-    if not rows:
-        raise ValueError(f"{path}: no examples; expected one JSON object per line with {keys}")
-    return rows
-
-
-def train_tiny_tokenizer():
-    """A byte-level BPE (GPT-2's scheme) trained on the built-in task's words, so that each
-    word is one token; deterministic, and any other text still encodes, byte by byte."""
-    corpus = list(PROMPTS) + [" " + w for w in VERBS + ADVERBS + _ADJECTIVES + CONJUNCTIONS]
-    corpus += [" not", "."]
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1024,
-        special_tokens=[EOS_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(corpus, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        eos_token=EOS_TOKEN,
-        pad_token=EOS_TOKEN,
-        clean_up_tokenization_spaces=False,
-    )
-
-
-def hub_reachable(timeout=3.0):
-    """False, at once, under HF_HUB_OFFLINE=1, or when the hub's host does not accept a TCP
-    connection within `timeout` seconds. Without a network, from_pretrained() retries for
-    30-60 s before it gives up; this probe answers in a few. Behind an HTTPS proxy a direct
-    connection proves nothing, so the hub is then assumed reachable."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return False
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    url = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-    except OSError:  # no route, refused, timed out, or the name does not resolve
-        return False
-    return True
-
-
-def load_gpt2(model_cls, model_name):
-    """(model, tokenizer): `model_cls` (GPT2Model or GPT2LMHeadModel) with dropout off.
-
-    'tiny': a small random GPT-2 (initialised from torch's global RNG) and a locally trained
-    tokenizer. Otherwise a hub name or a local directory, e.g. 'gpt2': the pretrained weights
-    from a local directory, the local cache, or the hub.
+    L = -mean log σ(r(x, y_c) - r(x, y_r))
     """
-    no_dropout = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0)
-    if model_name == "tiny":
-        tokenizer = train_tiny_tokenizer()
-        config = GPT2Config(
-            vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=2, n_head=2,
-            bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-            **no_dropout,
-        )  # fmt: skip
-        return model_cls(config).eval(), tokenizer
-    try:
-        # The cache or a local directory first: without a network the hub call only fails
-        # after a minute of retries.
-        try:
-            model = model_cls.from_pretrained(model_name, local_files_only=True, **no_dropout)
-            tokenizer = AutoTokenizer.from_pretrained(model_name, local_files_only=True)
-        except OSError:
-            if os.path.isdir(model_name):
-                raise
-            if not hub_reachable():
-                raise OSError("not found locally; the Hugging Face hub is unreachable") from None
-            print(f"{model_name}: not found locally; trying the Hugging Face hub", file=sys.stderr)
-            # Its retry warnings would bury the one-line error below.
-            logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-            model = model_cls.from_pretrained(model_name, **no_dropout)
-            tokenizer = AutoTokenizer.from_pretrained(model_name)
-    except Exception as e:  # missing, truncated or foreign files: the loaders raise many kinds
-        raise OSError(
-            f"cannot load '{model_name}' from a local directory, the Hugging Face cache or the "
-            f"hub ({brief(e)}); use --model-name tiny (no download), or pass a "
-            "directory that holds a saved GPT-2 (config.json, weights, tokenizer files)"
-        ) from None
-    require_finite(model, f"--model-name {model_name}", "it was saved from a diverged run")
-    tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has no pad token; masks mark padding
-    tokenizer.clean_up_tokenization_spaces = False
-    return model.eval(), tokenizer
+    return -F.logsigmoid(r_chosen - r_rejected).mean()  # stable where log(sigmoid(.)) underflows
 
 
 def encode(tokenizer, prompts, responses, max_length, padding_side="right"):
@@ -482,94 +960,6 @@ def encode(tokenizer, prompts, responses, max_length, padding_side="right"):
     return ids, mask, resp
 
 
-def bradley_terry_loss(r_chosen, r_rejected):
-    """Bradley-Terry negative log-likelihood of the human choices (Christiano et al. 2017):
-
-    L = -mean log σ(r(x, y_c) - r(x, y_r))
-    """
-    # L = -mean log σ(r_c - r_r); logsigmoid is stable where log(sigmoid(.)) underflows
-    return -F.logsigmoid(r_chosen - r_rejected).mean()
-
-
-def replace_dir(tmp, path):
-    """Move the finished directory `tmp` to `path`. A directory cannot be renamed over a full
-    one, so the old one steps aside first; a crash leaves it, whole, at path + '.old'."""
-    if os.path.exists(path):
-        shutil.rmtree(path + ".old", ignore_errors=True)
-        os.replace(path, path + ".old")
-    os.replace(tmp, path)
-    shutil.rmtree(path + ".old", ignore_errors=True)
-
-
-def save_dir_atomic(path, write):
-    """write(path + ".tmp"), a directory, then replace_dir it to `path`: a reader finds the old
-    directory or the complete new one. A failed or interrupted write removes the temporary
-    directory and keeps the old one; a failure is an OSError that names `path`."""
-    path = path.rstrip("/")
-    shutil.rmtree(path + ".tmp", ignore_errors=True)
-    try:
-        write(path + ".tmp")
-        replace_dir(path + ".tmp", path)
-    except BaseException as e:
-        shutil.rmtree(path + ".tmp", ignore_errors=True)
-        if isinstance(e, Exception):  # ENOSPC comes as OSError, RuntimeError or SafetensorError
-            raise OSError(f"cannot write {path}: {brief(e)}") from None
-        raise
-
-
-def brief(e):
-    """An exception's message on one line of at most 200 characters, for an `error:` line."""
-    return " ".join(str(e).split())[:200] or type(e).__name__
-
-
-def quiet_tensorboard_thread(hook):
-    """threading.excepthook that drops the OSError of TensorBoard's writer thread (a full disk):
-    that thread stops, the main thread's next call to the writer raises the same OSError, and
-    main() reports it in one line, which the thread's traceback would only garble."""
-    if not (issubclass(hook.exc_type, OSError) and "tensorboard" in type(hook.thread).__module__):
-        threading.__excepthook__(hook)
-
-
-def require_finite(model, what, hint):
-    """FloatingPointError if a weight of `model` is NaN or infinite: such a model must be
-    neither saved nor sampled from. The message names `what` and the likely cause, `hint`."""
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise FloatingPointError(f"{what} has non-finite weights; {hint}")
-
-
-def earlier_outputs(out, overwrite, patterns):
-    """The files of an earlier run in `out`: those matching the glob `patterns` (what this
-    script writes). A ValueError if there are any and not --overwrite: a rerun must never mix
-    its files with an earlier run's, nor truncate them."""
-    found = [p for pat in patterns for p in sorted(glob.glob(os.path.join(glob.escape(out), pat)))]
-    if found and not overwrite:
-        raise ValueError(
-            f"--output-dir {out} holds an earlier run ({os.path.basename(found[0])}"
-            f"{', ...' if found[1:] else ''}); name a new directory, or pass --overwrite"
-        )
-    return found
-
-
-def make_output_dir(out, stale):
-    """Delete `stale` (an earlier run's files, under --overwrite), create `out` and check that
-    it is writable: an unusable directory is one line naming it, before any training."""
-    try:
-        for p in stale:
-            shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
-        os.makedirs(out, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
-    except OSError as e:
-        raise OSError(f"cannot write to --output-dir {out}: {e.strerror or e}") from None
-
-
-def activation_bytes(config, sequences, length):
-    """About the memory of a forward and backward pass of a GPT-2 over `sequences` of `length`
-    tokens: per token, float32 activations of each layer (~20 n_embd, and n_head attention
-    weights per position) and three copies of the logits (logits, log-softmax, gradient)."""
-    per_layer = 20 * config.n_embd + config.n_head * length
-    return 4 * sequences * length * (3 * config.vocab_size + config.n_layer * per_layer)
-
-
 class RewardModel(nn.Module):
     """r(x, y): a GPT-2 backbone and a linear head read at the last real (non-padding) token."""
 
@@ -587,10 +977,8 @@ class RewardModel(nn.Module):
         hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
         ).last_hidden_state
-        # The last index where mask == 1: right, left or no padding alike.
-        last = (
-            attention_mask * torch.arange(attention_mask.shape[1], device=hidden.device)
-        ).argmax(-1)
+        positions = torch.arange(attention_mask.shape[1], device=hidden.device)
+        last = (attention_mask * positions).argmax(-1)  # where mask is last 1: any padding side
         return self.head(hidden[torch.arange(len(last), device=hidden.device), last]).squeeze(-1)
 
     @torch.no_grad()
@@ -650,1037 +1038,313 @@ def score(model, tokenizer, prompts, responses, batch_size=256):
     return torch.cat(out)
 
 
+def train_tiny_tokenizer():
+    """A byte-level BPE (GPT-2's scheme) trained on the built-in task's words, so that each
+    word is one token; deterministic, and any other text still encodes, byte by byte."""
+    corpus = list(PROMPTS) + [" " + w for w in VERBS + ADVERBS + _ADJECTIVES + CONJUNCTIONS]
+    corpus += [" not", "."]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=[EOS_TOKEN], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    kw = dict(eos_token=EOS_TOKEN, pad_token=EOS_TOKEN, clean_up_tokenization_spaces=False)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **kw)
+
+
+def load_gpt2(model_cls, model_name):
+    """(model, tokenizer): `model_cls` (GPT2Model or GPT2LMHeadModel) with dropout off.
+
+    'tiny': a small random GPT-2 (initialised from torch's global RNG) and a locally trained
+    tokenizer. Otherwise a local directory or a hub name such as 'gpt2', whose weights are
+    downloaded once into the Hugging Face cache (HF_HUB_OFFLINE=1: the cache alone).
+    """
+    no_dropout = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, summary_first_dropout=0.0)
+    if model_name == "tiny":
+        tokenizer = train_tiny_tokenizer()
+        config = GPT2Config(
+            vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=2, n_head=2,
+            bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+            **no_dropout,
+        )  # fmt: skip
+        return model_cls(config).eval(), tokenizer
+    try:
+        model = model_cls.from_pretrained(model_name, **no_dropout)
+        tokenizer = AutoTokenizer.from_pretrained(model_name)
+    except Exception as e:  # missing, truncated or foreign files: the loaders raise many kinds
+        raise OSError(f"cannot load --model-name {model_name}; use tiny (no download), a hub "
+                      f"name or a directory with a saved GPT-2 ({brief(e)})") from None  # fmt: skip
+    require_finite(model, f"--model-name {model_name}", "it was saved from a diverged run")
+    tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has no pad token; masks mark padding
+    tokenizer.clean_up_tokenization_spaces = False
+    return model.eval(), tokenizer
+
+
 # ---- end of shared block ----
 
-
-def positions_from_mask(mask):
-    """p_t = (sum_{s<=t} m_s) - 1: the index of each real token among the real tokens.
-
-    With left-padded prompts the first real token must sit at position 0, as it did in
-    pre-training; arange() positions would shift every token by the pad count (Huang et al.
-    2023). Pads get 0; they are masked out of attention anyway."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+_CLAUSE = (
+    rf" (?:{'|'.join(VERBS)})(?: not)?(?: (?:{'|'.join(ADVERBS)}))? (?:{'|'.join(_ADJECTIVES)})"
+)
+WELL_FORMED = re.compile(rf"{_CLAUSE}(?: (?:{'|'.join(CONJUNCTIONS)}) it{_CLAUSE})?\.")
 
 
-def token_logprobs(logits, tokens, temperature):
-    """log pi(a_t | s_t) = log_softmax(z_t / T)[a_t], with the T that sampling used.
-
-    logits[:, t] must be the logits that predicted tokens[:, t]. Sampling at T but scoring at
-    T = 1 would make the PPO ratio differ from 1 before any update."""
-    logp = F.log_softmax(logits.float() / temperature, dim=-1)
-    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+def is_well_formed(response):
+    """True iff the grammar can produce `response` exactly (no EOS, leading space included)."""
+    return WELL_FORMED.fullmatch(response) is not None
 
 
-def token_entropy(logits, temperature):
-    """H_t = -sum_a p_a log p_a with p = softmax(z_t / T), per token."""
-    logp = F.log_softmax(logits.float() / temperature, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+# ==== Plumbing: command line, files, progress. The algorithm ends above. ====
+# Each piece is the same text in every script that has it (tests/test_shared_code.py).
+
+RULES = {None: lambda v: True, "> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0,
+         "in [0, 1]": lambda v: 0 <= v <= 1, "in [0, 2^32)": lambda v: 0 <= v < 2**32,
+         "finite": lambda v: True, "in [-20, 20]": lambda v: -20 <= v <= 20}  # fmt: skip
 
 
-def masked_mean(x, mask):
-    """sum(x * m) / sum(m)."""
-    return (x * mask).sum() / mask.sum()
-
-
-def masked_whiten(x, mask, eps=1e-8):
-    """(x - mu) / sqrt(var + eps), with mu and (unbiased) var over the unmasked entries only;
-    masked entries come out 0, so padding never leaks into the statistics or the loss."""
-    mu = masked_mean(x, mask)
-    var = masked_mean((x - mu) ** 2, mask) * mask.sum() / (mask.sum() - 1)
-    return (x - mu) * torch.rsqrt(var + eps) * mask
-
-
-# ---- data parallelism (torchrun): none of this runs in a plain `python rlhf_ppo_gpt2.py` ----
-
-
-def world():
-    """(rank, world size) of this process: (0, 1) unless torchrun started a process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def all_reduce_sum(x):
-    """Σ_ranks x, in place, for a tensor; x itself in a plain run."""
-    if world()[1] > 1:
-        dist.all_reduce(x)
-    return x
-
-
-def all_gather_cat(x):
-    """The ranks' tensors concatenated in rank order (dim 0); x itself in a plain run. The
-    ranks may hold different lengths."""
-    rank, world_size = world()
-    if world_size == 1:
-        return x
-    parts = [None] * world_size
-    dist.all_gather_object(parts, x.cpu())
-    return torch.cat(parts).to(x.device)
-
-
-def all_gather_list(items):
-    """The ranks' lists concatenated in rank order; the list itself in a plain run."""
-    world_size = world()[1]
-    if world_size == 1:
-        return items
-    parts = [None] * world_size
-    dist.all_gather_object(parts, items)
-    return [x for part in parts for x in part]
-
-
-def global_mean(stats):
-    """Each float of `stats` averaged over the ranks (each holds the same number of
-    responses); `stats` itself in a plain run."""
-    world_size = world()[1]
-    if world_size == 1:
-        return stats
-    values = all_reduce_sum(torch.tensor(list(stats.values()), dtype=torch.float64))
-    return dict(zip(stats, (values / world_size).tolist(), strict=True))
-
-
-def my_share(n):
-    """Indices of this rank's contiguous block of range(n): all of it in a plain run."""
-    rank, world_size = world()
-    return np.array_split(np.arange(n), world_size)[rank]
-
-
-def global_masked_whiten(x, mask, eps=1e-8):
-    """masked_whiten with μ and the unbiased var over the unmasked entries of every rank:
-
-    μ = Σ_r Σ x m / Σ_r Σ m,   var = Σ_r Σ (x - μ)² m / (Σ_r Σ m - 1).
-
-    One rank: masked_whiten itself, so a plain run is not changed by a single bit."""
-    if world()[1] == 1:
-        return masked_whiten(x, mask, eps)
-    # μ = Σ_r Σ x m / Σ_r Σ m
-    sums = all_reduce_sum(torch.stack([(x * mask).sum(), mask.sum()]).double())
-    mu = (sums[0] / sums[1]).to(x.dtype)
-    # var = Σ_r Σ (x - μ)² m / (N - 1)
-    var = all_reduce_sum(((x - mu) ** 2 * mask).sum().double()) / (sums[1] - 1)
-    return (x - mu) * torch.rsqrt(var.to(x.dtype) + eps) * mask
-
-
-def token_share(mask):
-    """W · N_rank / N_global for the tokens of one minibatch. DDP averages the gradients of
-    the W ranks, so a token mean over this rank's share, times this factor, gives the
-    gradient of the token mean over the whole global minibatch, as one process computes it
-    even when the ranks hold different numbers of tokens."""
-    n = mask.sum().double()
-    return (world()[1] * n / all_reduce_sum(n.clone())).float()
-
-
-def shared_permutation(n):
-    """torch.randperm(n), the same on every rank (rank 0's); a plain run draws it alone."""
-    perm = torch.randperm(n)
-    if world()[1] > 1:
-        dist.broadcast(perm, 0)
-    return perm
-
-
-def my_batches(rows, batch_size, epochs):
-    """`epochs` passes over `rows` in global batches of `batch_size`, each pass in a new order
-    that every rank shares (shared_permutation). Yields this rank's rows of each global batch:
-    under torchrun every W-th row, starting at its rank; in a plain run all of them."""
-    rank, world_size = world()
-    for _ in range(epochs):
-        for idx in shared_permutation(len(rows)).split(batch_size):
-            yield [rows[j] for j in idx[rank::world_size].tolist()]
-
-
-def data_parallel(model):
-    """The model wrapped in DistributedDataParallel for training under torchrun (gradients
-    averaged across ranks in backward, parameters broadcast from rank 0 at wrap time); the
-    model itself in a plain run. Generation, scoring and saving use the unwrapped model."""
-    if world()[1] == 1:
-        return model
-    device = next(model.parameters()).device
-    return DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None
+def parse_args(argv=None):
+    """Args from the command line; a value that breaks its flag's rule is a ValueError."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-
-
-class NullWriter:
-    """TensorBoard's SummaryWriter for the ranks that write nothing (all but rank 0)."""
-
-    def add_scalar(self, *args, **kwargs):
-        pass
-
-    def add_text(self, *args, **kwargs):
-        pass
-
-    def close(self):
-        pass
-
-
-def sft_loss(logits, labels, loss_mask):
-    """L_SFT = -(1/|R|) sum_{t in R} log p(x_t | x_<t), over the response tokens R of the batch.
-
-    logits[:, t] predicts labels[:, t + 1]. R holds the response tokens and the appended EOS
-    (so the model learns to stop); prompt tokens and padding have loss_mask 0, so whatever
-    sits in their labels does not matter."""
-    mask = loss_mask[:, 1:].float()
-    targets = torch.where(mask.bool(), labels[:, 1:], 0)
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets.unsqueeze(-1))
-    # L = -sum_{t in R} log p(x_t | x_<t) / |R|
-    return -(logp.squeeze(-1) * mask).sum() / mask.sum()
-
-
-def kl_shaped_rewards(scores, logprobs, ref_logprobs, mask, beta):
-    """r_t = -beta (log pi(a_t|s_t) - log pi_ref(a_t|s_t)) + [t = last real token] r_phi(x, y).
-
-    The RM judges the whole response, so its score lands once, on the last real token; the
-    KL penalty (Ziegler et al. 2019) is paid on every response token; padding after
-    EOS gets 0. mask must be a prefix of ones (the response, EOS included)."""
-    # r_t = -beta * (log pi - log pi_ref), every response token
-    rewards = -beta * (logprobs - ref_logprobs) * mask
-    last = mask.sum(1).long() - 1
-    # r_T += r_phi(x, y), last real token only
-    rewards[torch.arange(len(rewards)), last] += scores
-    return rewards
-
-
-def token_gae(rewards, values, mask, gamma, lam):
-    """GAE over the response tokens of a [batch, T] rollout; returns (Â, returns).
-
-    δ_t = r_t + γ V_{t+1} − V_t,   Â_t = δ_t + γλ Â_{t+1},   R_t = Â_t + V_t.
-    Rewards, V and Â are zero past the last real token, so an episode ends at EOS (or at the
-    length cut) with no bootstrap, and padding neither gets nor leaks any advantage."""
-    rewards, values = rewards * mask, values * mask
-    adv = torch.zeros_like(rewards)
-    next_adv = torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(rewards.shape[1])):
-        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else 0.0
-        # δ_t = r_t + γ V_{t+1} − V_t
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        # Â_t = δ_t + γλ Â_{t+1}
-        next_adv = delta + gamma * lam * next_adv
-        adv[:, t] = next_adv
-    adv = adv * mask
-    return adv, (adv + values) * mask
-
-
-def token_policy_loss(logprobs, old_logprobs, advantages, mask, clip_coef):
-    """L_CLIP = -E_t[min(rho_t A_t, clip(rho_t, 1-eps, 1+eps) A_t)],  rho_t = pi/pi_old.
-
-    Also returns the clip fraction and the k3 estimate of KL(pi_old || pi):
-    (rho - 1) - log rho, which is unbiased and never negative (Schulman, 2020)."""
-    log_ratio = logprobs - old_logprobs
-    ratio = log_ratio.exp()
-    # -min(rho A, clip(rho) A) = max(-rho A, -clip(rho) A)
-    losses = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef))
-    with torch.no_grad():
-        clipfrac = masked_mean(((ratio - 1).abs() > clip_coef).float(), mask)
-        approx_kl = masked_mean(ratio - 1 - log_ratio, mask)
-    return masked_mean(losses, mask), clipfrac, approx_kl
-
-
-def token_value_loss(values, old_values, returns, mask, clip_coef):
-    """L_V = 1/2 E_t[max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)].
-
-    The value function may not move further than c from its rollout-time value in one
-    update, as the policy's ratio may not leave [1-eps, 1+eps]; c = 0 turns the clip off."""
-    if clip_coef <= 0:
-        return 0.5 * masked_mean((values - returns) ** 2, mask)
-    clipped = old_values + (values - old_values).clamp(-clip_coef, clip_coef)
-    # 1/2 max((V - R)^2, (V_clip - R)^2)
-    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
-
-
-def adaptive_kl_coef(beta, kl, kl_target, n_steps, horizon):
-    """Ziegler et al. 2019 (as in their code): e = clip(KL / KL_target - 1, -0.2, 0.2),
-    beta <- beta (1 + e n_steps / horizon). kl_target = 0 keeps beta fixed.
-
-    The error is clipped, so one noisy batch moves beta by at most 20% of n_steps/horizon."""
-    if kl_target <= 0:
-        return beta
-    # e = clip(KL / KL_target - 1, -0.2, 0.2)
-    e = min(max(kl / kl_target - 1.0, -0.2), 0.2)
-    # beta <- beta (1 + e n / H)
-    return beta * (1.0 + e * n_steps / horizon)
-
-
-def kl_estimators(logprobs, ref_logprobs):
-    """Single-sample estimators of KL(π‖π_ref) per token (Schulman 2020), for tokens sampled
-    from π, with log r = log π_ref(a_t) − log π(a_t):
-
-    k1 = −log r,   k2 = ½ (log r)²,   k3 = (r − 1) − log r.
-
-    E_π[k1] = E_π[k3] = KL(π‖π_ref); k2 is biased (right to second order), k3 never negative.
-    As loss terms, differentiated at fixed samples, their expected gradients are 0, ∇KL(π‖π_ref)
-    and ∇KL(π_ref‖π): k3 in the loss (GRPO) pulls on the forward KL, not the one it
-    estimates (equal only to first order near π_ref). PPO and RLOO sum k1 into the reward
-    instead, where the score-function gradient of E[Σ k1] is ∇KL(π‖π_ref), unbiased."""
-    log_r = ref_logprobs - logprobs
-    # k1 = −log r,  k2 = ½ (log r)²,  k3 = (r − 1) − log r
-    return -log_r, 0.5 * log_r**2, log_r.exp() - 1 - log_r
-
-
-def rloo_advantages(rewards, k):
-    """REINFORCE leave-one-out (Kool et al. 2019; Ahmadian et al. 2024) for rewards grouped k
-    consecutive per prompt: the baseline of sample i is the mean reward of the other k − 1,
-
-    Â_i = R_i − 1/(k−1) Σ_{j≠i} R_j  (= k/(k−1) (R_i − mean_j R_j)).
-
-    The baseline does not depend on y_i, so the estimator stays unbiased."""
-    R = rewards.view(-1, k)
-    # Â_i = R_i − (Σ_j R_j − R_i) / (k − 1)
-    return (R - (R.sum(1, keepdim=True) - R) / (k - 1)).flatten()
-
-
-def group_advantages(rewards, k, scale_by_std, eps=1e-4):
-    """Group-relative advantages for rewards grouped k consecutive per prompt:
-
-    GRPO (Shao et al. 2024):       Â_i = (r_i − mean(r)) / (std(r) + ε)
-    Dr. GRPO (Liu et al. 2025):    Â_i = r_i − mean(r)          (scale_by_std=False)
-
-    std is the sample std (k − 1 in the denominator), as in TRL. A group whose rewards are all
-    equal carries no signal: its advantages are exactly 0 (never NaN, whatever ε is)."""
-    r = rewards.view(-1, k)
-    same = r.max(1, keepdim=True).values == r.min(1, keepdim=True).values
-    # Â_i = r_i − mean(r)
-    adv = r - r.mean(1, keepdim=True)
-    if scale_by_std:
-        # Â_i = (r_i − mean(r)) / (std(r) + ε)
-        adv = adv / (r.std(1, keepdim=True) + eps)
-    return adv.masked_fill(same, 0.0).flatten()
-
-
-def grpo_policy_loss(
-    logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_coef, beta, constant=0
-):
-    """GRPO's loss (Shao et al. 2024, eq. 3): the clipped surrogate plus a k3 KL term per token,
-
-    ℓ_t = −min(ρ_t Â_t, clip(ρ_t, 1−ε, 1+ε) Â_t) + β k3_t,   ρ_t = π/π_old,
-    L = mean_i (1/|y_i|) Σ_t ℓ_{i,t}        (per response, then over responses), or
-    L = Σ_i Σ_t ℓ_{i,t} / constant          (Dr. GRPO, Liu et al. 2025: constant > 0).
-
-    GRPO's per-response mean gives each token of a short response more weight than one of a
-    long response (a length bias); Dr. GRPO's constant does not. Also returns the clip
-    fraction and approx. KL(π_old‖π), as token_policy_loss does."""
-    log_ratio = logprobs - old_logprobs
-    ratio = log_ratio.exp()
-    # −min(ρ Â, clip(ρ) Â) = max(−ρ Â, −clip(ρ) Â)
-    surrogate = torch.max(
-        -advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)
-    )
-    # ℓ_t = surrogate_t + β k3_t
-    losses = (surrogate + beta * kl_estimators(logprobs, ref_logprobs)[2]) * mask
-    if constant > 0:
-        # L = Σ_i Σ_t ℓ_{i,t} / constant
-        loss = losses.sum() / constant
-    else:
-        # L = mean_i (1/|y_i|) Σ_t ℓ_{i,t}
-        loss = (losses.sum(1) / mask.sum(1)).mean()
-    with torch.no_grad():
-        clipfrac = masked_mean(((ratio - 1).abs() > clip_coef).float(), mask)
-        approx_kl = masked_mean(ratio - 1 - log_ratio, mask)
-    return loss, clipfrac, approx_kl
-
-
-def response_mask_after_eos(responses, eos_id):
-    """m_t = 1 up to and including the first EOS, 0 after it (where generate() pads).
-
-    GPT-2 pads with EOS itself, so padding is found by position, not by token id."""
-    is_eos = responses == eos_id
-    # eos seen strictly before t  <=>  t is padding
-    return ((is_eos.long().cumsum(1) - is_eos.long()) == 0).long()
-
-
-def sequence_logits(model, queries, query_mask, responses, response_mask):
-    """Logits that predict each response token: the forward pass over prompt + response,
-    shifted by one (logits at position t predict token t + 1)."""
-    ids = torch.cat([queries, responses], 1)
-    mask = torch.cat([query_mask, response_mask], 1)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask))
-    return out.logits[:, queries.shape[1] - 1 : -1]
-
-
-@torch.no_grad()
-def generate_responses(policy, tokenizer, prompts, max_new_tokens, temperature, scores=False):
-    """Sample one response per prompt at temperature T. No top-k, no top-p: plain ancestral
-    sampling, so the recomputed log pi_T(a_t) describe the distribution actually sampled.
-
-    Returns the left-padded prompts and their mask, the responses (padding after the first
-    EOS) and their mask, and with scores=True generate()'s own log pi_T(a_t)."""
-    device = next(policy.parameters()).device
-    enc = tokenizer(
-        list(prompts), return_tensors="pt", padding=True, padding_side="left",
-        add_special_tokens=False,
-    )  # fmt: skip
-    queries, query_mask = enc.input_ids.to(device), enc.attention_mask.to(device)
-    # generate() derives position ids from the attention mask, as positions_from_mask does
-    out = policy.generate(
-        input_ids=queries,
-        attention_mask=query_mask,
-        do_sample=True,
-        temperature=temperature,
-        top_k=0,
-        top_p=1.0,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        return_dict_in_generate=True,
-        output_scores=scores,
-    )
-    responses = out.sequences[:, queries.shape[1] :]
-    mask = response_mask_after_eos(responses, tokenizer.eos_token_id)
-    responses = responses.masked_fill(mask == 0, tokenizer.pad_token_id)
-    gen_logprobs = None
-    if scores:
-        # out.scores[t] holds the processed logits z_t / T, so log_softmax gives log pi_T
-        logp = F.log_softmax(torch.stack(out.scores, 1).float(), dim=-1)
-        gen_logprobs = logp.gather(-1, responses.unsqueeze(-1)).squeeze(-1) * mask
-    return queries, query_mask, responses, mask, gen_logprobs
-
-
-def decode_responses(tokenizer, responses, mask):
-    """Response texts without EOS and padding, and whether each one ended with EOS."""
-    texts, ended = [], []
-    for ids, n in zip(responses.tolist(), mask.sum(1).tolist(), strict=True):
-        ids = ids[:n]
-        ended.append(bool(ids) and ids[-1] == tokenizer.eos_token_id)
-        texts.append(tokenizer.decode(ids[:-1] if ended[-1] else ids))
-    return texts, ended
-
-
-def sample_texts(policy, tokenizer, prompts, args):
-    """Response texts sampled from the policy at --temperature, one per prompt, batched."""
-    texts = []
-    for i in range(0, len(prompts), args.rollout_batch_size):
-        batch = prompts[i : i + args.rollout_batch_size]
-        _, _, r, m, _ = generate_responses(
-            policy, tokenizer, batch, args.max_new_tokens, args.temperature
-        )
-        texts += decode_responses(tokenizer, r, m)[0]
-    return texts
-
-
-class ValueModel(nn.Module):
-    """V(s_t) at every token: a GPT-2 trunk and a scalar head, a network of its own that
-    starts as a copy of the reward model.
-
-    Separate rather than a second head on the policy (as in Ouyang et al. 2022 and Huang et
-    al. 2024): the value loss cannot then drag the policy's features, and a copy of the RM
-    predicts the final score from the first iteration instead of from noise. The price is
-    a second forward/backward pass per minibatch."""
-
-    def __init__(self, reward_model):
-        super().__init__()
-        self.backbone = copy.deepcopy(reward_model.backbone)
-        self.head = copy.deepcopy(reward_model.head)
-
-    def forward(self, input_ids, attention_mask):
-        hidden = self.backbone(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=positions_from_mask(attention_mask),
-        ).last_hidden_state
-        return self.head(hidden).squeeze(-1).float()
-
-
-def response_values(value_model, queries, query_mask, responses, response_mask):
-    """V(s_t) for each response token t, read where the policy's logits for token t are."""
-    ids = torch.cat([queries, responses], 1)
-    mask = torch.cat([query_mask, response_mask], 1)
-    return value_model(ids, mask)[:, queries.shape[1] - 1 : -1]
-
-
-def progress(stage, done, total, start, **metrics):
-    """One readable progress line: stage, step, percent, elapsed seconds, metrics."""
-    shown = "  ".join(f"{k} {v:.3g}" for k, v in metrics.items())
-    width = len(str(total))
-    print(
-        f"[{stage}] {done:>{width}}/{total} {100 * done // total:3d}%  "
-        f"{time.time() - start:6.1f}s  {shown}",
-        flush=True,
-    )
-
-
-def save_pretrained_atomic(model, tokenizer, path):
-    """model.save_pretrained and tokenizer.save_pretrained into one directory, atomically
-    (save_dir_atomic): never a half-written model."""
-
-    def write(tmp):
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    save_dir_atomic(path, write)
-
-
-@torch.no_grad()
-def collect_rollout(policy, reference, reward_model, rm_tokenizer, tokenizer, prompts, args):
-    """Sample one response per prompt and score it: the tensors PPO needs, and the metrics.
-    A prompt repeated k times in `prompts` gets k responses from the same generate() call.
-
-    The RM reads the response re-encoded from its text (the form it was trained on, EOS
-    appended), so an RM from reward_model.py scores PPO samples as it scored its data;
-    reward_model None means the gold score is the reward (--reward gold). The KL of a
-    response is sum_t (log pi(a_t) - log pi_ref(a_t)): the k1 estimate of KL(pi || pi_ref)
-    in nats per response, the quantity the KL penalty and target use."""
-    q, qm, r, m, _ = generate_responses(
-        policy, tokenizer, prompts, args.max_new_tokens, args.temperature
-    )
-    logits = sequence_logits(policy, q, qm, r, m)
-    logp = token_logprobs(logits, r, args.temperature) * m
-    ref_logp = token_logprobs(sequence_logits(reference, q, qm, r, m), r, args.temperature) * m
-    texts, ended = decode_responses(tokenizer, r, m)
-    gold = gold_scores(texts)
-    if reward_model is None:
-        scores = torch.tensor(gold, dtype=torch.float32, device=r.device)
-    else:
-        scores = score(reward_model, rm_tokenizer, list(prompts), texts).to(r.device)
-    roll = {"q": q, "qm": qm, "r": r, "m": m, "logp": logp, "ref_logp": ref_logp}
-    roll |= {"scores": scores, "ended": torch.tensor(ended, device=r.device), "texts": texts}
-    well_formed = [e and is_well_formed(t) for t, e in zip(texts, ended, strict=True)]
-    stats = {
-        "gold": float(gold.mean()),
-        "rm_score": scores.mean().item(),
-        "kl": (logp - ref_logp).sum(1).mean().item(),
-        "entropy": masked_mean(token_entropy(logits, args.temperature), m).item(),
-        "well_formed": float(np.mean(well_formed)),
-        "length": m.sum(1).float().mean().item(),
-    }
-    return roll, stats
-
-
-def evaluate_lm_policy(policy, reference, reward_model, rm_tokenizer, tokenizer, prompts, args):
-    """Mean rollout metrics over --eval-samples responses (the same prompts at every call)."""
-    rng = random.Random(args.seed + 1)
-    chosen = [rng.choice(prompts) for _ in range(args.eval_samples)]
-    n, parts, weights = args.rollout_batch_size, [], []
-    for i in range(0, len(chosen), n):
-        models = (policy, reference, reward_model, rm_tokenizer, tokenizer)
-        parts.append(collect_rollout(*models, chosen[i : i + n], args)[1])
-        weights.append(len(chosen[i : i + n]))
-    keys = ["gold", "rm_score", "kl", "well_formed", "length"]
-    return {k: float(np.average([p[k] for p in parts], weights=weights)) for k in keys}
-
-
-SFT_HINT = "nothing of it was saved; lower --sft-lr or --max-grad-norm, or raise --adam-eps"
-
-
-def stage_sft(args, policy, tokenizer, demos, writer):
-    """Stage 1: cross-entropy on the response tokens (and EOS) of the demonstrations."""
-    device = next(policy.parameters()).device
-    world_size = world()[1]
-    train_model = data_parallel(policy)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=args.sft_lr, eps=args.adam_eps)
-    total = args.sft_epochs * math.ceil(len(demos) / args.sft_batch_size)
-    step, start = 0, time.time()
-    for rows in my_batches(demos, args.sft_batch_size, args.sft_epochs):
-        ids, mask, resp = encode(
-            tokenizer, [x["prompt"] for x in rows], [x["response"] for x in rows],
-            policy.config.n_positions,
-        )  # fmt: skip
-        ids, mask, resp = ids.to(device), mask.to(device), resp.to(device)
-        out = train_model(
-            input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)
-        )
-        loss = sft_loss(out.logits, ids, resp)
-        if world_size > 1:  # the token mean over the global batch
-            loss = loss * token_share(resp[:, 1:])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"[sft] non-finite loss at step {step}; {SFT_HINT}")
-        optimizer.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
-        optimizer.step()
-        step += 1
-        writer.add_scalar("sft/loss", loss.item(), step)
-        if step % max(1, total // 5) == 0 or step == total:
-            progress("sft", step, total, start, loss=loss.item())
-    require_finite(policy, "[sft] the SFT policy", SFT_HINT)
-
-
-RM_HINT = "it was not saved; lower --rm-lr"
-
-
-def stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng):
-    """Stage 2: a Bradley-Terry RM whose trunk starts as a copy of the SFT model, trained on
-    `pairs` ({prompt, chosen, rejected}), or if there are none on pairs of SFT samples for
-    one prompt ordered by the simulated annotators."""
-    device = next(policy.parameters()).device
-    rank, world_size = world()
-    if not pairs:
-        batch = [prompts[i] for i in rng.integers(len(prompts), size=args.rm_pairs)]
-        # each rank samples its block; every rank then holds the whole global batch
-        mine = [batch[i] for i in my_share(len(batch))]
-        a, b = (
-            all_gather_list(sample_texts(policy, tokenizer, mine, args)),
-            all_gather_list(sample_texts(policy, tokenizer, mine, args)),
-        )
-        first = annotator_prefers_first(
-            rng, gold_scores(a), gold_scores(b), args.annotator_temperature
-        )
-        pairs = [
-            {"prompt": p, "chosen": x if f else y, "rejected": y if f else x}
-            for p, x, y, f in zip(batch, a, b, first, strict=True)
-        ]
-    reward_model = RewardModel(copy.deepcopy(policy.transformer)).to(device).eval()
-    train_model = data_parallel(reward_model)
-    optimizer = torch.optim.Adam(reward_model.parameters(), lr=args.rm_lr, eps=args.adam_eps)
-    total = args.rm_epochs * math.ceil(len(pairs) / args.rm_batch_size)
-    step, start = 0, time.time()
-    for rows in my_batches(pairs, args.rm_batch_size, args.rm_epochs):
-        # chosen and rejected in one forward pass: rows [0, n) and [n, 2n)
-        ids, mask, _ = encode(
-            tokenizer, [x["prompt"] for x in rows] * 2,
-            [x["chosen"] for x in rows] + [x["rejected"] for x in rows],
-            policy.config.n_positions,
-        )  # fmt: skip
-        r_chosen, r_rejected = train_model(ids.to(device), mask.to(device)).chunk(2)
-        loss = bradley_terry_loss(r_chosen, r_rejected)
-        if world_size > 1:  # the mean over the pairs of the global batch
-            loss = loss * token_share(torch.ones(len(rows)))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"[rm] non-finite loss at step {step}; {RM_HINT}")
-        optimizer.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(reward_model.parameters(), args.max_grad_norm)
-        optimizer.step()
-        step += 1
-        acc = (r_chosen > r_rejected).float().mean().item()
-        writer.add_scalar("rm/loss", loss.item(), step)
-        writer.add_scalar("rm/accuracy", acc, step)
-        if step % max(1, total // 5) == 0 or step == total:
-            progress("rm", step, total, start, loss=loss.item(), acc=acc)
-    require_finite(reward_model, "[rm] the reward model", RM_HINT)
-    return reward_model
-
-
-def normalize_reward_model(args, policy, tokenizer, reward_model, rm_tokenizer, prompts, rng):
-    """Normalise the RM in place so that its scores of --eval-samples SFT samples have mean 0
-    and std 1: r ← (r − μ) / σ. The KL coefficient and the value clip are then on a known
-    scale (Ziegler et al. 2019). Under torchrun each rank samples its block of the prompts,
-    and μ and σ are those of the scores of all ranks."""
-    reference_prompts = [prompts[i] for i in rng.integers(len(prompts), size=args.eval_samples)]
-    reference_prompts = [reference_prompts[i] for i in my_share(len(reference_prompts))]
-    sft_texts = sample_texts(policy, tokenizer, reference_prompts, args)
-    try:
-        mean, std = reward_model.normalize_(
-            all_gather_cat(score(reward_model, rm_tokenizer, reference_prompts, sft_texts))
-        )
-    except FloatingPointError as e:
-        hint = f"{RM_HINT} or raise --eval-samples"
-        hint = "check --reward-model-path" if args.reward_model_path else hint
-        raise FloatingPointError(f"[rm] {e}; {hint}") from None
-    print(f"[rm] normalised on {len(sft_texts)} SFT samples (mean {mean:.3f}, std {std:.3f})")
-
-
-@torch.no_grad()
-def algo_advantages(args, roll, value_model, beta, k):
-    """Â for every response token of a rollout, by --algo (and, for ppo, the values and the
-    returns the value loss needs): PPO's token GAE over KL-shaped rewards, whitened over the
-    global batch; RLOO's leave-one-out baseline on a KL-penalised sequence reward; GRPO's
-    (Dr. GRPO's) group baseline, the same Â on every token of a response."""
-    m = roll["m"]
-    # a response cut at --max-new-tokens never ended: a fixed penalty on its score
-    scores = roll["scores"] - args.no_eos_penalty * (~roll["ended"]).float()
-    if args.algo == "ppo":
-        values = response_values(value_model, roll["q"], roll["qm"], roll["r"], m) * m
-        rewards = kl_shaped_rewards(scores, roll["logp"], roll["ref_logp"], m, beta)
-        adv, returns = token_gae(rewards, values, m, args.gamma, args.gae_lambda)
-        # whitened over all response tokens of the batch, after the returns are made
-        return {"adv": global_masked_whiten(adv, m), "values": values, "returns": returns}
-    if args.algo == "rloo":
-        # R = r_φ(x, y) − β Σ_t (log π − log π_ref): the KL (k1) in the sequence reward
-        seq_reward = scores - beta * (roll["logp"] - roll["ref_logp"]).sum(1)
-        return {"adv": rloo_advantages(seq_reward, k)[:, None] * m}
-    # the KL is a loss term (ppo_update), not part of the reward
-    return {"adv": group_advantages(scores, k, args.algo == "grpo")[:, None] * m}
-
-
-def ppo_update(args, policy, value_model, optimizer, batch, beta=0.0):
-    """--ppo-epochs passes of shuffled minibatches over one rollout batch, for every --algo:
-    the clipped surrogate with token-mean aggregation and, for PPO, the value loss (ppo,
-    rloo); or GRPO's loss with its k3 KL term, weighted by beta (grpo, dr_grpo;
-    value_model is None for the critic-free algorithms). Returns the mean losses and
-    statistics, and the largest |rho - 1| of the very first minibatch, which must be ~0:
-    otherwise the forward pass does not reproduce the rollout (dropout on, temperature or
-    position ids differ; Huang et al. 2023)."""
-    q, qm, r, m = batch["q"], batch["qm"], batch["r"], batch["m"]
-    stats, first_ratio_dev = [], None
-    world_size = world()[1]  # --minibatch-size is global: each rank holds 1/W of it
-    for _ in range(args.ppo_epochs):
-        for mb in torch.randperm(len(r)).split(args.minibatch_size // world_size):
-            logits = sequence_logits(policy, q[mb], qm[mb], r[mb], m[mb])
-            logp = token_logprobs(logits, r[mb], args.temperature)
-            if first_ratio_dev is None:
-                first_ratio_dev = (
-                    (((logp - batch["logp"][mb]).exp() - 1) * m[mb]).abs().max().item()
-                )
-            if args.algo in ("ppo", "rloo"):
-                pg_loss, clipfrac, approx_kl = token_policy_loss(
-                    logp, batch["logp"][mb], batch["adv"][mb], m[mb], args.clip_coef
-                )
-            else:
-                # Dr. GRPO's constant: the most tokens a minibatch can hold
-                constant = len(mb) * args.max_new_tokens if args.algo == "dr_grpo" else 0
-                pg_loss, clipfrac, approx_kl = grpo_policy_loss(
-                    logp, batch["logp"][mb], batch["ref_logp"][mb], batch["adv"][mb], m[mb],
-                    args.clip_coef, beta, constant,
-                )  # fmt: skip
-            if world_size > 1 and args.algo in ("ppo", "rloo"):
-                # token means over the global minibatch (GRPO's per-response means and Dr.
-                # GRPO's constant already average right: every rank holds as many responses)
-                pg_loss = pg_loss * token_share(m[mb])
-            if value_model is None:
-                loss, v_loss = pg_loss, torch.zeros(())
-            else:
-                values = response_values(value_model, q[mb], qm[mb], r[mb], m[mb])
-                v_loss = token_value_loss(
-                    values, batch["values"][mb], batch["returns"][mb], m[mb], args.value_clip
-                )
-                if world_size > 1:
-                    v_loss = v_loss * token_share(m[mb])
-                # No value-loss weight: the two networks share no parameters, and Adam's step
-                # does not depend on the scale of the gradient, so a weight would cancel out.
-                loss = pg_loss + v_loss
-            if not torch.isfinite(loss):  # before the first step, the rollout is at fault
-                raise FloatingPointError(
-                    f"non-finite {args.algo} loss; lower --learning-rate" if stats else
-                    f"non-finite {args.algo} loss before any update: the rewards overflow; "
-                    "lower --no-eos-penalty, --init-kl-coef or --loss-kl-coef"
-                )  # fmt: skip
-            optimizer.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
-            if value_model is not None:
-                nn.utils.clip_grad_norm_(value_model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            stats.append([pg_loss.item(), v_loss.item(), clipfrac.item(), approx_kl.item()])
-    pg, vl, cf, ak = np.mean(stats, 0).tolist()
-    out = {"pg_loss": pg, "value_loss": vl, "clipfrac": cf, "approx_kl": ak,
-           "ratio_dev_first_mb": first_ratio_dev}  # fmt: skip
-    if value_model is None:
-        del out["value_loss"]
-    return out
-
-
-def stage_rl(args, models, value_model, prompts, rng, writer, out_dir):
-    """Stage 3: --ppo-iterations of rollout → advantages (by --algo) → update → log, starting
-    from the SFT policy with π_ref frozen. Under torchrun each rank samples its share of the
-    prompt groups, and the KL controller and the logs see the statistics of the global batch.
-    Returns the final β and the seconds of each iteration."""
-    policy, rank, world_size = models[0], *world()
-    trained = [*policy.parameters(), *(value_model.parameters() if value_model else [])]
-    optimizer = torch.optim.Adam(trained, lr=args.learning_rate, eps=args.adam_eps)
-    # under torchrun the update's forward passes go through DDP (the reference and the RM
-    # need no gradients: never wrapped); rollouts and saving use the plain modules. The DDP
-    # wrappers are freed on return, while every rank is still in the process group.
-    train_policy = data_parallel(policy)
-    train_value = data_parallel(value_model) if value_model is not None else None
+    for f in dataclasses.fields(Args):
+        is_bool, shown = type(f.default) is bool, f" (default: {f.default})" * (f.default != "")
+        parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=f.metadata[
+            "help"] + shown, type=None if is_bool else type(f.default),
+            action=argparse.BooleanOptionalAction if is_bool else None)  # fmt: skip
+    parser.error = lambda message: sys.exit(f"error: {message} (see --help)")
+    args = Args(**vars(parser.parse_args(argv)))
+    for f in dataclasses.fields(args):
+        v, rule = getattr(args, f.name), f.metadata["rule"]
+        ok = v in rule if isinstance(rule, tuple) else RULES[rule](v)
+        require(ok and (not isinstance(v, float) or np.isfinite(v)),
+                f"--{f.name.replace('_', '-')} must be {rule or 'finite'}, not {v!r}")  # fmt: skip
+    return args
+
+
+def require(ok, message):
+    if not ok:
+        raise ValueError(message)
+
+
+def check_flags_together(args, world_size):
+    """The rules that tie flags together; each flag's own rule is beside it in Args. The
+    batch sizes are global: under torchrun they must divide across the ranks."""
     k = responses_per_prompt(args)
-    # β weighs a KL penalty in the reward (ppo, rloo) or a KL term in the loss (grpo, dr_grpo):
-    # two scales, two starting values; one controller adapts either
-    beta = args.init_kl_coef if args.algo in ("ppo", "rloo") else args.loss_kl_coef
-    start, iteration_s = time.time(), []
-    shown = ["gold", "rm_score", "kl", "beta", "well_formed", "entropy", "clipfrac",
-             "approx_kl", "value_loss", "length"]  # fmt: skip
-    csv_path = os.path.join(out_dir, f"{args.algo}_metrics.csv") if rank == 0 else os.devnull
-    with open(csv_path, "w") as csv:
-        for it in range(1, args.ppo_iterations + 1):
-            t_it = time.time()
-            # k consecutive copies of each prompt: its group of k responses
-            chosen = rng.integers(len(prompts), size=args.rollout_batch_size // k)
-            chosen = chosen[my_share(len(chosen))]  # this rank's groups (all of them, alone)
-            batch_prompts = [prompts[i] for i in np.repeat(chosen, k)]
-            roll, stats = collect_rollout(*models, batch_prompts, args)
-            roll |= algo_advantages(args, roll, value_model, beta, k)
-            try:
-                stats |= ppo_update(args, train_policy, train_value, optimizer, roll, beta)
-                for net in (policy, value_model or policy):  # the last step's update too
-                    require_finite(net, "the updated model", "lower --learning-rate")
-            except FloatingPointError as e:
-                raise FloatingPointError(
-                    f"{e} ({args.algo} iteration {it}); SFT and RM are saved in {out_dir}"
-                ) from None
-            stats = global_mean(stats)  # the controller and the logs see the global batch
-            stats["beta"] = beta
-            beta = adaptive_kl_coef(
-                beta, stats["kl"], args.kl_target, len(roll["r"]) * world_size, args.kl_horizon
-            )
-            iteration_s.append(time.time() - t_it)
-            for key, v in stats.items():
-                writer.add_scalar(f"{args.algo}/{key}", v, it)
-            if it == 1:
-                csv.write("iteration," + ",".join(stats) + "\n")
-            csv.write(f"{it}," + ",".join(f"{v:.6g}" for v in stats.values()) + "\n")
-            csv.flush()
-            progress(
-                args.algo, it, args.ppo_iterations, start,
-                **{key: stats[key] for key in shown if key in stats},
-            )  # fmt: skip
-            if args.sample_every and (it % args.sample_every == 0 or it == 1):
-                for p, t, s in list(
-                    zip(batch_prompts, roll["texts"], roll["scores"].tolist(), strict=True)
-                )[:3]:
-                    print(f"    {p + t!r}  gold {gold_scores([t])[0]:+.2f}  {args.reward} {s:+.2f}")
-    return beta, iteration_s
-
-
-def responses_per_prompt(args):
-    """k of --samples-per-prompt; 0 = automatic: 1 for PPO, 4 for the group baselines."""
-    return args.samples_per_prompt or (1 if args.algo == "ppo" else 4)
-
-
-def check_world_size(args, world_size):
-    """ValueError unless the global batch sizes split evenly across the torchrun ranks."""
-    k = responses_per_prompt(args)
+    require(args.algo == "ppo" or k >= 2,
+            f"--algo {args.algo} needs --samples-per-prompt >= 2 (a group baseline)")  # fmt: skip
+    require(args.rollout_batch_size % k == 0,
+            f"--rollout-batch-size must be a multiple of --samples-per-prompt {k}")  # fmt: skip
+    require(args.algo != "ppo" or args.rollout_batch_size >= 2, "--algo ppo whitens the "
+            "advantages over the rollout's tokens: it needs --rollout-batch-size >= 2")  # fmt: skip
+    require(args.minibatch_size <= args.rollout_batch_size,
+            "--minibatch-size must be <= --rollout-batch-size")  # fmt: skip
+    require(args.eval_samples >= 2, "--eval-samples must be >= 2 (for the RM's normaliser)")
     for name, unit in [("rollout_batch_size", k), ("minibatch_size", 1),
                        ("sft_batch_size", 1), ("rm_batch_size", 1)]:  # fmt: skip
-        if getattr(args, name) % (unit * world_size):
-            what = f"{world_size} ranks" + (f" x {k} samples per prompt" if unit > 1 else "")
-            raise ValueError(
+        what = f"{world_size} ranks" + (f" x {k} samples per prompt" if unit > 1 else "")
+        require(getattr(args, name) % (unit * world_size) == 0,
                 f"--{name.replace('_', '-')} {getattr(args, name)} does not divide across "
-                f"{what}; it is a global batch size"
-            )
+                f"{what}; it is a global batch size")  # fmt: skip
 
 
-def check_rlhf_args(args):
-    """ValueError, saying what to fix, for flags that would fail later or do nothing."""
-    if args.algo not in ("ppo", "rloo", "grpo", "dr_grpo"):
-        raise ValueError(f"--algo must be ppo, rloo, grpo or dr_grpo, not {args.algo!r}")
-    if args.reward not in ("rm", "gold"):
-        raise ValueError(f"--reward must be rm or gold, not {args.reward!r}")
-    counts = ("sft_demos", "sft_batch_size", "rm_pairs", "rm_batch_size", "rollout_batch_size",
-              "minibatch_size", "ppo_epochs", "max_new_tokens", "kl_horizon")  # fmt: skip
-    check_flags(args, positive=(*counts, "sft_lr", "rm_lr", "learning_rate", "adam_eps",
-                                "temperature", "max_grad_norm"),
-                nonneg=("threads", "sft_epochs", "rm_epochs", "ppo_iterations", "sample_every",
-                        "samples_per_prompt", "annotator_temperature", "clip_coef", "value_clip",
-                        "init_kl_coef", "loss_kl_coef", "kl_target", "no_eos_penalty"),
-                unit=("gamma", "gae_lambda"))  # fmt: skip
-    if not 0 <= args.seed < 2**32:
-        raise ValueError(f"--seed must be in [0, 2**32), not {args.seed}")
-    # Adam moves each weight by about its step size per step: beyond 1, more than the weights.
-    for name in ("sft_lr", "rm_lr", "learning_rate"):
-        if getattr(args, name) > 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be <= 1, not {getattr(args, name)}")
-    if args.threads > os.cpu_count():
-        raise ValueError(f"--threads {args.threads}: this machine has {os.cpu_count()} CPUs")
-    k = responses_per_prompt(args)
-    if args.algo != "ppo" and k < 2:
-        raise ValueError(f"--algo {args.algo} needs --samples-per-prompt >= 2 (a group baseline)")
-    if args.algo == "ppo" and args.rollout_batch_size < 2:
-        raise ValueError("--algo ppo whitens the advantages with their variance over the "
-                         "rollout's tokens, which needs --rollout-batch-size >= 2")  # fmt: skip
-    if args.rollout_batch_size % k:
-        raise ValueError(
-            f"--rollout-batch-size {args.rollout_batch_size} must be a multiple of "
-            f"--samples-per-prompt {k}"
-        )
-    if args.minibatch_size > args.rollout_batch_size:
-        raise ValueError("--minibatch-size must be <= --rollout-batch-size")
-    if args.eval_samples < 2:
-        raise ValueError("--eval-samples must be >= 2 (the RM is normalised on their std)")
-    if args.preference_data == "" and args.rm_pairs < 2:
-        raise ValueError("need --rm-pairs >= 2 for the built-in task")
-    # The built-in demonstrations, pairs and evaluation prompts: about 1 KiB a text.
-    check_memory(1024 * (args.sft_demos + 2 * args.rm_pairs + args.eval_samples),
-                 "--sft-demos, --rm-pairs and --eval-samples")  # fmt: skip
-
-
-def check_context_and_memory(args, config, tokenizer, prompts, demos, pairs):
-    """ValueError if a prompt and --max-new-tokens do not fit in the model's positions (no
-    prompt is cut: the policy would answer another question), or if the largest batch (SFT,
-    RM or rollout, at its longest) would not fit in memory."""
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    longest = int(np.argmax(lengths))
-    if lengths[longest] + args.max_new_tokens > config.n_positions:
-        raise ValueError(
-            f"{args.sft_data or 'the built-in prompts'}: the prompt {prompts[longest][:40]!r} "
-            f"is {lengths[longest]} tokens; with --max-new-tokens {args.max_new_tokens} that "
-            f"exceeds the {config.n_positions} positions of {args.model_name}; shorten it or "
-            "lower --max-new-tokens"
-        )
-    if min(lengths) == 0:  # a prompt of only whitespace the tokenizer drops, say
-        raise ValueError(f"{args.sft_data}: a prompt encodes to no tokens at all")
-
-    def tokens(texts):  # in the longest text, with EOS, as encode() cuts it
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return min(config.n_positions, 1 + max(map(len, ids)))
-
-    rollout = args.max_new_tokens + max(lengths)  # tokens, prompt included
-    rm_texts = [p["prompt"] + p[k] for p in pairs for k in ("chosen", "rejected")]
-    rm_len = tokens(rm_texts) if pairs else rollout  # without pairs, the RM scores samples
-    check_memory(max(
-        activation_bytes(config, min(args.sft_batch_size, len(demos)),
-                         tokens([d["prompt"] + d["response"] for d in demos])),
-        activation_bytes(config, 2 * min(args.rm_batch_size, len(pairs) or args.rm_pairs), rm_len),
-        activation_bytes(config, args.rollout_batch_size, rollout),
-    ), "--sft-batch-size, --rm-batch-size or --rollout-batch-size")  # fmt: skip
-
-
-def train(args):
-    try:  # under torchrun every rank checks the same flags: rank 0 alone says what is wrong
-        check_rlhf_args(args)
-        check_world_size(args, int(os.environ.get("WORLD_SIZE", "1")))
+def start_run(args):
+    """Check the flags, seed; (device, rank, world size, numpy's Generator). Under torchrun: a
+    process group, one process per GPU (or CPU share); rank 0 alone reports, logs and saves."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        check_flags_together(args, world_size)
     except ValueError:
         if int(os.environ.get("RANK", "0")) > 0:
             sys.exit(1)
         raise
     cuda = args.cuda and torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        # started by torchrun: one process per device (or per CPU share), PyTorch's own DDP
+    if world_size > 1 and not dist.is_initialized():
         if cuda:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if cuda else "gloo")
     rank, world_size = world()
-    task = os.path.basename(args.sft_data) if args.sft_data else "movie-reviews"
-    run_name = f"{task}__rlhf_ppo_gpt2__{args.seed}__{int(time.time())}"
-    out_dir = args.output_dir or os.path.join("runs", run_name)
-    outputs = ("policy", "reward_model", "sft", "*_metrics.csv", "events.out.tfevents.*")
-    stale = earlier_outputs(out_dir, args.overwrite, outputs)
     if rank > 0:
-        sys.stdout = open(os.devnull, "w")  # rank 0 alone prints, logs and saves
-    reward_model = rm_tokenizer = None  # loaded before the seeds: its head's init draws
-    if args.reward == "rm" and args.reward_model_path:
-        reward_model, rm_tokenizer = RewardModel.load(args.reward_model_path)
-    random.seed(args.seed)
-    np.random.seed(args.seed)  # numpy's draws (prompts, annotators) are the same on every rank
+        sys.stdout = open(os.devnull, "w")
+    # numpy's draws (prompts, annotators: the Generator returned) are the same on every rank;
     # torch's are not: each rank samples other responses (rank 0 draws what one process would)
     torch.manual_seed(args.seed + 1000 * rank)
     # A tiny GPT-2's matmuls are too small to split across threads; on a busy 2-core machine
     # one thread was 16x faster than two (measured here).
-    torch.set_num_threads(
-        args.threads or (1 if args.model_name == "tiny" else torch.get_num_threads())
-    )
+    torch.set_num_threads(args.threads or (1 if args.model_name == "tiny" else
+                                           torch.get_num_threads()))  # fmt: skip
     hf_logging.disable_progress_bar()  # save_pretrained's tqdm bar would interleave with ours
-    rng = np.random.default_rng(args.seed)
-    t_start = time.time()
+    return device, rank, world_size, np.random.default_rng(args.seed)
 
-    # Every input is read and checked before anything is written: a bad file or flag should
-    # stop the run before, not after, SFT.
-    if args.sft_data:
-        demos = read_jsonl(args.sft_data, ["prompt", "response"], nonempty=["prompt"])
-    else:
-        demos = builtin_demonstrations(rng, args.sft_demos)
-    pairs = []
-    if args.preference_data and not args.reward_model_path:
-        pairs = read_jsonl(args.preference_data, ["prompt", "chosen", "rejected"],
-                           pair=["chosen", "rejected"])  # fmt: skip
-    policy, tokenizer = load_gpt2(GPT2LMHeadModel, args.model_name)
-    policy = policy.to(device).eval()
-    if rm_tokenizer is not None and rm_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise ValueError(
-            f"{args.reward_model_path}: the RM has another tokenizer than --model-name "
-            f"{args.model_name}; train it with reward_model.py --model-name {args.model_name}"
-        )
-    prompts = sorted({d["prompt"] for d in demos})
-    check_context_and_memory(args, policy.config, tokenizer, prompts, demos, pairs)
-    if world_size > 1:
+
+class NullWriter:
+    """TensorBoard's SummaryWriter for the ranks that write nothing (all but rank 0)."""
+
+    def __getattr__(self, name):  # add_scalar, add_text, close: do nothing
+        return lambda *args, **kwargs: None
+
+
+def check_inputs(args, config, tokenizer, prompts, rm_tokenizer):
+    """ValueError if the RM of --reward-model-path has another tokenizer, or if a prompt and
+    --max-new-tokens do not fit in the model's positions (no prompt is cut: the policy would
+    answer another question)."""
+    require(rm_tokenizer is None or rm_tokenizer.get_vocab() == tokenizer.get_vocab(),
+            f"--reward-model-path {args.reward_model_path}: the RM has another tokenizer than "
+            f"--model-name {args.model_name}")  # fmt: skip
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    n, i = config.n_positions, int(np.argmax(lengths))
+    require(lengths[i] + args.max_new_tokens <= n, f"{args.sft_data or 'a built-in prompt'}: "
+            f"{prompts[i][:40]!r} is {lengths[i]} tokens: with --max-new-tokens "
+            f"{args.max_new_tokens}, more than the {n} positions of {args.model_name}")  # fmt: skip
+
+
+def open_output_dir(args, out):
+    """TensorBoard in --output-dir, by rank 0 (the others write nothing), once every rank has
+    checked that it holds no earlier run; with --overwrite that run's files are deleted first,
+    so that a rerun never mixes its files with them. An unwritable directory is one line."""
+    patterns = ("sft", "reward_model", "policy", "summary.json", "*_metrics.csv", "events.out.*")
+    old = sorted(p for pat in patterns for p in glob.glob(os.path.join(glob.escape(out), pat)))
+    require(args.overwrite or not old, f"--output-dir {out} holds an earlier run "
+            f"({', '.join(map(os.path.basename, old))}); pass --overwrite")  # fmt: skip
+    if world()[1] > 1:
         dist.barrier()  # every rank has checked --output-dir before rank 0 writes to it
-    writer = NullWriter()
-    if rank == 0:
-        make_output_dir(out_dir, stale)
-        threading.excepthook = quiet_tensorboard_thread
-        writer = SummaryWriter(out_dir)
-    writer.add_text("args", json.dumps(dataclasses.asdict(args), indent=1))
+    if world()[0] > 0:
+        return NullWriter()
+    try:
+        for p in old:
+            shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+        os.makedirs(out, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as e:
+        raise OSError(f"cannot write to --output-dir {out}: {e.strerror or e}") from None
+    writer = SummaryWriter(out, flush_secs=2)  # on Ctrl-C close() waits a flush, not 120 s
+    writer.add_text("args", json.dumps(vars(args), indent=1))
+    return writer
 
-    # Stage 1: SFT. Every model stays in eval mode for the whole run: GPT-2's only train-mode
-    # behaviour is dropout (also zeroed in the config), which would make rho != 1 at the start.
-    print(f"[sft] {len(demos)} demonstrations, {len(prompts)} prompts, {args.model_name}, {device}")
-    stage_sft(args, policy, tokenizer, demos, writer)
-    if rank == 0:
-        with signals_held():  # Ctrl-C or SIGTERM waits until the model is complete
-            save_pretrained_atomic(policy, tokenizer, os.path.join(out_dir, "sft"))
-    t_sft = time.time()
 
-    # Stage 2: RM, normalised on SFT samples. --reward gold needs no RM: the task's own scorer
-    # is the reward, as with checkable answers.
-    if args.reward == "gold":
-        rm_tokenizer = tokenizer
-        print("[rm] --reward gold: no reward model; stage 3 is rewarded with the gold score")
-    elif reward_model is None:
-        reward_model = stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng)
-        rm_tokenizer = tokenizer
-    if reward_model is not None:
-        reward_model = reward_model.to(device).eval().requires_grad_(False)
-        normalize_reward_model(args, policy, tokenizer, reward_model, rm_tokenizer, prompts, rng)
-        if rank == 0:
-            with signals_held():
-                reward_model.save(os.path.join(out_dir, "reward_model"), rm_tokenizer)
-    t_rm = time.time()
+def progress(step, total, start, label="step", **metrics):
+    """The progress line, printed when `step` of `total` enters a new tenth (about 10 times,
+    the last at 100%): percent, step, `metrics`, elapsed seconds and the ETA."""
+    if step <= 0 or 10 * step // total == 10 * (step - 1) // total:
+        return
+    seconds, frac = time.time() - start, step / total
+    shown = "".join(f"  {k} {v:.4g}" for k, v in metrics.items())
+    print(f"[{100 * frac:3.0f}%] {label} {step}{shown}  elapsed {seconds:.0f}s  "
+          f"ETA {seconds / frac - seconds:.0f}s", flush=True)  # fmt: skip
 
-    # Stage 3. pi_ref is a frozen copy of the SFT policy. PPO's V is a copy of the RM (of the
-    # SFT trunk with a fresh head under --reward gold); the critic-free algorithms have none.
-    reference = copy.deepcopy(policy).requires_grad_(False)
-    value_model = None
-    if args.algo == "ppo":
-        value_model = ValueModel(
-            reward_model if reward_model is not None else RewardModel(policy.transformer)
-        )
-        value_model = value_model.to(device).requires_grad_(True)
-    held = [policy, reference, reward_model, value_model]
-    stage3_params = sum(p.numel() for x in held if x is not None for p in x.parameters())
-    n_trained = sum(
-        p.numel() for x in (policy, value_model) if x is not None for p in x.parameters()
-    )
-    # parameters of every stage-3 model, plus a gradient and Adam's two moments per trained one
-    stage3_state_mb = 4 * (stage3_params + 3 * n_trained) / 2**20
-    models = (policy, reference, reward_model, rm_tokenizer, tokenizer)
-    sft_eval = evaluate_lm_policy(*models, prompts, args) if rank == 0 else {}
-    print(f"[{args.algo}] SFT policy:   " + "  ".join(f"{k} {v:.3f}" for k, v in sft_eval.items()))
-    beta, iteration_s = stage_rl(args, models, value_model, prompts, rng, writer, out_dir)
-    if rank == 0:
+
+def read_jsonl(flag, path, keys, nonempty=(), pair=()):
+    """The rows of the UTF-8 JSONL file `path`, given by `flag`: each a dict of strings for
+    `keys`; the `nonempty` keys must not be empty, and the two `pair` keys are two responses,
+    which must be non-empty and differ (an identical pair states no preference). A file that
+    cannot be read, holds no row, or has a bad line (not UTF-8, not JSON, a missing key, a lone
+    UTF-16 surrogate, which no tokenizer accepts) is a ValueError naming flag, file and line."""
+    try:
+        with open(path, "rb") as f:
+            lines = f.readlines()
+    except OSError as e:
+        raise ValueError(f"cannot read {flag} {path}: {e.strerror or brief(e)}") from None
+    rows = []
+    for line_no, raw in enumerate(lines, 1):
+        where = f"{flag} {path}:{line_no}"
+        if not raw.strip():
+            continue
+        try:  # a UnicodeDecodeError, a JSONDecodeError and a 5000-digit int are ValueErrors
+            row = json.loads(raw.decode("utf-8-sig" if line_no == 1 else "utf-8"))
+        except (ValueError, RecursionError) as e:
+            raise ValueError(f"{where}: not a line of UTF-8 JSON ({brief(e)})") from None
+        missing = [k for k in keys if not isinstance(row, dict) or not isinstance(row.get(k), str)]
+        require(not missing, f"{where}: needs string fields {', '.join(missing)}")
+        bad = [k for k in keys if re.search("[\ud800-\udfff]", row[k])]
+        require(not bad, f"{where}: lone UTF-16 surrogate in {', '.join(bad)}")
+        empty = [k for k in (*nonempty, *pair) if not row[k]]
+        require(not empty, f"{where}: empty {', '.join(empty)}")
+        require(not pair or row[pair[0]] != row[pair[1]],
+                f"{where}: {' and '.join(pair)} are the same text: no preference")  # fmt: skip
+        rows.append({k: row[k] for k in keys})
+    require(rows, f"{flag} {path}: no examples; expected one JSON object per line with {keys}")
+    return rows
+
+
+def require_finite(model, what, hint):
+    """FloatingPointError if a weight of `model` is NaN or infinite: such a model must be
+    neither saved nor sampled from. The message names `what` and the likely cause, `hint`."""
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise FloatingPointError(f"{what} has non-finite weights; {hint}")
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Ctrl-C and SIGTERM wait while final files are written, then act (KeyboardInterrupt)."""
+    caught, signals = [], (signal.SIGINT, signal.SIGTERM)
+    held = [signal.signal(s, lambda *_: caught.append(1)) for s in signals]
+    try:
+        yield
+    finally:
+        for s, handler in zip(signals, held, strict=True):
+            signal.signal(s, handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def replace_dir(tmp, path):
+    """Move the finished directory `tmp` to `path`. A directory cannot be renamed over a full
+    one, so the old one steps aside first; a crash leaves it, whole, at path + '.old'."""
+    if os.path.exists(path):
+        shutil.rmtree(path + ".old", ignore_errors=True)
+        os.replace(path, path + ".old")
+    os.replace(tmp, path)
+    shutil.rmtree(path + ".old", ignore_errors=True)
+
+
+def save_dir_atomic(path, write):
+    """write(path + ".tmp"), a directory, then replace_dir it to `path`: a reader finds the old
+    directory or the complete new one. A failed or interrupted write removes the temporary
+    directory and keeps the old one; a failure is an OSError that names `path`."""
+    path = path.rstrip("/")
+    shutil.rmtree(path + ".tmp", ignore_errors=True)
+    try:
+        write(path + ".tmp")
+        replace_dir(path + ".tmp", path)
+    except BaseException as e:
+        shutil.rmtree(path + ".tmp", ignore_errors=True)
+        if isinstance(e, Exception):  # ENOSPC comes as OSError, RuntimeError or SafetensorError
+            raise OSError(f"cannot write {path}: {brief(e)}") from None
+        raise
+
+
+def save_pretrained_atomic(path, *parts):
+    """save_pretrained of each part (a model, its tokenizer) into one directory, atomically
+    (save_dir_atomic), by rank 0 alone; a Ctrl-C or SIGTERM meanwhile waits until it is whole."""
+    if world()[0] == 0:
         with signals_held():
-            save_pretrained_atomic(policy, tokenizer, os.path.join(out_dir, "policy"))
-    t_ppo = time.time()
-    if world_size > 1:
-        # DDP's reducers hold the process group: stage_rl() dropped them while every rank was
-        # still here; now leave together (a reducer freed after destroy_process_group can
-        # hang in gloo's teardown once the other ranks have exited; seen here)
-        dist.barrier()
-        dist.destroy_process_group()  # the other ranks are done; rank 0 evaluates alone
-    if rank > 0:
-        return {}
-    final_eval = evaluate_lm_policy(*models, prompts, args)
-    print(
-        f"[{args.algo}] final policy: " + "  ".join(f"{k} {v:.3f}" for k, v in final_eval.items())
-    )
-    writer.close()
-    summary = {"algo": f"rlhf_{args.algo}", "task": task, "model_name": args.model_name}
-    summary |= {"seed": args.seed, "reward": args.reward}
-    summary["samples_per_prompt"] = responses_per_prompt(args)
-    summary |= {f"sft_{k}": v for k, v in sft_eval.items()}
-    summary |= {f"final_{k}": v for k, v in final_eval.items()}
-    summary |= {
-        "kl_target": args.kl_target,
-        "final_beta": beta,
-        "sft_time_s": round(t_sft - t_start, 2),
-        "rm_time_s": round(t_rm - t_sft, 2),
-        "ppo_time_s": round(t_ppo - t_rm, 2),
-        # the rollout-and-update loop alone, without the evaluations
-        "iteration_s": round(float(np.mean(iteration_s)), 4) if iteration_s else 0.0,
-        "stage3_params": stage3_params,
-        "stage3_state_mb": round(stage3_state_mb, 2),
-        "wall_time_s": round(time.time() - t_start, 2),
-        "output_dir": out_dir,
-    }
-    return summary
+            save_dir_atomic(path, lambda tmp: [part.save_pretrained(tmp) for part in parts])
+
+
+def brief(e):
+    return " ".join(str(e).split())[:200]  # an exception's message, on one short line
 
 
 def main(argv=None):
-    """Run train(), print its summary as the last stdout line. Bad input, a failed save and an
-    interrupt each end with one line on stderr and a non-zero exit."""
-    # SIGTERM (sent by `timeout`, job schedulers, `docker stop`) becomes the KeyboardInterrupt
-    # of a Ctrl-C, so the same finally-blocks save the last good state before exiting.
+    """train(), then its rounded summary; any failure is one `error:` line, exit non-zero."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = train(parse_args(argv))
-    except (ValueError, OSError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
+    except (ValueError, OSError, FloatingPointError, MemoryError, RuntimeError) as e:
+        sys.exit(f"error: {brief(e)}")
     except KeyboardInterrupt:
         print("error: interrupted; files saved before the interrupt are kept", file=sys.stderr)
         sys.exit(130)
-    # NaN and inf are not JSON: a summary line must stay parseable whatever the run produced.
-    summary = {k: None if isinstance(v, float) and not math.isfinite(v) else v
-               for k, v in summary.items()}  # fmt: skip
-    print(json.dumps(summary), flush=True)
+    rounded = lambda v: round(float(v), 3) if np.isfinite(v) else None  # noqa: E731 (NaN: no JSON)
+    print(json.dumps({k: rounded(v) if isinstance(v, float) else v for k, v in summary.items()}))
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:  # the files are whole: a signal while Python exits must not print a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from transformers import GPT2LMHeadModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -33,7 +34,7 @@ def free_port():
 
 def tiny_policy():
     torch.manual_seed(0)  # the same initial weights in every process
-    return rl.load_gpt2(rl.GPT2LMHeadModel, "tiny")
+    return rl.load_gpt2(GPT2LMHeadModel, "tiny")
 
 
 def global_batch(policy, tokenizer):
@@ -69,7 +70,7 @@ def ppo_job():
     rl.ppo_update(args, rl.data_parallel(policy), rl.data_parallel(value_model), optimizer, batch)
     return {
         "params": [p.detach().clone() for p in params],
-        "whitened": rl.all_gather_cat(batch["adv"]),
+        "whitened": torch.cat(rl.all_gather_list([batch["adv"]])),
         "expected_whitened": rl.masked_whiten(full["adv"], full["m"]),
     }
 
@@ -87,13 +88,17 @@ def rm_job():
     """One RM step on a global batch of 16 preference pairs, then the RM normalisation on
     scores that each rank holds a share of."""
     policy, tokenizer = tiny_policy()
-    pairs = rl.builtin_preferences(np.random.default_rng(0), 16, 0.1)
+    demos = rl.builtin_demonstrations(np.random.default_rng(0), 16)
+    others = rl.sample_responses(np.random.default_rng(1), 16)
+    pairs = [{"prompt": d["prompt"], "chosen": d["response"], "rejected": r}
+             for d, r in zip(demos, others, strict=True)]  # fmt: skip
     args = rl.Args(model_name="tiny", rm_batch_size=16, rm_epochs=1)
     prompts = sorted(rl.PROMPTS)
     rng = np.random.default_rng(0)
     model = rl.stage_reward_model(args, policy, tokenizer, prompts, pairs, rl.NullWriter(), rng)
     scores = torch.randn(10, generator=torch.Generator().manual_seed(2))
-    mean, std = model.normalize_(rl.all_gather_cat(scores[torch.as_tensor(rl.my_share(10))]))
+    mine = scores[torch.as_tensor(rl.my_share(10))]
+    mean, std = model.normalize_(torch.cat(rl.all_gather_list([mine])))
     return {
         "params": [p.detach().clone() for p in model.parameters()],
         "mean_std": (mean, std),
@@ -148,13 +153,14 @@ def test_two_ranks_give_the_parameters_of_one_process(job, both):
 
 
 def test_uneven_global_batch_is_a_one_line_error():
-    rl.check_world_size(rl.Args(), 2)  # the defaults divide across 2 ranks
+    rl.check_flags_together(rl.Args(), 2)  # the defaults divide across 2 ranks
     with pytest.raises(ValueError, match="--rollout-batch-size 64 does not divide across 3"):
-        rl.check_world_size(rl.Args(), 3)
+        rl.check_flags_together(rl.Args(), 3)
     with pytest.raises(ValueError, match="--minibatch-size 6 does not divide across 4"):
-        rl.check_world_size(rl.Args(minibatch_size=6), 4)
+        rl.check_flags_together(rl.Args(minibatch_size=6), 4)
     with pytest.raises(ValueError, match="x 4 samples per prompt"):
-        rl.check_world_size(rl.Args(algo="grpo", rollout_batch_size=24, minibatch_size=8), 4)
+        args = rl.Args(algo="grpo", rollout_batch_size=24, minibatch_size=8)
+        rl.check_flags_together(args, 4)
 
 
 def test_torchrun_uneven_global_batch_says_so_once_and_writes_nothing(tmp_path):
@@ -191,6 +197,6 @@ def test_torchrun_only_rank_zero_writes_and_the_checkpoint_reloads(tmp_path):
     assert [f for f in files if f.startswith("events")] and len(
         [f for f in files if f.startswith("events")]
     ) == 1  # one TensorBoard writer
-    assert {"sft", "reward_model", "policy", "ppo_metrics.csv"} <= set(files)
-    policy = rl.GPT2LMHeadModel.from_pretrained(str(out / "policy"), local_files_only=True)
+    assert {"sft", "reward_model", "policy", "ppo_metrics.csv", "summary.json"} <= set(files)
+    policy = GPT2LMHeadModel.from_pretrained(str(out / "policy"), local_files_only=True)
     assert policy.config.n_layer == 2

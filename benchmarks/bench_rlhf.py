@@ -81,7 +81,7 @@ def run_tiny(seed, out_dir, extra=()):
     for line in proc.stdout:
         print("   ", line, end="", flush=True)
         for s in STAGES + ALGOS:
-            if line.startswith(f"[{s}]"):
+            if line.startswith(f"[{s}]") or f"%] {s} " in line:  # a header, a progress line
                 stage[0] = "ppo" if s in ALGOS else s
         last = line
     proc.wait()
@@ -89,7 +89,9 @@ def run_tiny(seed, out_dir, extra=()):
     sampler.join()
     if proc.returncode != 0:
         sys.exit(f"error: seed {seed} exited with {proc.returncode}")
-    summary = json.loads(last)
+    json.loads(last)  # the short summary line; summary.json holds every number
+    with open(os.path.join(out_dir, "summary.json")) as f:
+        summary = json.load(f)
     summary |= {f"{s}_peak_rss_mb": round(peaks[s], 1) for s in STAGES}
     algo = summary["algo"].removeprefix("rlhf_")
     with open(os.path.join(out_dir, f"{algo}_metrics.csv")) as f:
@@ -119,12 +121,12 @@ def gpt2_iteration(n_iterations, size="gpt2"):
 
     torch.manual_seed(0)
     args = rl.Args(model_name="gpt2")
-    _, tokenizer = rl.load_gpt2(rl.GPT2LMHeadModel, "tiny")  # prompts only; ids < 50257
+    _, tokenizer = rl.load_gpt2(rl.transformers.GPT2LMHeadModel, "tiny")  # prompts; ids < 50257
     n_layer, n_embd, n_head = GPT2_SIZES[size]
     config = rl.GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, resid_pdrop=0.0,
                            embd_pdrop=0.0, attn_pdrop=0.0)  # fmt: skip
-    policy = rl.GPT2LMHeadModel(config).eval()
-    reference = rl.GPT2LMHeadModel(config).eval().requires_grad_(False)
+    policy = rl.transformers.GPT2LMHeadModel(config).eval()
+    reference = rl.transformers.GPT2LMHeadModel(config).eval().requires_grad_(False)
     reward_model = rl.RewardModel(rl.GPT2Model(config)).eval().requires_grad_(False)
     value_model = rl.ValueModel(reward_model).requires_grad_(True)
     optimizer = torch.optim.Adam(
@@ -146,7 +148,7 @@ def gpt2_iteration(n_iterations, size="gpt2"):
             logp = rl.token_logprobs(rl.sequence_logits(policy, q, qm, r, m), r, 1.0) * m
             ref_logp = rl.token_logprobs(rl.sequence_logits(reference, q, qm, r, m), r, 1.0) * m
             scores = reward_model(torch.cat([q, r], 1), torch.cat([qm, m], 1))
-            values = rl.response_values(value_model, q, qm, r, m) * m
+            values = value_model(q, qm, r, m) * m
             rewards = rl.kl_shaped_rewards(scores, logp, ref_logp, m, args.init_kl_coef)
             adv, returns = rl.token_gae(rewards, values, m, args.gamma, args.gae_lambda)
         t1 = time.time()
@@ -306,14 +308,14 @@ def save_partial(runs, trl_rows):
 def report_algos(runs, trl_rows, args):
     """The tables, the per-algorithm ranges against the targets, the JSON and the plot."""
     rows = ["| seed | algo | gold SFT → final | gain | final KL | well-formed | s/iteration "
-            "| stage 3 s | stage-3 peak RSS MiB | stage-3 state MiB | load |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            "| stage 3 s | stage-3 peak RSS MiB | load |",
+            "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in runs:
         rows.append(
             f"| {r['seed']} | {r['algo'].removeprefix('rlhf_')} | {r['sft_gold']:+.3f} → "
             f"{r['final_gold']:+.3f} | {r['final_gold'] - r['sft_gold']:+.3f} | "
             f"{r['final_kl']:.2f} | {r['final_well_formed']:.3f} | {r['iteration_s']:.3f} | "
-            f"{r['ppo_time_s']:.1f} | {r['ppo_peak_rss_mb']:.0f} | {r['stage3_state_mb']:.2f} "
+            f"{r['ppo_time_s']:.1f} | {r['ppo_peak_rss_mb']:.0f} "
             f"| {r['load_before']:.1f}–{r['load_after']:.1f} |"
         )
     print("\n".join(rows))
@@ -406,7 +408,7 @@ def timing_child(run_dir, rounds):
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    sft, tokenizer = rl.load_gpt2(rl.GPT2LMHeadModel, os.path.join(run_dir, "sft"))
+    sft, tokenizer = rl.load_gpt2(rl.transformers.GPT2LMHeadModel, os.path.join(run_dir, "sft"))
     reward_model, rm_tokenizer = rl.RewardModel.load(os.path.join(run_dir, "reward_model"))
     reward_model.requires_grad_(False)
     reference = copy.deepcopy(sft).requires_grad_(False)
@@ -431,7 +433,7 @@ def timing_child(run_dir, rounds):
             with torch.no_grad():
                 scores = roll["scores"] - args.no_eos_penalty * (~roll["ended"]).float()
                 if algo == "ppo":
-                    values = rl.response_values(value, q, qm, r, m) * m
+                    values = value(q, qm, r, m) * m
                     rewards = rl.kl_shaped_rewards(scores, roll["logp"], roll["ref_logp"], m, 0.2)
                     adv, returns = rl.token_gae(rewards, values, m, args.gamma, args.gae_lambda)
                     roll |= {"values": values, "returns": returns, "adv": rl.masked_whiten(adv, m)}

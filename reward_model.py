@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -403,11 +404,10 @@ def train(args):
     total_steps = args.epochs * -(-len(pairs) // args.batch_size)
     # Linear decay to 0: the last, small steps average out the annotators' label noise.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - s / total_steps)
+    threading.excepthook = lambda a: isinstance(a.exc_value, OSError) or sys.excepthook(*a[:3])
     writer = SummaryWriter(out, flush_secs=2)  # on Ctrl-C close() waits a flush
     writer.add_text("args", json.dumps(vars(args), indent=1))
-    print(f"reward model on {task}: {len(pairs)} training pairs, {len(held_out)} held out, "
-          f"{args.model_name} ({sum(p.numel() for p in model.parameters()):,} parameters) on "
-          f"{device}; files in {out}")  # fmt: skip
+    print(f"{args.model_name} reward model, {task}: {len(pairs)} pairs; files in {out}")
 
     step, t0 = 0, time.time()
     try:
@@ -545,7 +545,8 @@ def label_preferences(args):
 # Each piece is the same text in every script that has it (tests/test_shared_code.py).
 
 RULES = {None: lambda v: True, "> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0,
-         "in [0, 1]": lambda v: 0 <= v <= 1, "in [0, 2^32)": lambda v: 0 <= v < 2**32}  # fmt: skip
+         "in [0, 1]": lambda v: 0 <= v <= 1, "in [0, 2^32)": lambda v: 0 <= v < 2**32,
+         "finite": lambda v: True, "in [-20, 20]": lambda v: -20 <= v <= 20}  # fmt: skip
 
 
 def parse_args(argv=None):
@@ -677,8 +678,7 @@ def brief(e):
 
 
 def main(argv=None):
-    """train(), then its rounded summary as the last stdout line. Bad input, a failed save, a
-    lack of memory and an interrupt (SIGTERM too) each end in one line and a non-zero exit."""
+    """train(), then its rounded summary; any failure is one `error:` line, exit non-zero."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:

@@ -400,15 +400,16 @@ def make_envs(env_id, num_envs, action_spaces, video_dir=None):
     flag = "--capture-video" if video_dir else "--env-id"
     try:  # copy=False: sync envs hand back their buffer, not a deepcopy; astype() copies
         kwargs = dict(vector_kwargs=dict(copy=False))
-        if video_dir:  # a missing renderer (pygame, ...) or moviepy fails now, not after a run
-            (probe := gym.make(env_id, render_mode="rgb_array")).reset()
-            probe.render(), probe.close()
+        if video_dir:
             names = iter(range(num_envs))
             kwargs.update(render_mode="rgb_array", wrappers=[lambda env: gym.wrappers.RecordVideo(
                 env, video_dir, lambda ep: ep == 0, name_prefix=f"env{next(names)}")])  # fmt: skip
         elif gym.spec(env_id).vector_entry_point is not None:
             kwargs = {}
         envs = gym.make_vec(env_id, num_envs, "sync" if video_dir else None, **kwargs)
+        if video_dir:  # RecordVideo checked moviepy; a missing renderer fails now, not after a run
+            (probe := gym.make(env_id, render_mode="rgb_array")).reset()
+            probe.render(), probe.close()
     except Exception as e:  # gym.error.Error, DependencyNotInstalled (names the package), ...
         raise ValueError(f"{flag} {env_id}: {brief(e)}") from None
     act, obs = envs.single_action_space, envs.single_observation_space

@@ -469,8 +469,11 @@ def test_interrupt_a_real_process_in_training_then_during_the_final_save(name, i
     proc.send_signal(signal.SIGINT)
     time.sleep(0.2)  # let both arrive while the save is still paused
     (hook / "go-saving").touch()
+    start = time.time()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err == INTERRUPTED, err
+    # Issue 30: closing TensorBoard's writer used to wait up to its 120 s flush interval.
+    assert time.time() - start < 15
     assert torch.load(out / "model.pt", weights_only=True)["args"]["seed"] == 5
     assert_files_load(out)
 

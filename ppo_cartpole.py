@@ -55,6 +55,7 @@ class Args:
     num_minibatches: int = flag(1, "minibatches per epoch; must divide num_envs*num_steps", "> 0")
     update_epochs: int = flag(10, "passes over each rollout", "> 0")
     norm_adv: bool = flag(True, "normalise the advantages within each minibatch")
+    adv_norm_floor: float = flag(1.0, "Â / max(std Â, this): noise is not scaled up", ">= 0")
     loss_type: str = flag("clip", "policy objective: L^CLIP or L^KLPEN", ("clip", "kl_penalty"))
     clip_coef: float = flag(0.2, "ε of the clipped surrogate", ">= 0")
     clip_vloss: bool = flag(False, "clip the value loss with the same ε, as in PPO2")
@@ -259,7 +260,9 @@ def ppo_epochs(agent, optimizer, t, args, beta, entropy):
     """--update-epochs passes of shuffled minibatches over the transitions `t`, each step
     minimising L = −L^CLIP (or −L^KLPEN) + c1 L^VF − c2 S. `entropy` maps the distribution
     parameters that agent.evaluate returns (the logits, or log σ) to S, the batch's mean
-    entropy. Returns the mean losses."""
+    entropy. --norm-adv: Â ← (Â − mean Â) / max(std Â, --adv-norm-floor) per minibatch; the
+    floor keeps critic noise (all Â tiny) from being scaled up to unit size. Returns the mean
+    losses."""
     stats = []
     for _epoch in range(args.update_epochs):
         perm = torch.randperm(len(t["obs"]), device=t["obs"].device)
@@ -267,7 +270,8 @@ def ppo_epochs(agent, optimizer, t, args, beta, entropy):
             logp, dist, v = agent.evaluate(t["obs"][mb], t["action"][mb])
             mb_adv = t["adv"][mb]
             if args.norm_adv and len(mb) > 1:
-                mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                std = mb_adv.std().clamp(min=args.adv_norm_floor)
+                mb_adv = (mb_adv - mb_adv.mean()) / (std + 1e-8)
             if args.loss_type == "clip":
                 pg_loss, clipfrac = clipped_surrogate_loss(
                     logp, t["logp"][mb], mb_adv, args.clip_coef

@@ -6,6 +6,11 @@ the median across seeds, and each seed as a thin line, into docs/img/<script>_ba
 matplotlib is a benchmark-only dependency (benchmarks/requirements.txt).
 
     python -m golden.plot_curves [--curves golden/curves] [--out docs/img]
+    python -m golden.plot_curves --check runs/my_run/episodes.csv --script ppo_cartpole
+
+--check judges one run against the reference runs of --script (see check()): the band over
+the whole run, and the end of the run against the band of the references' final returns, so
+that a run which solved and then collapsed is reported outside. Exit status 1 if outside.
 """
 
 import argparse
@@ -55,6 +60,32 @@ def band(paths, window=20, points=300):
         return grid, y, np.nanmin(y, 0), np.nanmedian(y, 0), np.nanmax(y, 0)
 
 
+def check(paths, run, window=20, end=0.2, q=0.1):
+    """Judge the episodes.csv `run` against the reference runs `paths`.
+
+    inside: the fraction of the steps (where both have finished episodes) at which the run's
+    last-`window` mean lies within the references' min–max band. That band widens to span
+    every reference seed at every step (on CartPole, about 10 to 500 after the first solves),
+    so it cannot see a collapse. Hence also
+    end_inside: the fraction of the last `end` of the run's steps at which its last-`window`
+    mean lies within the band of the references' final values [Q_q, max]: Q_q the q-quantile of
+    the references' last-`window` means at their last episode (a reference seed that itself
+    collapsed is not allowed to widen the band by itself; q = 0 gives the minimum).
+    ok: inside at ≥ half the steps and end_inside ≥ half the end's steps.
+    """
+    grid, _, lo, _, hi = band(paths, window)
+    mine = on_grid(run, grid, window)
+    seen = np.isfinite(lo) & np.isfinite(mine)
+    inside = float(((mine[seen] >= lo[seen]) & (mine[seen] <= hi[seen])).mean())
+    finals = [running_mean(p, window)[1][-1] for p in paths]
+    end_lo, end_hi = float(np.quantile(finals, q)), float(max(finals))
+    steps, mean = running_mean(run, window)
+    last = mean[steps >= (1 - end) * steps[-1]]
+    end_inside = float(((last >= end_lo) & (last <= end_hi)).mean())
+    return dict(inside=inside, end_inside=end_inside, end_band=(end_lo, end_hi),
+                final=float(mean[-1]), ok=inside >= 0.5 and end_inside >= 0.5)  # fmt: skip
+
+
 def plot(script, paths, out, window, extra="", env_id="CartPole-v1"):
     import matplotlib
 
@@ -85,12 +116,23 @@ def main(argv=None):
     parser.add_argument("--curves", default=str(ROOT / "golden" / "curves"))
     parser.add_argument("--out", default=str(ROOT / "docs" / "img"))
     parser.add_argument("--window", type=int, default=20, help="episodes in the running mean")
+    parser.add_argument("--check", metavar="EPISODES_CSV", help="judge this run; plot nothing")
+    parser.add_argument("--script", default="ppo_cartpole", help="--check: the references")
     args = parser.parse_args(argv)
     runs = defaultdict(list)
     for path in sorted(Path(args.curves).glob("*_seed*.csv")):
         runs[re.fullmatch(r"(.+)_seed\d+\.csv", path.name).group(1)].append(path)
     if not runs:
         raise SystemExit(f"error: no <script>_seed<S>.csv in {args.curves}")
+    if args.check:
+        if args.script not in runs:
+            raise SystemExit(f"error: --script {args.script}: no curves in {args.curves}")
+        c = check(runs[args.script], args.check, args.window)
+        print(f"inside the reference band at {c['inside']:.0%} of the steps; over the last 20% "
+              f"of the steps inside the band of the reference runs' final returns "
+              f"[{c['end_band'][0]:.1f}, {c['end_band'][1]:.1f}] at {c['end_inside']:.0%} "
+              f"(final {c['final']:.1f}): {'inside' if c['ok'] else 'OUTSIDE'}")  # fmt: skip
+        raise SystemExit(0 if c["ok"] else 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = Path(args.curves) / "manifest.json"  # written by make_curves: flags used

@@ -21,9 +21,14 @@ https://arxiv.org/abs/2503.20783). Departures from the papers, on purpose:
   --ppo-epochs 1 and one minibatch the ratio is 1 and the update is plain REINFORCE;
 - GRPO's β is adapted by the same KL controller as PPO's, from --loss-kl-coef (the paper
   keeps it fixed); Dr. GRPO keeps the k3 term (the paper drops it, with a checkable reward).
+REINFORCE++ (Hu 2025, https://arxiv.org/abs/2501.03262) is critic-free with one sample per
+prompt: PPO's KL-shaped token rewards and clipped update, with the return as Â, whitened over
+the global batch. DPO (Rafailov et al. 2023, https://arxiv.org/abs/2305.18290) needs no RM and
+no sampling: stage 3 fits the policy to stage 2's preference pairs, the SFT model as π_ref.
 
     python rlhf_ppo_gpt2.py --model-name tiny --output-dir runs/rlhf   # built-in task, CPU, ~1 min
     python rlhf_ppo_gpt2.py --model-name tiny --algo grpo              # critic-free, 16 prompts x 4
+    python rlhf_ppo_gpt2.py --model-name tiny --algo dpo               # offline, on the RM's pairs
     python rlhf_ppo_gpt2.py --reward-model-path runs/rm/reward_model   # an RM of reward_model.py
     torchrun --nproc-per-node 2 rlhf_ppo_gpt2.py --model-name tiny     # data parallel (DDP)
 
@@ -86,14 +91,16 @@ class Args:
     sft_batch_size: int = flag(32, "demonstrations per SFT step", "> 0")
     sft_lr: float = flag(3e-3, "Adam step size of SFT", "> 0")
     # Stage 2: RM
-    rm_pairs: int = flag(4096, "preference pairs sampled from the SFT policy for the RM", "> 0")
+    rm_pairs: int = flag(4096, "preference pairs sampled from the SFT policy (RM, DPO)", "> 0")
     rm_epochs: int = flag(2, "passes over the preference pairs", ">= 0")
     rm_batch_size: int = flag(32, "pairs per RM step", "> 0")
     rm_lr: float = flag(5e-4, "Adam step size of the RM", "> 0")
     # Stage 3: PPO, or a critic-free policy gradient
-    algo: str = flag("ppo", "PPO or a critic-free baseline", ("ppo", "rloo", "grpo", "dr_grpo"))
+    algo: str = flag("ppo", "PPO, a critic-free policy gradient or DPO",
+                     ("ppo", "rloo", "grpo", "dr_grpo", "reinforce_pp", "dpo"))  # fmt: skip
     reward: str = flag("rm", "stage-3 reward: the learned RM or the gold scorer", ("rm", "gold"))
-    samples_per_prompt: int = flag(0, "responses per prompt; 0 = 1 for ppo, else 4", ">= 0")
+    samples_per_prompt: int = flag(0, "responses per prompt; 0 = 4 for a group baseline, else 1",
+                                   ">= 0")  # fmt: skip
     ppo_iterations: int = flag(40, "rollout-then-update iterations", ">= 0")
     rollout_batch_size: int = flag(64, "responses per iteration (prompts x samples)", "> 0")
     minibatch_size: int = flag(16, "responses per gradient step", "> 0")
@@ -107,13 +114,19 @@ class Args:
     max_grad_norm: float = flag(1.0, "gradient-norm clip, of each model separately", "> 0")
     gamma: float = flag(1.0, "discount γ over response tokens", "in [0, 1]")
     gae_lambda: float = flag(0.95, "GAE λ over response tokens", "in [0, 1]")
-    init_kl_coef: float = flag(0.2, "initial β of the KL penalty in the reward (ppo, rloo)", ">= 0")
+    init_kl_coef: float = flag(0.2, "initial β of the KL penalty in the reward (ppo, rloo, "
+                               "reinforce_pp)", ">= 0")  # fmt: skip
     loss_kl_coef: float = flag(0.5, "initial β of the k3 KL loss term (grpo, dr_grpo)", ">= 0")
     kl_target: float = flag(4.0, "target KL(π‖π_ref), nats per response; 0 = fixed β", ">= 0")
     kl_horizon: int = flag(500, "horizon (in responses) of the adaptive KL controller", "> 0")
     no_eos_penalty: float = flag(1.0, "subtracted from the score of a response with no EOS", ">= 0")
     eval_samples: int = flag(256, "responses to evaluate SFT and final policy (and RM norm)", "> 0")
     sample_every: int = flag(10, "print sample responses every N iterations; 0 = never", ">= 0")
+    # Stage 3 of --algo dpo, instead of the above: no RM, no sampling
+    dpo_beta: float = flag(2.0, "β of DPO: its implicit reward is β log π/π_ref", "> 0")
+    dpo_epochs: int = flag(2, "passes of DPO over the preference pairs", ">= 0")
+    dpo_batch_size: int = flag(32, "pairs per DPO step", "> 0")
+    dpo_lr: float = flag(1e-3, "Adam step size of DPO", "> 0")
 
 
 # ---- The math: pure functions of tensors, each checked alone by the tests ----
@@ -275,6 +288,30 @@ def group_advantages(rewards, k, scale_by_std, eps=1e-4):
     if scale_by_std:
         adv = adv / (r.std(1, keepdim=True) + eps)
     return adv.masked_fill(same, 0.0).flatten()
+
+
+def reinforce_pp_advantages(rewards, mask, gamma):
+    """REINFORCE++ (Hu 2025): the return of kl_shaped_rewards' token rewards, whitened over every
+    response token of the global batch (all ranks under torchrun), with no critic and no group:
+
+    G_t = Σ_{s≥t} γ^{s−t} r_s,   Â_t = (G_t − mean(G)) / std(G),   mean, std over all tokens.
+
+    RLOO and GRPO subtract a baseline per prompt's group of k; REINFORCE++ subtracts the batch
+    mean, so it needs one sample per prompt, and adding c to the rewards of one prompt's responses
+    moves every Â of the batch (RLOO's and GRPO's do not move). G is token_gae with V = 0, λ = 1."""
+    returns = token_gae(rewards, torch.zeros_like(rewards), mask, gamma, 1.0)[1]
+    return global_masked_whiten(returns, mask)
+
+
+def dpo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta):
+    """DPO (Rafailov et al. 2023): the Bradley-Terry loss of the implicit reward
+    r(x, y) = β (log π(y|x) − log π_ref(y|x)), log π(y|x) summed over y's tokens and EOS:
+
+    L = −mean log σ(β [(log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))]).
+
+    At π = π_ref the margin is 0 and L = log 2. Returns L and the mean margin r(y_w) − r(y_l)."""
+    r_chosen, r_rejected = beta * (logp_chosen - ref_chosen), beta * (logp_rejected - ref_rejected)
+    return bradley_terry_loss(r_chosen, r_rejected), (r_chosen - r_rejected).detach().mean()
 
 
 def grpo_policy_loss(
@@ -444,7 +481,8 @@ def algo_advantages(args, roll, value_model, beta, k):
     """Â for every response token of a rollout, by --algo (and, for ppo, the values and the
     returns the value loss needs): PPO's token GAE over KL-shaped rewards, whitened over the
     global batch; RLOO's leave-one-out baseline on a KL-penalised sequence reward; GRPO's
-    (Dr. GRPO's) group baseline, the same Â on every token of a response."""
+    (Dr. GRPO's) group baseline, the same Â on every token of a response; REINFORCE++'s
+    whitened return of PPO's rewards."""
     m = roll["m"]
     # a response cut at --max-new-tokens never ended: a fixed penalty on its score
     scores = roll["scores"] - args.no_eos_penalty * (~roll["ended"]).float()
@@ -454,6 +492,9 @@ def algo_advantages(args, roll, value_model, beta, k):
         adv, returns = token_gae(rewards, values, m, args.gamma, args.gae_lambda)
         # whitened over all response tokens of the batch, after the returns are made
         return {"adv": global_masked_whiten(adv, m), "values": values, "returns": returns}
+    if args.algo == "reinforce_pp":  # PPO's rewards, no critic: the only new line is Â
+        rewards = kl_shaped_rewards(scores, roll["logp"], roll["ref_logp"], m, beta)
+        return {"adv": reinforce_pp_advantages(rewards, m, args.gamma)}
     if args.algo == "rloo":
         # R = r_φ(x, y) − β Σ_t (log π − log π_ref): the KL (k1) in the sequence reward
         seq_reward = scores - beta * (roll["logp"] - roll["ref_logp"]).sum(1)
@@ -464,15 +505,15 @@ def algo_advantages(args, roll, value_model, beta, k):
 
 def minibatch_loss(args, policy, value_model, b, mb, beta):
     """The stage-3 loss of the responses `mb` (indices) of the rollout `b`, and its statistics: the
-    clipped surrogate with token-mean aggregation (ppo, rloo) or GRPO's loss with its k3 KL term
-    weighted by β (grpo, dr_grpo); plus, for ppo, the clipped value loss. No value-loss weight: the
-    two networks share no parameters, and Adam's step does not depend on the scale of the gradient,
-    so a weight would cancel out. Under torchrun a token mean is scaled by token_share (the mean
-    over the global minibatch; × 1 in a plain run); GRPO's per-response means and Dr. GRPO's
-    constant already average right, since every rank holds as many responses."""
+    clipped surrogate with token-mean aggregation (ppo, rloo, reinforce_pp) or GRPO's loss with its
+    k3 KL term weighted by β (grpo, dr_grpo); plus, for ppo, the clipped value loss. No value-loss
+    weight: the two networks share no parameters, and Adam's step does not depend on the scale of
+    the gradient, so a weight would cancel out. Under torchrun a token mean is scaled by
+    token_share (the mean over the global minibatch; × 1 in a plain run); GRPO's per-response
+    means and Dr. GRPO's constant already average right: every rank holds as many responses."""
     q, qm, r, m, old = b["q"][mb], b["qm"][mb], b["r"][mb], b["m"][mb], b["logp"][mb]
     logp = token_logprobs(sequence_logits(policy, q, qm, r, m), r, args.temperature)
-    if args.algo in ("ppo", "rloo"):
+    if args.algo in ("ppo", "rloo", "reinforce_pp"):
         pg_loss, clipfrac, approx_kl = token_policy_loss(logp, old, b["adv"][mb], m, args.clip_coef)
         pg_loss = pg_loss * token_share(m)
     else:  # Dr. GRPO's constant: the most tokens a minibatch can hold
@@ -568,16 +609,7 @@ def stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng):
     `pairs` ({prompt, chosen, rejected}), or if there are none on pairs of SFT samples for
     one prompt ordered by the simulated annotators."""
     device = next(policy.parameters()).device
-    if not pairs:
-        batch = [prompts[i] for i in rng.integers(len(prompts), size=args.rm_pairs)]
-        # each rank samples its block; every rank then holds the whole global batch
-        mine = [batch[i] for i in my_share(len(batch))]
-        a = all_gather_list(sample_texts(policy, tokenizer, mine, args))
-        b = all_gather_list(sample_texts(policy, tokenizer, mine, args))
-        first = annotator_prefers_first(rng, gold_scores(a), gold_scores(b),
-                                        args.annotator_temperature)  # fmt: skip
-        pairs = [{"prompt": p, "chosen": x if f else y, "rejected": y if f else x}
-                 for p, x, y, f in zip(batch, a, b, first, strict=True)]  # fmt: skip
+    pairs = pairs or preference_pairs(args, policy, tokenizer, prompts, rng)
     print(f"[rm] {len(pairs)} preference pairs; the trunk starts as the SFT model's")
     reward_model = RewardModel(copy.deepcopy(policy.transformer)).to(device).eval()
 
@@ -591,6 +623,44 @@ def stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng):
 
     fit("rm", reward_model, pairs, loss_fn, args, writer)
     return reward_model
+
+
+def preference_pairs(args, policy, tokenizer, prompts, rng):
+    """--rm-pairs pairs of SFT samples for one prompt, ordered by the simulated annotators."""
+    batch = [prompts[i] for i in rng.integers(len(prompts), size=args.rm_pairs)]
+    # each rank samples its block; every rank then holds the whole global batch
+    mine = [batch[i] for i in my_share(len(batch))]
+    a = all_gather_list(sample_texts(policy, tokenizer, mine, args))
+    b = all_gather_list(sample_texts(policy, tokenizer, mine, args))
+    first = annotator_prefers_first(rng, gold_scores(a), gold_scores(b),
+                                    args.annotator_temperature)  # fmt: skip
+    return [{"prompt": p, "chosen": x if f else y, "rejected": y if f else x}
+            for p, x, y, f in zip(batch, a, b, first, strict=True)]  # fmt: skip
+
+
+def pair_logprobs(model, tokenizer, rows, max_length, device):
+    """(log π(y_w|x), log π(y_l|x)) of the pairs `rows`: log-probs (T = 1) summed over the
+    response tokens and EOS, padding masked; chosen and rejected in one forward pass."""
+    texts = [x["prompt"] for x in rows] * 2, [x[k] for k in PAIR for x in rows]
+    ids, mask, resp = (t.to(device) for t in encode(tokenizer, *texts, max_length))
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask))
+    return (token_logprobs(out.logits[:, :-1], ids[:, 1:], 1.0) * resp[:, 1:]).sum(1).chunk(2)
+
+
+def stage_dpo(args, policy, reference, tokenizer, pairs, writer):
+    """Stage 3 of --algo dpo: dpo_loss over --dpo-epochs passes of the preference pairs, π_ref
+    the frozen SFT model. No RM, no sampling: the pairs stand in for both."""
+    device, n = next(policy.parameters()).device, policy.config.n_positions
+
+    def loss_fn(model, rows):
+        with torch.no_grad():
+            ref = pair_logprobs(reference, tokenizer, rows, n, device)
+        loss, margin = dpo_loss(*pair_logprobs(model, tokenizer, rows, n, device), *ref,
+                                args.dpo_beta)  # fmt: skip
+        # × token_share: the mean over the pairs of the global batch under torchrun
+        return loss * token_share(torch.ones(len(rows))), {"margin": margin.item()}
+
+    fit("dpo", policy, pairs, loss_fn, args, writer)
 
 
 def normalize_reward_model(args, policy, tokenizer, reward_model, rm_tokenizer, prompts, rng):
@@ -623,9 +693,9 @@ def stage_rl(args, models, value_model, prompts, rng, writer, out, last):
     # return, while every rank is still in the process group.
     train_policy, train_value = data_parallel(policy), data_parallel(value_model)
     k = responses_per_prompt(args)
-    # β weighs a KL penalty in the reward (ppo, rloo) or a KL term in the loss (grpo, dr_grpo):
-    # two scales, two starting values; one controller adapts either
-    beta = args.init_kl_coef if args.algo in ("ppo", "rloo") else args.loss_kl_coef
+    # β weighs a KL penalty in the reward (ppo, rloo, reinforce_pp) or a KL term in the loss
+    # (grpo, dr_grpo): two scales, two starting values; one controller adapts either
+    beta = args.loss_kl_coef if args.algo in ("grpo", "dr_grpo") else args.init_kl_coef
     start = time.time()
     csv_path = os.path.join(out, f"{args.algo}_metrics.csv") if rank == 0 else os.devnull
     with open(csv_path, "w") as csv:
@@ -663,9 +733,12 @@ def stage_rl(args, models, value_model, prompts, rng, writer, out, last):
     return beta
 
 
+GROUP_ALGOS = ("rloo", "grpo", "dr_grpo")  # the baseline is the mean of one prompt's k samples
+
+
 def responses_per_prompt(args):
-    """k of --samples-per-prompt; 0 = automatic: 1 for PPO, 4 for the group baselines."""
-    return args.samples_per_prompt or (1 if args.algo == "ppo" else 4)
+    """k of --samples-per-prompt; 0 = automatic: 4 for the group baselines, else 1."""
+    return args.samples_per_prompt or (4 if args.algo in GROUP_ALGOS else 1)
 
 
 def train(args):
@@ -704,7 +777,10 @@ def train(args):
     # Stage 2: RM, normalised on SFT samples. --reward gold needs no RM: the task's own scorer
     # is the reward, as with checkable answers.
     rm_tokenizer = rm_tokenizer or tokenizer
-    if args.reward == "gold":
+    if args.algo == "dpo":  # DPO's implicit reward replaces the RM; evaluated by the gold score
+        pairs = pairs or preference_pairs(args, policy, tokenizer, prompts, rng)
+        print(f"[rm] {len(pairs)} preference pairs for DPO; no reward model")
+    elif args.reward == "gold":
         print("[rm] --reward gold: no reward model; stage 3 is rewarded with the gold score")
     elif reward_model is None:
         reward_model = stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng)
@@ -729,7 +805,11 @@ def train(args):
     last = {}  # the policy of the last complete iteration
     try:
         t_loop = time.time()
-        beta = stage_rl(args, models, value_model, prompts, rng, writer, out, last)
+        if args.algo == "dpo":
+            stage_dpo(args, policy, reference, tokenizer, pairs, writer)
+            last["policy"], beta = policy.state_dict(), args.dpo_beta
+        else:
+            beta = stage_rl(args, models, value_model, prompts, rng, writer, out, last)
         t_loop = time.time() - t_loop  # the rollout-and-update loop alone: no evaluation
     finally:  # on success, a non-finite loss, Ctrl-C and SIGTERM alike
         if last:
@@ -752,7 +832,8 @@ def train(args):
                 **{f"sft_{k}": v for k, v in sft_eval.items()},
                 **{f"final_{k}": v for k, v in final.items()}, kl_target=args.kl_target,
                 final_beta=beta, sft_time_s=t_sft - t_start, rm_time_s=t_rm - t_sft,
-                ppo_time_s=t_ppo - t_rm, iteration_s=t_loop / max(1, args.ppo_iterations),
+                ppo_time_s=t_ppo - t_rm, stage3_s=t_loop,
+                iteration_s=t_loop / max(1, args.ppo_iterations),
                 wall_time_s=time.time() - t_start, output_dir=out)  # fmt: skip
     with open(f"{out}/summary.json", "w") as f:
         json.dump(full, f, indent=1)
@@ -1131,17 +1212,17 @@ def check_flags_together(args, world_size):
     """The rules that tie flags together; each flag's own rule is beside it in Args. The
     batch sizes are global: under torchrun they must divide across the ranks."""
     k = responses_per_prompt(args)
-    require(args.algo == "ppo" or k >= 2,
+    require(args.algo not in GROUP_ALGOS or k >= 2,
             f"--algo {args.algo} needs --samples-per-prompt >= 2 (a group baseline)")  # fmt: skip
     require(args.rollout_batch_size % k == 0,
             f"--rollout-batch-size must be a multiple of --samples-per-prompt {k}")  # fmt: skip
-    require(args.algo != "ppo" or args.rollout_batch_size >= 2, "--algo ppo whitens the "
-            "advantages over the rollout's tokens: it needs --rollout-batch-size >= 2")  # fmt: skip
+    require(args.algo not in ("ppo", "reinforce_pp") or args.rollout_batch_size >= 2, f"--algo "
+            f"{args.algo} whitens Â over a batch: it needs --rollout-batch-size >= 2")  # fmt: skip
     require(args.minibatch_size <= args.rollout_batch_size,
             "--minibatch-size must be <= --rollout-batch-size")  # fmt: skip
     require(args.eval_samples >= 2, "--eval-samples must be >= 2 (for the RM's normaliser)")
-    for name, unit in [("rollout_batch_size", k), ("minibatch_size", 1),
-                       ("sft_batch_size", 1), ("rm_batch_size", 1)]:  # fmt: skip
+    for name, unit in [("rollout_batch_size", k), ("minibatch_size", 1), ("sft_batch_size", 1),
+                       ("rm_batch_size", 1), ("dpo_batch_size", 1)]:  # fmt: skip
         what = f"{world_size} ranks" + (f" x {k} samples per prompt" if unit > 1 else "")
         require(getattr(args, name) % (unit * world_size) == 0,
                 f"--{name.replace('_', '-')} {getattr(args, name)} does not divide across "

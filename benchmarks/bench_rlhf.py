@@ -17,6 +17,12 @@
    beta and bf16 set explicitly; alternated with ours seed by seed.
 5. --ddp: the tiny default in one process and under torchrun with 2 gloo ranks (issue 16):
    wall time and final scores; benchmarks/results/rlhf_ddp.json.
+7. --trl-dpo (issue 34): with --algo, per seed, preference pairs sampled and labelled as in
+   stage 2 from that seed's SFT model, written to a JSONL file; then our --algo dpo and TRL's
+   DPOTrainer on that file from that SFT model, with the same β, learning rate, epochs, batch
+   size, Adam ε and clip, one thread each: gold, well-formed, KL and the training seconds.
+   --tag NAME writes rlhf_algos_NAME.json and docs/img/rlhf_gold_vs_kl_NAME.png; --combine
+   merges result files into one table and one plot of every algorithm they hold.
 6. --timing: one iteration of each algorithm in turn, 20 rounds, in one process (same load
    for all): the median time per iteration and its ratio to PPO's; rlhf_timing.json.
 
@@ -25,6 +31,8 @@
     python benchmarks/bench_rlhf.py --seeds 1001 1002 1003 --algo ppo rloo grpo dr_grpo --trl
     python benchmarks/bench_rlhf.py --seeds 1001 --ddp   # 5. torchrun, 2 gloo ranks vs 1
     python benchmarks/bench_rlhf.py --seeds 1001 --timing   # 6. iteration times, alternated
+    python benchmarks/bench_rlhf.py --seeds 1001 4001 --algo reinforce_pp dpo --trl-dpo --tag new
+    python benchmarks/bench_rlhf.py --combine rlhf_algos.json rlhf_algos_new.json --tag six
 
 Writes benchmarks/results/rlhf.json and docs/img/rlhf_curve.png; with --algo,
 benchmarks/results/rlhf_algos.json and docs/img/rlhf_gold_vs_kl.png.
@@ -44,7 +52,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "rlhf.json")
 PLOT = os.path.join(ROOT, "docs", "img", "rlhf_curve.png")
 STAGES = ("sft", "rm", "ppo")
-ALGOS = ("ppo", "rloo", "grpo", "dr_grpo")
+ALGOS = ("ppo", "rloo", "grpo", "dr_grpo", "reinforce_pp", "dpo")
 ALGOS_RESULTS = os.path.join(ROOT, "benchmarks", "results", "rlhf_algos.json")
 ALGOS_PLOT = os.path.join(ROOT, "docs", "img", "rlhf_gold_vs_kl.png")
 
@@ -94,8 +102,10 @@ def run_tiny(seed, out_dir, extra=()):
         summary = json.load(f)
     summary |= {f"{s}_peak_rss_mb": round(peaks[s], 1) for s in STAGES}
     algo = summary["algo"].removeprefix("rlhf_")
-    with open(os.path.join(out_dir, f"{algo}_metrics.csv")) as f:
-        summary["curve"] = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    summary["curve"] = []  # DPO has no rollouts, hence no curve: only its final evaluation
+    if algo != "dpo":
+        with open(os.path.join(out_dir, f"{algo}_metrics.csv")) as f:
+            summary["curve"] = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
     return summary
 
 
@@ -249,6 +259,103 @@ def trl_child(algo, seed, sft_dir, iterations, beta):
     print(json.dumps(out), flush=True)
 
 
+def pairs_child(seed, sft_dir, path):
+    """Child process: --rm-pairs preference pairs sampled from the SFT model and labelled by the
+    simulated annotators exactly as stage 2 does (the script's own function), into a JSONL,
+    less the pairs of two identical responses."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, ROOT)
+    import rlhf_ppo_gpt2 as rl
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    args = rl.Args(seed=seed)
+    policy, tokenizer = rl.load_gpt2(rl.transformers.GPT2LMHeadModel, sft_dir)
+    pairs = rl.preference_pairs(args, policy, tokenizer, sorted(rl.PROMPTS),
+                                np.random.default_rng(seed))  # fmt: skip
+    # a pair of two identical samples has zero DPO gradient, and --preference-data refuses it
+    pairs = [p for p in pairs if p["chosen"] != p["rejected"]]
+    with open(path, "w") as f:
+        f.writelines(json.dumps(p) + "\n" for p in pairs)
+    print(json.dumps({"pairs": len(pairs)}))
+
+
+def trl_dpo_child(seed, sft_dir, pairs_path):
+    """Child process: TRL's DPOTrainer from our SFT model on the pairs file, with our DPO's
+    hyperparameters (the script's defaults); then the script's own evaluation."""
+    import datasets
+    import torch
+    import trl
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sys.path.insert(0, ROOT)
+    import rlhf_ppo_gpt2 as rl
+
+    torch.set_num_threads(1)  # as ours does for the tiny model
+    torch.manual_seed(seed)
+    ours = rl.Args(seed=seed, reward="gold", eval_samples=256)
+    tokenizer = AutoTokenizer.from_pretrained(sft_dir)
+    tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(sft_dir)
+    with open(pairs_path) as f:
+        dataset = datasets.Dataset.from_list([json.loads(line) for line in f])
+    config = trl.DPOConfig(
+        output_dir=os.path.join(ROOT, "benchmarks", "out", f"trl_dpo_seed{seed}"),
+        per_device_train_batch_size=ours.dpo_batch_size, gradient_accumulation_steps=1,
+        num_train_epochs=ours.dpo_epochs, learning_rate=ours.dpo_lr, beta=ours.dpo_beta,
+        adam_epsilon=ours.adam_eps, max_grad_norm=ours.max_grad_norm, weight_decay=0.0,
+        lr_scheduler_type="constant", warmup_steps=0, bf16=False, use_cpu=True,
+        report_to="none", save_strategy="no", logging_steps=64, seed=seed, disable_tqdm=True,
+        disable_dropout=True, max_length=64, dataloader_drop_last=False,
+    )  # fmt: skip
+    trainer = trl.DPOTrainer(model=model, args=config, train_dataset=dataset,
+                             processing_class=tokenizer)  # fmt: skip
+    t0 = time.time()
+    trainer.train()
+    train_s = time.time() - t0
+    policy = trainer.model.eval()
+    reference = AutoModelForCausalLM.from_pretrained(sft_dir).eval()
+    prompts = sorted(rl.PROMPTS)
+    torch.manual_seed(seed)
+    sft_eval = rl.evaluate_lm_policy(reference, reference, None, tokenizer, tokenizer, prompts,
+                                     ours)  # fmt: skip
+    final_eval = rl.evaluate_lm_policy(policy, reference, None, tokenizer, tokenizer, prompts, ours)
+    import resource
+
+    out = {
+        "impl": "trl_dpo",
+        "seed": seed,
+        "trl_version": trl.__version__,
+        "beta": ours.dpo_beta,
+        "train_s": round(train_s, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    out |= {f"sft_{k}": v for k, v in sft_eval.items()}
+    out |= {f"final_{k}": v for k, v in final_eval.items()}
+    print(json.dumps(out), flush=True)
+
+
+def dpo_versus_trl(seed, sft_dir):
+    """Ours and TRL's DPO, alternated, on one pairs file from the SFT model `sft_dir`."""
+    pairs = os.path.join(ROOT, "benchmarks", "out", f"dpo_pairs_seed{seed}.jsonl")
+    run_child(["--pairs-child", pairs, "--seed", str(seed), "--sft-dir", sft_dir])
+    print(f"## ours vs TRL, DPO on {pairs}, seed {seed}", flush=True)
+    out = os.path.join(ROOT, "benchmarks", "out", f"rlhf_pairs_dpo_seed{seed}")
+    load = loadavg()
+    ours = run_tiny(seed, out, ["--algo", "dpo", "--preference-data", pairs, "--model-name",
+                                sft_dir, "--sft-epochs", "0", "--threads", "1"])  # fmt: skip
+    ours |= {"impl": "ours_dpo", "train_s": ours["stage3_s"], "load_before": load,
+             "load_after": loadavg()}  # fmt: skip
+    ours.pop("curve")
+    load = loadavg()
+    theirs = run_child(["--trl-dpo-child", pairs, "--seed", str(seed), "--sft-dir", sft_dir])
+    theirs |= {"load_before": load, "load_after": loadavg()}
+    print(json.dumps(theirs), flush=True)
+    return [ours, theirs]
+
+
 def run_child(argv):
     """A bench child process (TRL): its last stdout line, parsed."""
     child = subprocess.run([sys.executable, __file__, *argv], stdout=subprocess.PIPE, text=True)
@@ -274,9 +381,12 @@ def algos_main(args):
             run = run_tiny(seed, out, ["--algo", algo, "--sample-every", "0"])
             runs.append(run | {"load_before": load, "load_after": loadavg()})
         save_partial(runs, trl_rows)
+        sft_dir = os.path.join(ROOT, "benchmarks", "out", f"rlhf_{args.algo[0]}_seed{seed}", "sft")
+        if args.trl_dpo:
+            trl_rows += dpo_versus_trl(seed, sft_dir)
+            save_partial(runs, trl_rows)
         if not args.trl:
             continue
-        sft_dir = os.path.join(ROOT, "benchmarks", "out", f"rlhf_{args.algo[0]}_seed{seed}", "sft")
         for algo in ("grpo", "rloo"):
             print(f"## ours vs TRL, {algo}, gold reward, seed {seed}", flush=True)
             out = os.path.join(ROOT, "benchmarks", "out", f"rlhf_gold_{algo}_seed{seed}")
@@ -307,6 +417,8 @@ def save_partial(runs, trl_rows):
 
 def report_algos(runs, trl_rows, args):
     """The tables, the per-algorithm ranges against the targets, the JSON and the plot."""
+    import numpy as np
+
     rows = ["| seed | algo | gold SFT → final | gain | final KL | well-formed | s/iteration "
             "| stage 3 s | stage-3 peak RSS MiB | load |",
             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -315,7 +427,7 @@ def report_algos(runs, trl_rows, args):
             f"| {r['seed']} | {r['algo'].removeprefix('rlhf_')} | {r['sft_gold']:+.3f} → "
             f"{r['final_gold']:+.3f} | {r['final_gold'] - r['sft_gold']:+.3f} | "
             f"{r['final_kl']:.2f} | {r['final_well_formed']:.3f} | {r['iteration_s']:.3f} | "
-            f"{r['ppo_time_s']:.1f} | {r['ppo_peak_rss_mb']:.0f} "
+            f"{stage3_s(r):.1f} | {r['ppo_peak_rss_mb']:.0f} "
             f"| {r['load_before']:.1f}–{r['load_after']:.1f} |"
         )
     print("\n".join(rows))
@@ -323,17 +435,38 @@ def report_algos(runs, trl_rows, args):
     for r in runs:
         by_seed.setdefault(r["seed"], {})[r["algo"].removeprefix("rlhf_")] = r
     for algo in args.algo:
-        rs = [by_seed[s][algo] for s in sorted(by_seed)]
+        rs = [by_seed[s][algo] for s in sorted(by_seed) if algo in by_seed[s]]
         line = (f"{algo}: gain {min(r['final_gold'] - r['sft_gold'] for r in rs):+.3f} .. "
                 f"{max(r['final_gold'] - r['sft_gold'] for r in rs):+.3f}, well-formed "
                 f"{min(r['final_well_formed'] for r in rs):.3f} .. "
                 f"{max(r['final_well_formed'] for r in rs):.3f}, KL "
                 f"{max(r['final_kl'] for r in rs):.2f} max")  # fmt: skip
-        if "ppo" in args.algo and algo != "ppo":
-            ratios = [by_seed[s][algo]["iteration_s"] / by_seed[s]["ppo"]["iteration_s"]
-                      for s in sorted(by_seed)]  # fmt: skip
-            line += f", time/iteration vs ppo {min(ratios):.2f} .. {max(ratios):.2f}"
+        gains = [r["final_gold"] - r["sft_gold"] for r in rs]
+        line += (
+            f", stage 3 {np.mean([stage3_s(r) for r in rs]):.1f} s; mean gain "
+            f"{np.mean(gains):+.3f}, mean well-formed "
+            f"{np.mean([r['final_well_formed'] for r in rs]):.3f} over {len(rs)} seeds"
+        )
+        if algo in ("dpo", "reinforce_pp"):  # issue 34's targets, per seed
+            ok = [
+                g >= 0.5 and r["final_well_formed"] >= 0.9 for g, r in zip(gains, rs, strict=True)
+            ]
+            line += f"; target (+0.5 gold at >= 0.9 well-formed) met on {sum(ok)}/{len(rs)}"
         print(line)
+    dpo_rows = [r for r in trl_rows if r["impl"].endswith("_dpo")]
+    trl_rows = [r for r in trl_rows if not r["impl"].endswith("_dpo")]
+    if dpo_rows:
+        print("| seed | implementation | training s | gold SFT → final | gain | well-formed "
+              "| final KL | load |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+        for r in dpo_rows:
+            print(f"| {r['seed']} | {r['impl']} | {r['train_s']:.1f} | {r['sft_gold']:+.3f} → "
+                  f"{r['final_gold']:+.3f} | {r['final_gold'] - r['sft_gold']:+.3f} | "
+                  f"{r['final_well_formed']:.3f} | {r['final_kl']:.2f} | "
+                  f"{r['load_before']:.1f}–{r['load_after']:.1f} |")  # fmt: skip
+        t = {i: [r["train_s"] for r in dpo_rows if r["impl"] == i] for i in ("ours_dpo", "trl_dpo")}
+        ratios = [a / b for a, b in zip(t["ours_dpo"], t["trl_dpo"], strict=True)]
+        print(f"DPO training time, ours / TRL: {min(ratios):.2f} .. {max(ratios):.2f} "
+              f"(target <= 0.7: {'met' if max(ratios) <= 0.7 else 'MISSED'})")  # fmt: skip
     if trl_rows:
         print(
             "| seed | implementation | s per 64 responses | gold SFT → final | gain | "
@@ -352,8 +485,9 @@ def report_algos(runs, trl_rows, args):
         "seeds": sorted(by_seed),
         "runs": runs,
         "trl": trl_rows,
+        "dpo_vs_trl": dpo_rows,
     }
-    for r in runs + trl_rows:
+    for r in runs + trl_rows + dpo_rows:
         r.pop("output_dir", None)  # no absolute paths in the results
         if "model_name" in r and os.path.isabs(r["model_name"]):
             r["model_name"] = os.path.relpath(r["model_name"], ROOT)
@@ -364,9 +498,15 @@ def report_algos(runs, trl_rows, args):
     print(f"wrote {ALGOS_RESULTS} and {ALGOS_PLOT}")
 
 
+def stage3_s(r):
+    """Seconds of stage 3 alone (older results: iterations x seconds per iteration)."""
+    return r.get("stage3_s", r["iteration_s"] * len(r["curve"]))
+
+
 def plot_gold_vs_kl(runs, algos):
     """Gold score against KL over training, one line per algorithm (mean over seeds of each
-    iteration's rollout batch), each seed faint behind it."""
+    iteration's rollout batch), each seed faint behind it; DPO, which has no rollouts, as the
+    SFT and final evaluations of each seed joined by a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -376,6 +516,18 @@ def plot_gold_vs_kl(runs, algos):
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for i, algo in enumerate(algos):
         color = f"C{i}"
+        if algo == "dpo":
+            for j, r in enumerate(x for x in runs if x["algo"] == "rlhf_dpo"):
+                ax.plot(
+                    [r["sft_kl"], r["final_kl"]],
+                    [r["sft_gold"], r["final_gold"]],
+                    "--o",
+                    color=color,
+                    ms=3,
+                    lw=0.8,
+                    label="dpo (SFT → final, each seed)" * (j == 0),
+                )
+            continue
         curves = [r["curve"] for r in runs if r["algo"] == f"rlhf_{algo}"]
         for c in curves:
             ax.plot([x["kl"] for x in c], [x["gold"] for x in c], color=color, alpha=0.2, lw=0.8)
@@ -386,7 +538,7 @@ def plot_gold_vs_kl(runs, algos):
     ax.set_xlabel("KL(π‖π_ref) of the rollout batch, nats per response")
     ax.set_ylabel("gold score (VADER) of the rollout batch")
     seeds = sorted({r["seed"] for r in runs})
-    ax.set_title(f"--model-name tiny, 40 iterations x 64 responses, seeds {seeds}", fontsize=9)
+    ax.set_title(f"--model-name tiny, 40 iterations x 64 responses, seeds {seeds}", fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
     os.makedirs(os.path.dirname(ALGOS_PLOT), exist_ok=True)
@@ -548,6 +700,11 @@ def main():
         help="compare these stage-3 algorithms (the first one's SFT feeds --trl)",
     )
     parser.add_argument("--trl", action="store_true", help="with --algo: TRL beside ours")
+    parser.add_argument("--trl-dpo", action="store_true", help="with --algo: TRL's DPO vs ours")
+    parser.add_argument("--tag", default="", help="results rlhf_algos_TAG.json, plot ..._TAG.png")
+    parser.add_argument("--combine", nargs="*", default=[], help="result files to merge")
+    parser.add_argument("--pairs-child", help=argparse.SUPPRESS)
+    parser.add_argument("--trl-dpo-child", help=argparse.SUPPRESS)
     parser.add_argument("--ddp", action="store_true", help="1 process vs torchrun, 2 gloo ranks")
     parser.add_argument(
         "--timing",
@@ -574,6 +731,23 @@ def main():
     parser.add_argument("--sft-dir", help=argparse.SUPPRESS)
     parser.add_argument("--beta", type=float, default=0.2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global ALGOS_RESULTS, ALGOS_PLOT
+    if args.tag:
+        ALGOS_RESULTS = ALGOS_RESULTS.replace(".json", f"_{args.tag}.json")
+        ALGOS_PLOT = ALGOS_PLOT.replace(".png", f"_{args.tag}.png")
+    if args.pairs_child:
+        return pairs_child(args.seed, args.sft_dir, args.pairs_child)
+    if args.trl_dpo_child:
+        return trl_dpo_child(args.seed, args.sft_dir, args.trl_dpo_child)
+    if args.combine:
+        runs, trl_rows = [], []
+        for name in args.combine:
+            with open(os.path.join(ROOT, "benchmarks", "results", name)) as f:
+                part = json.load(f)
+            runs += part["runs"]
+            trl_rows += part["trl"] + part.get("dpo_vs_trl", [])
+        args.algo = [a for a in ALGOS if any(r["algo"] == f"rlhf_{a}" for r in runs)]
+        return report_algos(runs, trl_rows, args)
     if args.gpt2_child:
         return gpt2_iteration(args.gpt2_iterations, args.gpt2_size)
     if args.trl_child:

@@ -1289,6 +1289,77 @@ def obs_normalizer_vectors(rng):
     )  # fmt: skip
 
 
+# ---------------------------------------------------------------- DPO and REINFORCE++ (issue 34)
+
+
+def dpo_vectors(rng):
+    cases = []
+    for n, beta in [(4, 0.1), (3, 2.0)]:
+        pc, pr, rc, rr = (np.array(r(-rng.exponential(size=n) * 15)) for _ in range(4))
+        pr[0] = pc[0] - rc[0] + rr[0]  # pair 0: z = 0 exactly (π = π_ref on it)
+        loss, margin, g_c, g_r = 0.0, 0.0, [], []
+        for i in range(n):  # one pair at a time
+            z = beta * ((pc[i] - rc[i]) - (pr[i] - rr[i]))
+            loss += np.log1p(np.exp(-z)) / n  # −log σ(z)
+            margin += z / n
+            d = -beta * (1 - 1 / (1 + np.exp(-z))) / n  # ∂L/∂log π(y_w|x) = −β σ(−z) / n
+            g_c.append(d)
+            g_r.append(-d)
+        cases.append({"inputs": dict(logp_chosen=pc.tolist(), logp_rejected=pr.tolist(),
+                                     ref_chosen=rc.tolist(), ref_rejected=rr.tolist(), beta=beta),
+                      "outputs": dict(loss=float(loss), margin=float(margin),
+                                      grad_logp_chosen=g_c, grad_logp_rejected=g_r)})  # fmt: skip
+    write(
+        "rlhf_dpo_loss",
+        "z = β [(log π(y_w|x) − log π_ref(y_w|x)) − (log π(y_l|x) − log π_ref(y_l|x))];  "
+        "L = −mean log σ(z);  margin = mean z",
+        "Per pair, log π(y|x) is the sum of the response's token log-probs, EOS included, "
+        "padding excluded (Rafailov et al. 2023). grad_* = ∂L/∂log π of each pair: "
+        "∓β σ(−z)/n; π_ref is frozen. Pair 0 of each case has z = 0 up to rounding (|z| < "
+        "1e-14: the policy equals the reference on it), so its loss term is log 2.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["rlhf_ppo_gpt2.dpo_loss"],
+    )
+
+
+def reinforce_pp_vectors(rng):
+    cases = []
+    for lengths, L, beta, gamma in [([5, 2, 4, 1], 5, 0.1, 1.0), ([3, 6, 6, 2, 4], 6, 0.05, 0.9)]:
+        B = len(lengths)
+        mask = prefix_mask(lengths, L)
+        logp, ref = (np.array(r(-rng.exponential(size=(B, L)))) * mask for _ in range(2))
+        scores = np.array(r(rng.normal(size=B)))
+        rewards = np.zeros((B, L))
+        for i in range(B):  # r_t = −β (log π − log π_ref), + the score on the last real token
+            for t in range(lengths[i]):
+                rewards[i, t] = -beta * (logp[i, t] - ref[i, t])
+            rewards[i, lengths[i] - 1] += scores[i]
+        G = np.zeros((B, L))
+        for i in range(B):
+            for t in range(lengths[i]):
+                G[i, t] = sum(gamma ** (s - t) * rewards[i, s] for s in range(t, lengths[i]))
+        real = G[mask == 1]
+        mean, var = real.mean(), real.var(ddof=1)
+        adv = (G - mean) / np.sqrt(var + 1e-8) * mask
+        cases.append({"inputs": dict(scores=scores.tolist(), logprobs=logp.tolist(),
+                                     ref_logprobs=ref.tolist(), mask=mask.tolist(), beta=beta,
+                                     gamma=gamma),
+                      "outputs": dict(rewards=rewards.tolist(), returns=G.tolist(),
+                                      advantages=adv.tolist())})  # fmt: skip
+    write(
+        "rlhf_reinforce_pp_advantages",
+        "r_t = −β (log π(a_t) − log π_ref(a_t)) + [t = last] score;  G_t = Σ_{s≥t} γ^{s−t} r_s;  "
+        "Â_t = (G_t − mean(G)) / sqrt(var(G) + 1e-8)",
+        "[B][L] over response tokens; mask is a prefix of ones. mean and the unbiased var are "
+        "over every real token of the whole batch (all ranks under data parallelism), not per "
+        "prompt: REINFORCE++ (Hu 2025) has no critic and no group baseline. Padding gets 0.",
+        {"rtol": 1e-6, "atol": 1e-9},
+        cases,
+        ["rlhf_ppo_gpt2.kl_shaped_rewards", "rlhf_ppo_gpt2.reinforce_pp_advantages"],
+    )
+
+
 def main():
     rng = np.random.default_rng(2026)
     gae_vectors(rng)
@@ -1308,6 +1379,8 @@ def main():
     loss_aggregation_vectors(np.random.default_rng(22))
     grad_accumulation_vectors(np.random.default_rng(23))
     obs_normalizer_vectors(np.random.default_rng(24))
+    dpo_vectors(np.random.default_rng(25))
+    reinforce_pp_vectors(np.random.default_rng(26))
     print(f"wrote {len(list(HERE.glob('*.json')))} vector files to {HERE}")
 
 

@@ -671,3 +671,38 @@ def test_obs_normalizer_checkpoint(tol, inp, out, module, tmp_path):
         close(moments[0], out["mean"], tol)
         close(moments[1], out["var"], tol)
         assert moments[2] == out["count"]
+
+
+# ---------------------------------------------------------------- DPO and REINFORCE++ (issue 34)
+
+
+@checks("rlhf_dpo_loss", "rlhf_ppo_gpt2.dpo_loss")
+@pytest.mark.parametrize("tol,inp,out", cases("rlhf_dpo_loss"))
+def test_rlhf_dpo_loss(tol, inp, out):
+    chosen = t(inp["logp_chosen"]).requires_grad_(True)
+    rejected = t(inp["logp_rejected"]).requires_grad_(True)
+    loss, margin = rlhf_ppo_gpt2.dpo_loss(
+        chosen, rejected, t(inp["ref_chosen"]), t(inp["ref_rejected"]), inp["beta"]
+    )
+    close(loss, out["loss"], tol)
+    close(margin, out["margin"], tol)
+    grads = torch.autograd.grad(loss, [chosen, rejected])
+    close(grads[0], out["grad_logp_chosen"], tol)
+    close(grads[1], out["grad_logp_rejected"], tol)
+
+
+@checks(
+    "rlhf_reinforce_pp_advantages",
+    "rlhf_ppo_gpt2.kl_shaped_rewards",
+    "rlhf_ppo_gpt2.reinforce_pp_advantages",
+)
+@pytest.mark.parametrize("tol,inp,out", cases("rlhf_reinforce_pp_advantages"))
+def test_rlhf_reinforce_pp_advantages(tol, inp, out):
+    mask = t(inp["mask"])
+    rewards = rlhf_ppo_gpt2.kl_shaped_rewards(
+        t(inp["scores"]), t(inp["logprobs"]), t(inp["ref_logprobs"]), mask, inp["beta"]
+    )
+    close(rewards, out["rewards"], tol)
+    close(
+        rlhf_ppo_gpt2.reinforce_pp_advantages(rewards, mask, inp["gamma"]), out["advantages"], tol
+    )

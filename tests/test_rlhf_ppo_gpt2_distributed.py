@@ -8,6 +8,7 @@ statistics (advantage whitening, RM normalisation) must equal those of the conca
 batch. A short torchrun run of the whole script checks that only rank 0 writes files and
 prints the JSON summary, and that its checkpoint reloads in a plain process."""
 
+import copy
 import json
 import os
 import socket
@@ -106,7 +107,31 @@ def rm_job():
     }
 
 
-JOBS = {"ppo": ppo_job, "sft": sft_job, "rm": rm_job}
+def dpo_job():
+    """One DPO step on a global batch of 16 preference pairs (π_ref a frozen copy), and the
+    REINFORCE++ advantages of this rank's share of a batch, whitened over all ranks."""
+    policy, tokenizer = tiny_policy()
+    demos = rl.builtin_demonstrations(np.random.default_rng(0), 16)
+    others = rl.sample_responses(np.random.default_rng(1), 16)
+    pairs = [{"prompt": d["prompt"], "chosen": d["response"], "rejected": r}
+             for d, r in zip(demos, others, strict=True)]  # fmt: skip
+    args = rl.Args(model_name="tiny", dpo_batch_size=16, dpo_epochs=1, dpo_lr=1e-3)
+    reference = copy.deepcopy(policy).requires_grad_(False)
+    rl.stage_dpo(args, policy, reference, tokenizer, pairs, rl.NullWriter())
+    full = global_batch(policy, tokenizer)
+    rewards = rl.kl_shaped_rewards(full["adv"][:, 0], full["logp"], full["adv"], full["m"], 0.1)
+    mine = torch.as_tensor(rl.my_share(8))
+    adv = rl.reinforce_pp_advantages(rewards[mine], full["m"][mine], 0.9)
+    return {
+        "params": [p.detach().clone() for p in policy.parameters()],
+        "reinforce_pp": torch.cat(rl.all_gather_list([adv])),
+        "expected_reinforce_pp": rl.masked_whiten(
+            rl.token_gae(rewards, torch.zeros_like(rewards), full["m"], 0.9, 1.0)[0], full["m"]
+        ),
+    }
+
+
+JOBS = {"ppo": ppo_job, "sft": sft_job, "rm": rm_job, "dpo": dpo_job}
 
 
 def worker(rank, world_size, port, out):
@@ -139,7 +164,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("job", ["ppo", "sft", "rm"])
+@pytest.mark.parametrize("job", ["ppo", "sft", "rm", "dpo"])
 def test_two_ranks_give_the_parameters_of_one_process(job, both):
     one, two = both[job]
     for a, b in zip(one["params"], two["params"], strict=True):
@@ -148,6 +173,9 @@ def test_two_ranks_give_the_parameters_of_one_process(job, both):
         # whitened with global statistics = whitened over the concatenated batch
         torch.testing.assert_close(two["whitened"], two["expected_whitened"])
         torch.testing.assert_close(one["whitened"], one["expected_whitened"])
+    if job == "dpo":  # REINFORCE++: Â whitened over the tokens of both ranks' responses
+        torch.testing.assert_close(two["reinforce_pp"], two["expected_reinforce_pp"])
+        torch.testing.assert_close(one["reinforce_pp"], one["expected_reinforce_pp"])
     if job == "rm":
         assert two["mean_std"] == pytest.approx(two["expected_mean_std"], rel=1e-6)
 
@@ -179,13 +207,15 @@ def test_torchrun_uneven_global_batch_says_so_once_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
-def test_torchrun_only_rank_zero_writes_and_the_checkpoint_reloads(tmp_path):
+@pytest.mark.parametrize("algo", ["ppo", "reinforce_pp", "dpo"])
+def test_torchrun_only_rank_zero_writes_and_the_checkpoint_reloads(tmp_path, algo):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--master-port", str(free_port()), os.path.join(ROOT, "rlhf_ppo_gpt2.py"),
            "--model-name", "tiny", "--no-cuda", "--sft-demos", "256", "--sft-epochs", "1",
            "--rm-pairs", "64", "--rm-epochs", "1", "--ppo-iterations", "2",
-           "--eval-samples", "32", "--sample-every", "0", "--output-dir", str(out)]  # fmt: skip
+           "--eval-samples", "32", "--sample-every", "0", "--output-dir", str(out),
+           "--algo", algo, "--dpo-batch-size", "16"]  # fmt: skip
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -197,6 +227,8 @@ def test_torchrun_only_rank_zero_writes_and_the_checkpoint_reloads(tmp_path):
     assert [f for f in files if f.startswith("events")] and len(
         [f for f in files if f.startswith("events")]
     ) == 1  # one TensorBoard writer
-    assert {"sft", "reward_model", "policy", "ppo_metrics.csv", "summary.json"} <= set(files)
+    expected = {"sft", "policy", "summary.json"}
+    expected |= set() if algo == "dpo" else {"reward_model", f"{algo}_metrics.csv"}
+    assert expected <= set(files)
     policy = GPT2LMHeadModel.from_pretrained(str(out / "policy"), local_files_only=True)
     assert policy.config.n_layer == 2

@@ -262,7 +262,7 @@ def trl_child(algo, seed, sft_dir, iterations, beta):
 def pairs_child(seed, sft_dir, path):
     """Child process: --rm-pairs preference pairs sampled from the SFT model and labelled by the
     simulated annotators exactly as stage 2 does (the script's own function), into a JSONL,
-    less the pairs of two identical responses."""
+    less the pairs that --preference-data refuses."""
     import numpy as np
     import torch
 
@@ -275,8 +275,9 @@ def pairs_child(seed, sft_dir, path):
     policy, tokenizer = rl.load_gpt2(rl.transformers.GPT2LMHeadModel, sft_dir)
     pairs = rl.preference_pairs(args, policy, tokenizer, sorted(rl.PROMPTS),
                                 np.random.default_rng(seed))  # fmt: skip
-    # a pair of two identical samples has zero DPO gradient, and --preference-data refuses it
-    pairs = [p for p in pairs if p["chosen"] != p["rejected"]]
+    # --preference-data refuses a pair of two identical samples (its DPO gradient is 0) and an
+    # empty response (EOS at once): a few pairs of the 4,096
+    pairs = [p for p in pairs if p["chosen"] != p["rejected"] and p["chosen"] and p["rejected"]]
     with open(path, "w") as f:
         f.writelines(json.dumps(p) + "\n" for p in pairs)
     print(json.dumps({"pairs": len(pairs)}))

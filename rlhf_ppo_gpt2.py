@@ -85,6 +85,11 @@ class Args:
     reward_model_path: str = flag("", "RM saved by reward_model.py; '' = train one inline")
     annotator_temperature: float = flag(0.1, "τ of the simulated annotators; 0 = noiseless", ">= 0")
     threads: int = flag(0, "torch CPU threads; 0 = 1 for --model-name tiny, else torch's", ">= 0")
+    bf16: bool = flag(False, "bfloat16 autocast; weights, Adam state and log-softmax stay fp32")
+    gradient_accumulation_steps: int = flag(
+        1, "micro-batches per optimizer step (any stage)", "> 0"
+    )
+    gradient_checkpointing: bool = flag(False, "recompute each block's activations in backward")
     # Stage 1: SFT
     sft_demos: int = flag(6144, "built-in demonstrations to fine-tune on", "> 0")
     sft_epochs: int = flag(3, "passes over the demonstrations", ">= 0")
@@ -503,29 +508,33 @@ def algo_advantages(args, roll, value_model, beta, k):
     return {"adv": group_advantages(scores, k, args.algo == "grpo")[:, None] * m}
 
 
-def minibatch_loss(args, policy, value_model, b, mb, beta):
+def minibatch_loss(args, policy, value_model, b, mb, beta, whole=None):
     """The stage-3 loss of the responses `mb` (indices) of the rollout `b`, and its statistics: the
     clipped surrogate with token-mean aggregation (ppo, rloo, reinforce_pp) or GRPO's loss with its
     k3 KL term weighted by β (grpo, dr_grpo); plus, for ppo, the clipped value loss. No value-loss
     weight: the two networks share no parameters, and Adam's step does not depend on the scale of
     the gradient, so a weight would cancel out. Under torchrun a token mean is scaled by
     token_share (the mean over the global minibatch; × 1 in a plain run); GRPO's per-response
-    means and Dr. GRPO's constant already average right: every rank holds as many responses."""
+    means and Dr. GRPO's constant already average right: every rank holds as many responses.
+    With --gradient-accumulation-steps, `mb` is one micro-batch of the minibatch `whole`, and
+    every normaliser is the whole minibatch's: its token count, its responses, its constant."""
+    whole = mb if whole is None else whole
     q, qm, r, m, old = b["q"][mb], b["qm"][mb], b["r"][mb], b["m"][mb], b["logp"][mb]
     logp = token_logprobs(sequence_logits(policy, q, qm, r, m), r, args.temperature)
     if args.algo in ("ppo", "rloo", "reinforce_pp"):
         pg_loss, clipfrac, approx_kl = token_policy_loss(logp, old, b["adv"][mb], m, args.clip_coef)
-        pg_loss = pg_loss * token_share(m)
+        pg_loss = pg_loss * token_share(m, b["m"][whole].sum())
     else:  # Dr. GRPO's constant: the most tokens a minibatch can hold
-        constant = len(mb) * args.max_new_tokens if args.algo == "dr_grpo" else 0
+        constant = len(whole) * args.max_new_tokens if args.algo == "dr_grpo" else 0
         pg_loss, clipfrac, approx_kl = grpo_policy_loss(
             logp, old, b["ref_logp"][mb], b["adv"][mb], m, args.clip_coef, beta, constant
         )
+        pg_loss = pg_loss * (1 if constant else len(mb) / len(whole))  # the mean of responses
     v_loss = torch.zeros(())  # critic-free: + 0
     if value_model is not None:
         values = value_model(q, qm, r, m)
         v_loss = token_value_loss(values, b["values"][mb], b["returns"][mb], m, args.value_clip)
-        v_loss = v_loss * token_share(m)
+        v_loss = v_loss * token_share(m, b["m"][whole].sum())
     # max |ρ − 1|; in the first minibatch it must be ~0, else the forward pass does not
     # reproduce the rollout (dropout on, temperature or position ids differ; Huang et al. 2023)
     ratio_dev = (((logp.detach() - old).exp() - 1) * m).abs().max()
@@ -539,18 +548,25 @@ def ppo_update(args, policy, value_model, optimizer, batch, beta=0.0):
     stats = []
     for _ in range(args.ppo_epochs):  # --minibatch-size is global: each rank holds 1/W of it
         for mb in torch.randperm(len(batch["r"])).split(args.minibatch_size // world()[1]):
-            loss, s = minibatch_loss(args, policy, value_model, batch, mb, beta)
-            if not torch.isfinite(loss):
-                bad = ("--learning-rate" if stats else  # before any update: the rewards overflow
-                       "--no-eos-penalty, --init-kl-coef or --loss-kl-coef")  # fmt: skip
-                raise FloatingPointError(f"non-finite {args.algo} loss; lower {bad}")
             optimizer.zero_grad()
-            loss.backward()
+            parts = []
+            for micro in filter(
+                len, mb.tensor_split(args.gradient_accumulation_steps)
+            ):  # none empty
+                with autocast(args):
+                    loss, s = minibatch_loss(args, policy, value_model, batch, micro, beta, mb)
+                if not torch.isfinite(loss):
+                    bad = ("--learning-rate" if stats else  # before any update: rewards overflow
+                           "--no-eos-penalty, --init-kl-coef or --loss-kl-coef")  # fmt: skip
+                    raise FloatingPointError(f"non-finite {args.algo} loss; lower {bad}")
+                loss.backward()
+                parts.append([v.item() for v in s.values()])  # in the order of STATS
             nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
             if value_model is not None:
                 nn.utils.clip_grad_norm_(value_model.parameters(), args.max_grad_norm)
             optimizer.step()
-            stats.append([v.item() for v in s.values()])  # in the order of STATS
+            p = np.array(parts)  # the micro-batches' losses add up; the rest is averaged
+            stats.append([*p[:, :2].sum(0), *p[:, 2:4].mean(0), p[:, 4].max()])
     *means, _ = np.mean(stats, 0).tolist()  # and |ρ − 1| of the first minibatch:
     out = dict(zip(STATS, [*means, stats[0][-1]], strict=True))
     if value_model is None:
@@ -561,26 +577,53 @@ def ppo_update(args, policy, value_model, optimizer, batch, beta=0.0):
 STATS = ("pg_loss", "value_loss", "clipfrac", "approx_kl", "ratio_dev_first_mb")
 
 
+def autocast(args):
+    """--bf16: matmuls in bfloat16 (torch.autocast) on the device of the run; the weights, their
+    gradients and Adam's state stay fp32, and log-softmax (token_logprobs, sft_loss) is fp32."""
+    device = "cuda" if args.cuda and torch.cuda.is_available() else "cpu"
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=args.bf16)
+
+
+def checkpointing(model, args):
+    """--gradient-checkpointing: each GPT-2 block keeps its input and recomputes the rest in the
+    backward pass. transformers checkpoints a block only in train mode, which for GPT-2 differs
+    only by dropout (0 in every model here), so the blocks alone enter it; a training forward
+    pass keeps no KV cache (generate() still does)."""
+    for module in model.modules() if args.gradient_checkpointing else ():
+        if isinstance(module, transformers.PreTrainedModel):
+            module.activation_checkpointing_enable({"use_reentrant": False})
+            module.config.use_cache = False
+        elif isinstance(module, transformers.modeling_layers.GradientCheckpointingLayer):
+            module.train()
+    return model
+
+
 # ---- The three stages ----
 
 
 def fit(stage, model, rows, loss_fn, args, writer):
     """Stages 1 and 2: Adam (--<stage>-lr) over --<stage>-epochs passes of `rows` in shuffled
-    global batches, minimising loss_fn(DDP-wrapped model, this rank's rows) -> (loss, metrics)."""
+    global batches, minimising loss_fn(DDP-wrapped model, rows of one micro-batch, all of this
+    rank's rows of the batch) -> (loss, metrics); the losses of a batch's micro-batches add up."""
     lr, epochs, batch_size = (getattr(args, f"{stage}_{x}") for x in ("lr", "epochs", "batch_size"))
     hint = f"nothing of it was saved; lower --{stage}-lr or --max-grad-norm"
-    train_model = data_parallel(model)
+    train_model = data_parallel(checkpointing(model, args))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, eps=args.adam_eps)
     total, start = epochs * -(-len(rows) // batch_size), time.time()
     for step, batch in enumerate(my_batches(rows, batch_size, epochs), 1):
-        loss, metrics = loss_fn(train_model, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"[{stage}] non-finite loss at step {step}; {hint}")
         optimizer.zero_grad()
-        loss.backward()
+        losses = []  # each micro-batch's share of the batch's loss: they add up to it
+        splits = np.array_split(np.arange(len(batch)), args.gradient_accumulation_steps)
+        for micro in filter(len, splits):  # none empty
+            with autocast(args):  # loss_fn normalises by the whole batch (token_share)
+                loss, metrics = loss_fn(train_model, [batch[i] for i in micro], batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"[{stage}] non-finite loss at step {step}; {hint}")
+            loss.backward()
+            losses.append(loss.item())
         nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         optimizer.step()
-        metrics = {"loss": loss.item(), **metrics}
+        metrics = {"loss": sum(losses), **metrics}  # the metrics of the last micro-batch
         for name, value in metrics.items():
             writer.add_scalar(f"{stage}/{name}", value, step)
         progress(step, total, start, f"{stage} step", **metrics)
@@ -594,12 +637,15 @@ def stage_sft(args, policy, tokenizer, demos, writer):
     """Stage 1: cross-entropy on the response tokens (and EOS) of the demonstrations."""
     device, max_length = next(policy.parameters()).device, policy.config.n_positions
 
-    def loss_fn(model, rows):
-        texts = [x["prompt"] for x in rows], [x["response"] for x in rows]
-        ids, mask, resp = (t.to(device) for t in encode(tokenizer, *texts, max_length))
+    def texts(rows):
+        return [x["prompt"] for x in rows], [x["response"] for x in rows]
+
+    def loss_fn(model, rows, batch):
+        ids, mask, resp = (t.to(device) for t in encode(tokenizer, *texts(rows), max_length))
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask))
-        # × token_share: the token mean over the global batch under torchrun
-        return sft_loss(out.logits, ids, resp) * token_share(resp[:, 1:]), {}
+        # × token_share: the token mean over the global batch (ranks and micro-batches)
+        n = encode(tokenizer, *texts(batch), max_length)[2][:, 1:].sum()  # the batch's tokens
+        return sft_loss(out.logits, ids, resp) * token_share(resp[:, 1:], n), {}
 
     fit("sft", policy, demos, loss_fn, args, writer)
 
@@ -613,12 +659,13 @@ def stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng):
     print(f"[rm] {len(pairs)} preference pairs; the trunk starts as the SFT model's")
     reward_model = RewardModel(copy.deepcopy(policy.transformer)).to(device).eval()
 
-    def loss_fn(model, rows):  # chosen and rejected in one forward pass: rows [0, n), [n, 2n)
+    def loss_fn(model, rows, batch):  # chosen and rejected in one forward pass: [0, n), [n, 2n)
         texts = [x["prompt"] for x in rows] * 2, [x[k] for k in PAIR for x in rows]
         ids, mask, _ = encode(tokenizer, *texts, policy.config.n_positions)
-        r_chosen, r_rejected = model(ids.to(device), mask.to(device)).chunk(2)
-        # × token_share: the mean over the pairs of the global batch under torchrun
-        loss = bradley_terry_loss(r_chosen, r_rejected) * token_share(torch.ones(len(rows)))
+        r_chosen, r_rejected = model(ids.to(device), mask.to(device)).float().chunk(2)
+        # × token_share: the mean over the pairs of the global batch (ranks and micro-batches)
+        share = token_share(torch.ones(len(rows)), len(batch))
+        loss = bradley_terry_loss(r_chosen, r_rejected) * share
         return loss, {"accuracy": (r_chosen > r_rejected).float().mean().item()}
 
     fit("rm", reward_model, pairs, loss_fn, args, writer)
@@ -652,13 +699,13 @@ def stage_dpo(args, policy, reference, tokenizer, pairs, writer):
     the frozen SFT model. No RM, no sampling: the pairs stand in for both."""
     device, n = next(policy.parameters()).device, policy.config.n_positions
 
-    def loss_fn(model, rows):
+    def loss_fn(model, rows, batch):
         with torch.no_grad():
             ref = pair_logprobs(reference, tokenizer, rows, n, device)
         loss, margin = dpo_loss(*pair_logprobs(model, tokenizer, rows, n, device), *ref,
                                 args.dpo_beta)  # fmt: skip
-        # × token_share: the mean over the pairs of the global batch under torchrun
-        return loss * token_share(torch.ones(len(rows))), {"margin": margin.item()}
+        # × token_share: the mean over the pairs of the global batch (ranks and micro-batches)
+        return loss * token_share(torch.ones(len(rows)), len(batch)), {"margin": margin.item()}
 
     fit("dpo", policy, pairs, loss_fn, args, writer)
 
@@ -691,7 +738,8 @@ def stage_rl(args, models, value_model, prompts, rng, writer, out, last):
     # under torchrun the update's forward passes go through DDP (the reference and the RM need
     # no gradients); rollouts and saving use the plain modules. The wrappers are freed on
     # return, while every rank is still in the process group.
-    train_policy, train_value = data_parallel(policy), data_parallel(value_model)
+    train_policy = data_parallel(checkpointing(policy, args))
+    train_value = data_parallel(value_model and checkpointing(value_model, args))
     k = responses_per_prompt(args)
     # β weighs a KL penalty in the reward (ppo, rloo, reinforce_pp) or a KL term in the loss
     # (grpo, dr_grpo): two scales, two starting values; one controller adapts either
@@ -704,8 +752,9 @@ def stage_rl(args, models, value_model, prompts, rng, writer, out, last):
             chosen = rng.integers(len(prompts), size=args.rollout_batch_size // k)
             chosen = chosen[my_share(len(chosen))]  # this rank's groups (all of them, alone)
             batch_prompts = [prompts[i] for i in np.repeat(chosen, k)]
-            roll, stats = collect_rollout(*models, batch_prompts, args)
-            roll |= algo_advantages(args, roll, value_model, beta, k)
+            with autocast(args):  # the same precision as the update's: ρ = 1 at its start
+                roll, stats = collect_rollout(*models, batch_prompts, args)
+                roll |= algo_advantages(args, roll, value_model, beta, k)
             try:
                 stats |= ppo_update(args, train_policy, train_value, optimizer, roll, beta)
                 for net in (policy, value_model or policy):  # the last step's update too
@@ -888,12 +937,15 @@ def global_masked_whiten(x, mask, eps=1e-8):
     return (x - mu) * torch.rsqrt(var.to(x.dtype) + eps) * mask
 
 
-def token_share(mask):
-    """W · N_rank / N_global for the tokens of one minibatch. DDP averages the W ranks'
-    gradients, so a token mean over this rank's share times this factor has the gradient of
-    the token mean over the global minibatch, whatever each rank holds. 1 in a plain run."""
+def token_share(mask, total=None):
+    """W · n / N: n the tokens (ones of mask) of one micro-batch, N those of the global minibatch,
+    the sum over ranks of `total`, this rank's part (default n: no accumulation). DDP averages
+    the W ranks' gradients and accumulation adds the micro-batches', so a token mean over the
+    micro-batch times this factor has the gradient of the token mean over the global minibatch,
+    whatever each holds. 1 in a plain run without accumulation."""
     n = mask.sum().double()
-    return (world()[1] * n / all_reduce_sum(n.clone())).float()
+    total = n.clone() if total is None else torch.as_tensor(total, dtype=torch.float64)
+    return (world()[1] * n / all_reduce_sum(total.clone())).float()
 
 
 def my_batches(rows, batch_size, epochs):

@@ -101,11 +101,9 @@ class Args:
     rm_batch_size: int = flag(32, "pairs per RM step", "> 0")
     rm_lr: float = flag(5e-4, "Adam step size of the RM", "> 0")
     # Stage 3: PPO, or a critic-free policy gradient
-    algo: str = flag("ppo", "PPO, a critic-free policy gradient or DPO",
-                     ("ppo", "rloo", "grpo", "dr_grpo", "reinforce_pp", "dpo"))  # fmt: skip
+    algo: str = flag("ppo", "stage 3", ("ppo", "rloo", "grpo", "dr_grpo", "reinforce_pp", "dpo"))
     reward: str = flag("rm", "stage-3 reward: the learned RM or the gold scorer", ("rm", "gold"))
-    samples_per_prompt: int = flag(0, "responses per prompt; 0 = 4 for a group baseline, else 1",
-                                   ">= 0")  # fmt: skip
+    samples_per_prompt: int = flag(0, "responses per prompt; 0: 4 (group baselines) or 1", ">= 0")
     ppo_iterations: int = flag(40, "rollout-then-update iterations", ">= 0")
     rollout_batch_size: int = flag(64, "responses per iteration (prompts x samples)", "> 0")
     minibatch_size: int = flag(16, "responses per gradient step", "> 0")
@@ -119,8 +117,7 @@ class Args:
     max_grad_norm: float = flag(1.0, "gradient-norm clip, of each model separately", "> 0")
     gamma: float = flag(1.0, "discount γ over response tokens", "in [0, 1]")
     gae_lambda: float = flag(0.95, "GAE λ over response tokens", "in [0, 1]")
-    init_kl_coef: float = flag(0.2, "initial β of the KL penalty in the reward (ppo, rloo, "
-                               "reinforce_pp)", ">= 0")  # fmt: skip
+    init_kl_coef: float = flag(0.2, "initial β of the KL penalty in the reward (not grpo)", ">= 0")
     loss_kl_coef: float = flag(0.5, "initial β of the k3 KL loss term (grpo, dr_grpo)", ">= 0")
     kl_target: float = flag(4.0, "target KL(π‖π_ref), nats per response; 0 = fixed β", ">= 0")
     kl_horizon: int = flag(500, "horizon (in responses) of the adaptive KL controller", "> 0")
@@ -407,9 +404,8 @@ def sample_texts(policy, tokenizer, prompts, args):
     """Response texts sampled from the policy at --temperature, one per prompt, batched."""
     texts = []
     for i in range(0, len(prompts), args.rollout_batch_size):
-        batch = prompts[i : i + args.rollout_batch_size]
-        r, m = generate_responses(policy, tokenizer, batch, args.max_new_tokens,
-                                  args.temperature)[2:4]  # fmt: skip
+        r, m = generate_responses(policy, tokenizer, prompts[i : i + args.rollout_batch_size],
+                                  args.max_new_tokens, args.temperature)[2:4]  # fmt: skip
         texts += decode_responses(tokenizer, r, m)[0]
     return texts
 
@@ -446,9 +442,8 @@ def collect_rollout(policy, reference, reward_model, rm_tokenizer, tokenizer, pr
 
     The RM reads the response re-encoded from its text (the form it was trained on, EOS
     appended), so an RM from reward_model.py scores PPO samples as it scored its data;
-    reward_model None means the gold score is the reward (--reward gold). The KL of a
-    response is sum_t (log pi(a_t) - log pi_ref(a_t)): the k1 estimate of KL(pi || pi_ref)
-    in nats per response, the quantity the KL penalty and target use."""
+    reward_model None means the gold score is the reward (--reward gold, dpo). The KL of a
+    response, Σ_t (log π(a_t) − log π_ref(a_t)), is the k1 estimate of KL(π‖π_ref) in nats."""
     q, qm, r, m, _ = generate_responses(policy, tokenizer, prompts, args.max_new_tokens,
                                         args.temperature)  # fmt: skip
     logits = sequence_logits(policy, q, qm, r, m)
@@ -508,7 +503,7 @@ def algo_advantages(args, roll, value_model, beta, k):
     return {"adv": group_advantages(scores, k, args.algo == "grpo")[:, None] * m}
 
 
-def minibatch_loss(args, policy, value_model, b, mb, beta, whole=None):
+def minibatch_loss(args, policy, value_model, b, mb, beta, whole):
     """The stage-3 loss of the responses `mb` (indices) of the rollout `b`, and its statistics: the
     clipped surrogate with token-mean aggregation (ppo, rloo, reinforce_pp) or GRPO's loss with its
     k3 KL term weighted by β (grpo, dr_grpo); plus, for ppo, the clipped value loss. No value-loss
@@ -518,7 +513,6 @@ def minibatch_loss(args, policy, value_model, b, mb, beta, whole=None):
     means and Dr. GRPO's constant already average right: every rank holds as many responses.
     With --gradient-accumulation-steps, `mb` is one micro-batch of the minibatch `whole`, and
     every normaliser is the whole minibatch's: its token count, its responses, its constant."""
-    whole = mb if whole is None else whole
     q, qm, r, m, old = b["q"][mb], b["qm"][mb], b["r"][mb], b["m"][mb], b["logp"][mb]
     logp = token_logprobs(sequence_logits(policy, q, qm, r, m), r, args.temperature)
     if args.algo in ("ppo", "rloo", "reinforce_pp"):
@@ -545,14 +539,12 @@ def minibatch_loss(args, policy, value_model, b, mb, beta, whole=None):
 def ppo_update(args, policy, value_model, optimizer, batch, beta=0.0):
     """--ppo-epochs passes of shuffled minibatches over one rollout batch, for every --algo
     (critic-free: value_model None); the mean statistics, and max |ρ − 1| of the first one."""
-    stats = []
+    stats, names = [], ("pg_loss", "value_loss", "clipfrac", "approx_kl", "ratio_dev_first_mb")
     for _ in range(args.ppo_epochs):  # --minibatch-size is global: each rank holds 1/W of it
         for mb in torch.randperm(len(batch["r"])).split(args.minibatch_size // world()[1]):
             optimizer.zero_grad()
             parts = []
-            for micro in filter(
-                len, mb.tensor_split(args.gradient_accumulation_steps)
-            ):  # none empty
+            for micro in mb.tensor_split(min(len(mb), args.gradient_accumulation_steps)):
                 with autocast(args):
                     loss, s = minibatch_loss(args, policy, value_model, batch, micro, beta, mb)
                 if not torch.isfinite(loss):
@@ -560,7 +552,7 @@ def ppo_update(args, policy, value_model, optimizer, batch, beta=0.0):
                            "--no-eos-penalty, --init-kl-coef or --loss-kl-coef")  # fmt: skip
                     raise FloatingPointError(f"non-finite {args.algo} loss; lower {bad}")
                 loss.backward()
-                parts.append([v.item() for v in s.values()])  # in the order of STATS
+                parts.append([v.item() for v in s.values()])  # in the order of names
             nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
             if value_model is not None:
                 nn.utils.clip_grad_norm_(value_model.parameters(), args.max_grad_norm)
@@ -568,27 +560,21 @@ def ppo_update(args, policy, value_model, optimizer, batch, beta=0.0):
             p = np.array(parts)  # the micro-batches' losses add up; the rest is averaged
             stats.append([*p[:, :2].sum(0), *p[:, 2:4].mean(0), p[:, 4].max()])
     *means, _ = np.mean(stats, 0).tolist()  # and |ρ − 1| of the first minibatch:
-    out = dict(zip(STATS, [*means, stats[0][-1]], strict=True))
+    out = dict(zip(names, [*means, stats[0][-1]], strict=True))
     if value_model is None:
         del out["value_loss"]
     return out
 
 
-STATS = ("pg_loss", "value_loss", "clipfrac", "approx_kl", "ratio_dev_first_mb")
-
-
 def autocast(args):
-    """--bf16: matmuls in bfloat16 (torch.autocast) on the device of the run; the weights, their
-    gradients and Adam's state stay fp32, and log-softmax (token_logprobs, sft_loss) is fp32."""
+    """--bf16: matmuls in bfloat16; weights, gradients, Adam's state and log-softmax stay fp32."""
     device = "cuda" if args.cuda and torch.cuda.is_available() else "cpu"
-    return torch.autocast(device, dtype=torch.bfloat16, enabled=args.bf16)
+    return torch.autocast(device, torch.bfloat16, enabled=args.bf16)
 
 
 def checkpointing(model, args):
-    """--gradient-checkpointing: each GPT-2 block keeps its input and recomputes the rest in the
-    backward pass. transformers checkpoints a block only in train mode, which for GPT-2 differs
-    only by dropout (0 in every model here), so the blocks alone enter it; a training forward
-    pass keeps no KV cache (generate() still does)."""
+    """--gradient-checkpointing: each GPT-2 block recomputes its activations in backward. It
+    needs the block in train mode, which differs only by dropout (0 here), and no KV cache."""
     for module in model.modules() if args.gradient_checkpointing else ():
         if isinstance(module, transformers.PreTrainedModel):
             module.activation_checkpointing_enable({"use_reentrant": False})
@@ -602,9 +588,8 @@ def checkpointing(model, args):
 
 
 def fit(stage, model, rows, loss_fn, args, writer):
-    """Stages 1 and 2: Adam (--<stage>-lr) over --<stage>-epochs passes of `rows` in shuffled
-    global batches, minimising loss_fn(DDP-wrapped model, rows of one micro-batch, all of this
-    rank's rows of the batch) -> (loss, metrics); the losses of a batch's micro-batches add up."""
+    """Stages 1, 2 (and DPO): Adam over --<stage>-epochs passes of `rows` in global batches,
+    minimising loss_fn(model, micro-batch rows, this rank's batch rows) -> (loss, metrics)."""
     lr, epochs, batch_size = (getattr(args, f"{stage}_{x}") for x in ("lr", "epochs", "batch_size"))
     hint = f"nothing of it was saved; lower --{stage}-lr or --max-grad-norm"
     train_model = data_parallel(checkpointing(model, args))
@@ -613,10 +598,9 @@ def fit(stage, model, rows, loss_fn, args, writer):
     for step, batch in enumerate(my_batches(rows, batch_size, epochs), 1):
         optimizer.zero_grad()
         losses = []  # each micro-batch's share of the batch's loss: they add up to it
-        splits = np.array_split(np.arange(len(batch)), args.gradient_accumulation_steps)
-        for micro in filter(len, splits):  # none empty
+        for micro in np.array_split(batch, min(len(batch), args.gradient_accumulation_steps)):
             with autocast(args):  # loss_fn normalises by the whole batch (token_share)
-                loss, metrics = loss_fn(train_model, [batch[i] for i in micro], batch)
+                loss, metrics = loss_fn(train_model, list(micro), batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"[{stage}] non-finite loss at step {step}; {hint}")
             loss.backward()
@@ -637,8 +621,7 @@ def stage_sft(args, policy, tokenizer, demos, writer):
     """Stage 1: cross-entropy on the response tokens (and EOS) of the demonstrations."""
     device, max_length = next(policy.parameters()).device, policy.config.n_positions
 
-    def texts(rows):
-        return [x["prompt"] for x in rows], [x["response"] for x in rows]
+    texts = lambda rows: ([x["prompt"] for x in rows], [x["response"] for x in rows])  # noqa: E731
 
     def loss_fn(model, rows, batch):
         ids, mask, resp = (t.to(device) for t in encode(tokenizer, *texts(rows), max_length))
@@ -651,9 +634,8 @@ def stage_sft(args, policy, tokenizer, demos, writer):
 
 
 def stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng):
-    """Stage 2: a Bradley-Terry RM whose trunk starts as a copy of the SFT model, trained on
-    `pairs` ({prompt, chosen, rejected}), or if there are none on pairs of SFT samples for
-    one prompt ordered by the simulated annotators."""
+    """Stage 2: a Bradley-Terry RM, its trunk a copy of the SFT model's, trained on `pairs`
+    ({prompt, chosen, rejected}), or if there are none on preference_pairs."""
     device = next(policy.parameters()).device
     pairs = pairs or preference_pairs(args, policy, tokenizer, prompts, rng)
     print(f"[rm] {len(pairs)} preference pairs; the trunk starts as the SFT model's")
@@ -662,11 +644,10 @@ def stage_reward_model(args, policy, tokenizer, prompts, pairs, writer, rng):
     def loss_fn(model, rows, batch):  # chosen and rejected in one forward pass: [0, n), [n, 2n)
         texts = [x["prompt"] for x in rows] * 2, [x[k] for k in PAIR for x in rows]
         ids, mask, _ = encode(tokenizer, *texts, policy.config.n_positions)
-        r_chosen, r_rejected = model(ids.to(device), mask.to(device)).float().chunk(2)
+        chosen, rejected = model(ids.to(device), mask.to(device)).float().chunk(2)
         # × token_share: the mean over the pairs of the global batch (ranks and micro-batches)
-        share = token_share(torch.ones(len(rows)), len(batch))
-        loss = bradley_terry_loss(r_chosen, r_rejected) * share
-        return loss, {"accuracy": (r_chosen > r_rejected).float().mean().item()}
+        loss = bradley_terry_loss(chosen, rejected) * token_share(torch.ones(len(rows)), len(batch))
+        return loss, {"accuracy": (chosen > rejected).float().mean().item()}
 
     fit("rm", reward_model, pairs, loss_fn, args, writer)
     return reward_model
@@ -695,8 +676,7 @@ def pair_logprobs(model, tokenizer, rows, max_length, device):
 
 
 def stage_dpo(args, policy, reference, tokenizer, pairs, writer):
-    """Stage 3 of --algo dpo: dpo_loss over --dpo-epochs passes of the preference pairs, π_ref
-    the frozen SFT model. No RM, no sampling: the pairs stand in for both."""
+    """Stage 3 of --algo dpo: dpo_loss over the preference pairs, π_ref the frozen SFT model."""
     device, n = next(policy.parameters()).device, policy.config.n_positions
 
     def loss_fn(model, rows, batch):
@@ -711,10 +691,8 @@ def stage_dpo(args, policy, reference, tokenizer, pairs, writer):
 
 
 def normalize_reward_model(args, policy, tokenizer, reward_model, rm_tokenizer, prompts, rng):
-    """Normalise the RM in place so that its scores of --eval-samples SFT samples have mean 0
-    and std 1: r ← (r − μ) / σ. The KL coefficient and the value clip are then on a known
-    scale (Ziegler et al. 2019). Under torchrun each rank samples its block of the prompts,
-    and μ and σ are those of the scores of all ranks."""
+    """r ← (r − μ) / σ in place, μ and σ those of --eval-samples SFT samples (of all ranks), so
+    that the KL coefficient and the value clip are on a known scale (Ziegler et al. 2019)."""
     reference_prompts = [prompts[i] for i in rng.integers(len(prompts), size=args.eval_samples)]
     reference_prompts = [reference_prompts[i] for i in my_share(len(reference_prompts))]
     sft_texts = sample_texts(policy, tokenizer, reference_prompts, args)
@@ -728,16 +706,14 @@ def normalize_reward_model(args, policy, tokenizer, reward_model, rm_tokenizer, 
 
 
 def stage_rl(args, models, value_model, prompts, rng, writer, out, last):
-    """Stage 3: --ppo-iterations of rollout → advantages (by --algo) → update → log, starting
-    from the SFT policy with π_ref frozen. Under torchrun each rank samples its share of the
-    prompt groups, and the KL controller and the logs see the statistics of the global batch.
+    """Stage 3: --ppo-iterations of rollout → advantages (by --algo) → update → log, from the SFT
+    policy, π_ref frozen; under torchrun the controller and logs see the global batch's means.
     last["policy"] keeps the weights of the last complete iteration. Returns the final β."""
     policy, rank, world_size = models[0], *world()
     trained = [*policy.parameters(), *(value_model.parameters() if value_model else ())]
     optimizer = torch.optim.Adam(trained, lr=args.learning_rate, eps=args.adam_eps)
-    # under torchrun the update's forward passes go through DDP (the reference and the RM need
-    # no gradients); rollouts and saving use the plain modules. The wrappers are freed on
-    # return, while every rank is still in the process group.
+    # under torchrun the update's forward passes go through DDP; rollouts and saving use the
+    # plain modules. The wrappers are freed on return, while every rank is in the group.
     train_policy = data_parallel(checkpointing(policy, args))
     train_value = data_parallel(value_model and checkpointing(value_model, args))
     k = responses_per_prompt(args)
@@ -769,8 +745,7 @@ def stage_rl(args, models, value_model, prompts, rng, writer, out, last):
             beta = adaptive_kl_coef(beta, stats["kl"], args.kl_target, n, args.kl_horizon)
             for key, v in stats.items():
                 writer.add_scalar(f"{args.algo}/{key}", v, it)
-            if it == 1:
-                csv.write("iteration," + ",".join(stats) + "\n")
+            csv.write(("iteration," + ",".join(stats) + "\n") * (it == 1))  # the header first
             csv.write(f"{it}," + ",".join(f"{v:.6g}" for v in stats.values()) + "\n")
             csv.flush()
             progress(it, args.ppo_iterations, start, f"{args.algo} iteration",
@@ -782,18 +757,14 @@ def stage_rl(args, models, value_model, prompts, rng, writer, out, last):
     return beta
 
 
-GROUP_ALGOS = ("rloo", "grpo", "dr_grpo")  # the baseline is the mean of one prompt's k samples
-
-
 def responses_per_prompt(args):
     """k of --samples-per-prompt; 0 = automatic: 4 for the group baselines, else 1."""
-    return args.samples_per_prompt or (4 if args.algo in GROUP_ALGOS else 1)
+    return args.samples_per_prompt or (4 if args.algo in ("rloo", "grpo", "dr_grpo") else 1)
 
 
 def train(args):
-    """SFT → RM → stage 3 (--algo) → the evaluation of the SFT and the final policy. Each
-    stage's model is saved once complete; stage 3's policy also when an interrupt or a
-    non-finite loss stops it, as of its last complete iteration."""
+    """SFT → RM → stage 3 (--algo) → the evaluation of the SFT and the final policy. Each model is
+    saved when complete; stage 3's also, as of its last iteration, on an interrupt or NaN."""
     reward_model = rm_tokenizer = None  # loaded before the seeds: its head's init draws
     if args.reward == "rm" and args.reward_model_path:
         reward_model, rm_tokenizer = RewardModel.load(args.reward_model_path)
@@ -801,12 +772,9 @@ def train(args):
     task = os.path.basename(args.sft_data) if args.sft_data else "movie-reviews"
     out = args.output_dir or f"runs/{task}__rlhf_ppo_gpt2__{args.seed}__{int(time.time())}"
     t_start = time.time()
-    # Every input is read and checked before anything is written: a bad file or flag should
-    # stop the run before, not after, SFT.
-    if args.sft_data:
-        demos = read_jsonl("--sft-data", args.sft_data, ["prompt", "response"], ["prompt"])
-    else:
-        demos = builtin_demonstrations(rng, args.sft_demos)
+    # Every input is read and checked before anything is written (not after SFT).
+    demos = (read_jsonl("--sft-data", args.sft_data, ["prompt", "response"], ["prompt"])
+             if args.sft_data else builtin_demonstrations(rng, args.sft_demos))  # fmt: skip
     pairs = []
     if args.preference_data and not args.reward_model_path:
         pairs = read_jsonl("--preference-data", args.preference_data, ("prompt", *PAIR), (), PAIR)
@@ -822,9 +790,7 @@ def train(args):
     stage_sft(args, policy, tokenizer, demos, writer)
     save_pretrained_atomic(f"{out}/sft", policy, tokenizer)
     t_sft = time.time()
-
-    # Stage 2: RM, normalised on SFT samples. --reward gold needs no RM: the task's own scorer
-    # is the reward, as with checkable answers.
+    # Stage 2: RM, normalised on SFT samples; none for --reward gold (a checkable reward).
     rm_tokenizer = rm_tokenizer or tokenizer
     if args.algo == "dpo":  # DPO's implicit reward replaces the RM; evaluated by the gold score
         pairs = pairs or preference_pairs(args, policy, tokenizer, prompts, rng)
@@ -840,7 +806,6 @@ def train(args):
             with signals_held():  # Ctrl-C or SIGTERM waits until the model is complete
                 reward_model.save(f"{out}/reward_model", rm_tokenizer)
     t_rm = time.time()
-
     # Stage 3. π_ref is a frozen copy of the SFT policy. PPO's V is a copy of the RM (of the
     # SFT trunk with a fresh head under --reward gold); the critic-free algorithms have none.
     reference = copy.deepcopy(policy).requires_grad_(False)
@@ -867,8 +832,7 @@ def train(args):
         writer.close()
     t_ppo = time.time()
     if world_size > 1:
-        # DDP's reducers, dropped by stage_rl() while every rank was here, hold the process
-        # group; leave together (freed after destroy_process_group, one hung gloo's teardown)
+        # DDP's reducers hold the process group: leave together (else gloo's teardown hung)
         dist.barrier()
         dist.destroy_process_group()  # the other ranks are done; rank 0 evaluates alone
     if rank > 0:
@@ -881,9 +845,8 @@ def train(args):
                 **{f"sft_{k}": v for k, v in sft_eval.items()},
                 **{f"final_{k}": v for k, v in final.items()}, kl_target=args.kl_target,
                 final_beta=beta, sft_time_s=t_sft - t_start, rm_time_s=t_rm - t_sft,
-                ppo_time_s=t_ppo - t_rm, stage3_s=t_loop,
-                iteration_s=t_loop / max(1, args.ppo_iterations),
-                wall_time_s=time.time() - t_start, output_dir=out)  # fmt: skip
+                ppo_time_s=t_ppo - t_rm, stage3_s=t_loop, iteration_s=t_loop / max(1, args.
+                ppo_iterations), wall_time_s=time.time() - t_start, output_dir=out)  # fmt: skip
     with open(f"{out}/summary.json", "w") as f:
         json.dump(full, f, indent=1)
     return {k: full[k] for k in ("algo", "model_name", "seed", "reward", "sft_gold", "final_gold",
@@ -924,11 +887,8 @@ def my_share(n):
 
 
 def global_masked_whiten(x, mask, eps=1e-8):
-    """masked_whiten with μ and the unbiased var over the unmasked entries of every rank:
-
-    μ = Σ_r Σ x m / Σ_r Σ m,   var = Σ_r Σ (x - μ)² m / (Σ_r Σ m - 1).
-
-    One rank: masked_whiten itself, so a plain run is not changed by a single bit."""
+    """masked_whiten with μ = Σ_r Σ x m / Σ_r Σ m, var = Σ_r Σ (x - μ)² m / (Σ_r Σ m - 1) over
+    every rank's unmasked entries; one rank: masked_whiten itself, to the bit."""
     if world()[1] == 1:
         return masked_whiten(x, mask, eps)
     sums = all_reduce_sum(torch.stack([(x * mask).sum(), mask.sum()]).double())
@@ -938,19 +898,16 @@ def global_masked_whiten(x, mask, eps=1e-8):
 
 
 def token_share(mask, total=None):
-    """W · n / N: n the tokens (ones of mask) of one micro-batch, N those of the global minibatch,
-    the sum over ranks of `total`, this rank's part (default n: no accumulation). DDP averages
-    the W ranks' gradients and accumulation adds the micro-batches', so a token mean over the
-    micro-batch times this factor has the gradient of the token mean over the global minibatch,
-    whatever each holds. 1 in a plain run without accumulation."""
+    """W · n / N: n the tokens (ones of mask) of a micro-batch, N the sum over ranks of `total`,
+    this rank's minibatch (default n). DDP averages the ranks' gradients, accumulation adds the
+    micro-batches': a token mean × this has the gradient of the global minibatch's token mean."""
     n = mask.sum().double()
     total = n.clone() if total is None else torch.as_tensor(total, dtype=torch.float64)
     return (world()[1] * n / all_reduce_sum(total.clone())).float()
 
 
 def my_batches(rows, batch_size, epochs):
-    """`epochs` passes over `rows` in global batches of `batch_size`, each pass in a new order
-    that every rank shares (rank 0's); this rank's rows of each: every W-th, from its rank."""
+    """This rank's rows (every W-th) of each global batch, `epochs` passes in rank 0's orders."""
     rank, world_size = world()
     for _ in range(epochs):
         perm = torch.randperm(len(rows))
@@ -961,8 +918,7 @@ def my_batches(rows, batch_size, epochs):
 
 
 def data_parallel(model):
-    """The model in DistributedDataParallel under torchrun (gradients averaged across ranks in
-    backward; generation, scoring and saving use the bare model); the model in a plain run."""
+    """The model in DDP under torchrun (generation, scoring, saving use the bare model)."""
     if model is None or world()[1] == 1:
         return model
     device = next(model.parameters()).device
@@ -1261,17 +1217,16 @@ def require(ok, message):
 
 
 def check_flags_together(args, world_size):
-    """The rules that tie flags together; each flag's own rule is beside it in Args. The
-    batch sizes are global: under torchrun they must divide across the ranks."""
+    """The rules that tie flags together (each flag's own is in Args); batch sizes are global."""
     k = responses_per_prompt(args)
-    require(args.algo not in GROUP_ALGOS or k >= 2,
+    require(args.algo not in ("rloo", "grpo", "dr_grpo") or k >= 2,
             f"--algo {args.algo} needs --samples-per-prompt >= 2 (a group baseline)")  # fmt: skip
     require(args.rollout_batch_size % k == 0,
             f"--rollout-batch-size must be a multiple of --samples-per-prompt {k}")  # fmt: skip
     require(args.algo not in ("ppo", "reinforce_pp") or args.rollout_batch_size >= 2, f"--algo "
             f"{args.algo} whitens Â over a batch: it needs --rollout-batch-size >= 2")  # fmt: skip
-    require(args.minibatch_size <= args.rollout_batch_size,
-            "--minibatch-size must be <= --rollout-batch-size")  # fmt: skip
+    require(args.minibatch_size <= args.rollout_batch_size, "--minibatch-size must be <= "
+            "--rollout-batch-size")  # fmt: skip
     require(args.eval_samples >= 2, "--eval-samples must be >= 2 (for the RM's normaliser)")
     for name, unit in [("rollout_batch_size", k), ("minibatch_size", 1), ("sft_batch_size", 1),
                        ("rm_batch_size", 1), ("dpo_batch_size", 1)]:  # fmt: skip
@@ -1282,8 +1237,7 @@ def check_flags_together(args, world_size):
 
 
 def start_run(args):
-    """Check the flags, seed; (device, rank, world size, numpy's Generator). Under torchrun: a
-    process group, one process per GPU (or CPU share); rank 0 alone reports, logs and saves."""
+    """Flags checked, seeds, torchrun's process group; (device, rank, world size, Generator)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     try:
         check_flags_together(args, world_size)
@@ -1304,25 +1258,19 @@ def start_run(args):
     # numpy's draws (prompts, annotators: the Generator returned) are the same on every rank;
     # torch's are not: each rank samples other responses (rank 0 draws what one process would)
     torch.manual_seed(args.seed + 1000 * rank)
-    # A tiny GPT-2's matmuls are too small to split across threads; on a busy 2-core machine
-    # one thread was 16x faster than two (measured here).
+    # a tiny GPT-2's matmuls are too small to split: 1 thread was 16x faster than 2 here (busy)
     torch.set_num_threads(args.threads or (1 if args.model_name == "tiny" else
                                            torch.get_num_threads()))  # fmt: skip
     hf_logging.disable_progress_bar()  # save_pretrained's tqdm bar would interleave with ours
     return device, rank, world_size, np.random.default_rng(args.seed)
 
 
-class NullWriter:
-    """TensorBoard's SummaryWriter for the ranks that write nothing (all but rank 0)."""
-
-    def __getattr__(self, name):  # add_scalar, add_text, close: do nothing
-        return lambda *args, **kwargs: None
+# TensorBoard's SummaryWriter for the ranks that write nothing (all but rank 0)
+NullWriter = type("NullWriter", (), {"__getattr__": lambda *_: lambda *args, **kwargs: None})
 
 
 def check_inputs(args, config, tokenizer, prompts, rm_tokenizer):
-    """ValueError if the RM of --reward-model-path has another tokenizer, or if a prompt and
-    --max-new-tokens do not fit in the model's positions (no prompt is cut: the policy would
-    answer another question)."""
+    """The RM's tokenizer is the policy's, and every prompt + --max-new-tokens fits, uncut."""
     require(rm_tokenizer is None or rm_tokenizer.get_vocab() == tokenizer.get_vocab(),
             f"--reward-model-path {args.reward_model_path}: the RM has another tokenizer than "
             f"--model-name {args.model_name}")  # fmt: skip
@@ -1334,9 +1282,7 @@ def check_inputs(args, config, tokenizer, prompts, rm_tokenizer):
 
 
 def open_output_dir(args, out):
-    """TensorBoard in --output-dir, by rank 0 (the others write nothing), once every rank has
-    checked that it holds no earlier run; with --overwrite that run's files are deleted first,
-    so that a rerun never mixes its files with them. An unwritable directory is one line."""
+    """TensorBoard in --output-dir (rank 0), holding no earlier run (--overwrite: deleted)."""
     patterns = ("sft", "reward_model", "policy", "summary.json", "*_metrics.csv", "events.out.*")
     old = sorted(p for pat in patterns for p in glob.glob(os.path.join(glob.escape(out), pat)))
     require(args.overwrite or not old, f"--output-dir {out} holds an earlier run "
@@ -1449,8 +1395,7 @@ def save_dir_atomic(path, write):
 
 
 def save_pretrained_atomic(path, *parts):
-    """save_pretrained of each part (a model, its tokenizer) into one directory, atomically
-    (save_dir_atomic), by rank 0 alone; a Ctrl-C or SIGTERM meanwhile waits until it is whole."""
+    """save_pretrained of each part into one directory, atomically (save_dir_atomic), rank 0."""
     if world()[0] == 0:
         with signals_held():
             save_dir_atomic(path, lambda tmp: [part.save_pretrained(tmp) for part in parts])

@@ -116,7 +116,8 @@ RL_ACCEPTS = {
     "value_clip": {"0", "huge"}, "max_grad_norm": {"huge"}, "gamma": {"0"}, "gae_lambda": {"0"},
     "init_kl_coef": {"0", "huge"}, "loss_kl_coef": {"0", "huge"}, "kl_target": {"0", "huge"},
     "kl_horizon": {"huge"}, "no_eos_penalty": {"0", "huge"}, "eval_samples": {"big"},
-    "sample_every": {"0", "huge"},
+    "sample_every": {"0", "huge"}, "dpo_beta": {"huge"}, "dpo_epochs": {"0", "huge"},
+    "dpo_batch_size": {"huge"}, "dpo_lr": {"huge"}, "gradient_accumulation_steps": {"huge"},
 }  # fmt: skip
 
 

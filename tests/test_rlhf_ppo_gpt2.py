@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -744,6 +745,15 @@ def test_short_run_of_each_algo_raises_gold_score(learning_sft, tmp_path, algo):
     assert summary["final_well_formed"] > 0.6
 
 
+# --bf16 (CPU autocast), ppo, same SFT model, stage-3 seeds 1..4, measured here: +0.077 ..
+# +0.184 (fp32: +0.080 .. +0.334 over seeds 1..10), well-formed >= 0.92: fp32's bound holds.
+def test_short_ppo_run_learns_under_bf16(learning_sft, tmp_path):
+    args = short_gold_args(model_name=learning_sft, seed=1, output_dir=str(tmp_path), bf16=True)
+    summary = rl.train(args)
+    assert summary["final_gold"] > summary["sft_gold"] + LEARNING_BOUND["ppo"]
+    assert summary["final_well_formed"] > 0.6
+
+
 # ---- issue 33: gradient accumulation, activation checkpointing, bf16 ----
 
 
@@ -877,3 +887,18 @@ def test_bf16_first_minibatch_ratio_is_one(sft, algo):
     stats = rl.ppo_update(args, policy, value_model, torch.optim.Adam(trained, lr=1e-3), roll)
     assert stats["ratio_dev_first_mb"] < 1e-5
     assert stats["approx_kl"] > 0
+
+
+def test_gpu_check_dry_run_runs_end_to_end_on_the_cpu():
+    """benchmarks/gpu_rlhf.sh --dry-run: every configuration of the GPU check, on a 2-layer
+    model on the CPU (fp32/bf16 x checkpointing off/on), first-minibatch ratio 1 in each."""
+    script = os.path.join(ROOT, "benchmarks", "gpu_rlhf.sh")
+    proc = subprocess.run(["bash", script, "--dry-run"], capture_output=True, text=True,
+                          timeout=300, env=os.environ | {"CUDA_VISIBLE_DEVICES": ""})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(os.path.join(ROOT, "benchmarks", "out", "rlhf_gpu.json")) as f:
+        rows = json.load(f)["rows"]
+    assert {(r["bf16"], r["gradient_checkpointing"]) for r in rows} == {
+        (a, b) for a in (False, True) for b in (False, True)
+    }
+    assert all(r["ratio_dev_first_mb"] < 1e-5 and r["response_tokens"] > 0 for r in rows)

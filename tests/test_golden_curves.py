@@ -88,3 +88,16 @@ def test_command_line_exit_status(refs, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--curves", str(tmp_path), "--check", str(healthy)])
     assert e.value.code == 0 and "OUTSIDE" not in capsys.readouterr().out
+
+
+def test_solved_return_bounds_the_end_band_from_below(tmp_path):
+    """References that all end at exactly 500 give the end band [500, 500]; with solved=475
+    a run that stays at ~490 is inside, and the collapsed run is still outside."""
+    refs = [write(tmp_path / f"r{i}.csv", curve(HEALTHY, seed=i)) for i in range(5)]
+    steady = write(tmp_path / "s.csv", curve([(0, 20), (30_000, 490), (100_000, 490)], seed=5))
+    assert check(refs, steady)["end_band"] == (500.0, 500.0) and not check(refs, steady)["ok"]
+    c = check(refs, steady, solved=475)
+    assert c["ok"] and c["end_inside"] == 1.0
+    assert c["inside"] < 0.5  # the min–max band is the line 500 after 30k: not a verdict
+    collapsed = write(tmp_path / "c.csv", curve(COLLAPSED, seed=99))
+    assert not check(refs, collapsed, solved=475)["ok"]

@@ -183,89 +183,97 @@ def gpt2_iteration(n_iterations, size="gpt2"):
                       "minibatch_size": args.minibatch_size}))  # fmt: skip
 
 
-def gpu_check(dry_run):
+def gpu_check(dry_run, only=None):
     """benchmarks/gpu_rlhf.sh (issue 33): one PPO iteration (default Args: 64 prompts x 16 new
     tokens, 4 epochs x 4 minibatches; policy, reference, RM, value model of one size, random
     weights) at 124M and 355M, fp32 and --bf16, without and with --gradient-checkpointing:
     response tokens/s, peak GPU memory, model FLOP/s (2N per token per forward, 6N per token
     per forward+backward, +2N with checkpointing; generation counted as forward passes).
     One warm-up iteration first. --dry-run: a 2-layer model (the tiny tokenizer's vocabulary)
-    on one CPU thread, 8 prompts, no warm-up, into benchmarks/out/."""
+    on one CPU thread, 8 prompts, no warm-up, into benchmarks/out/. only = (size, bf16,
+    checkpointing, accumulation steps): that configuration alone, on the CPU, one epoch, no
+    warm-up, its row printed with the process's peak resident memory (--memory-table)."""
+    import resource
+
     import numpy as np
     import torch
 
     sys.path.insert(0, ROOT)
     import rlhf_ppo_gpt2 as rl
 
-    cuda = torch.cuda.is_available() and not dry_run
+    cuda = torch.cuda.is_available() and not dry_run and not only
     device = torch.device("cuda" if cuda else "cpu")
     _, tokenizer = rl.load_gpt2(rl.transformers.GPT2LMHeadModel, "tiny")  # prompts; ids < 50257
     if dry_run:
         torch.set_num_threads(1)  # on a busy 2-core machine 1 thread is much faster
-    rows = []
-    for size in ["dry-run"] if dry_run else ["gpt2", "gpt2-medium"]:
-        for bf16 in (False, True):
-            for ckpt in (False, True):
-                torch.manual_seed(0)
-                args = rl.Args(model_name="gpt2", bf16=bf16, gradient_checkpointing=ckpt,
-                               cuda=cuda)  # fmt: skip
-                if dry_run:
-                    args.rollout_batch_size, args.minibatch_size = 8, 4
-                n_layer, n_embd, n_head = GPT2_SIZES[size]
-                config = rl.GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head,
-                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                       vocab_size=len(tokenizer) if dry_run else 50257)  # fmt: skip
-                policy = rl.transformers.GPT2LMHeadModel(config).to(device).eval()
-                reference = rl.transformers.GPT2LMHeadModel(config).to(device).eval()
-                reward_model = rl.RewardModel(rl.GPT2Model(config)).to(device).eval()
-                reference.requires_grad_(False), reward_model.requires_grad_(False)
-                value_model = rl.ValueModel(reward_model).requires_grad_(True)
-                rl.checkpointing(policy, args), rl.checkpointing(value_model, args)
-                params = [*policy.parameters(), *value_model.parameters()]
-                optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5)
-                rng, n = np.random.default_rng(0), sum(p.numel() for p in policy.parameters())
-                for _ in range(1 if dry_run else 2):  # a warm-up iteration, then the measured one
-                    if cuda:
-                        torch.cuda.synchronize()
-                        torch.cuda.reset_peak_memory_stats()
-                    t0 = time.time()
-                    chosen = rng.integers(len(rl.PROMPTS), size=args.rollout_batch_size)
-                    prompts = [rl.PROMPTS[i] for i in chosen]
-                    with torch.no_grad(), rl.autocast(args):
-                        q, qm, r, m, _ = rl.generate_responses(
-                            policy, tokenizer, prompts, args.max_new_tokens, args.temperature
-                        )
-                        logp = rl.token_logprobs(rl.sequence_logits(policy, q, qm, r, m), r, 1.0)
-                        ref = rl.token_logprobs(rl.sequence_logits(reference, q, qm, r, m), r, 1.0)
-                        scores = reward_model(torch.cat([q, r], 1), torch.cat([qm, m], 1)).float()
-                        values = value_model(q, qm, r, m) * m
-                        rewards = rl.kl_shaped_rewards(scores, logp * m, ref * m, m, 0.2)
-                        adv, returns = rl.token_gae(rewards, values, m, 1.0, 0.95)
-                    batch = {"q": q, "qm": qm, "r": r, "m": m, "logp": logp * m, "values": values,
-                             "adv": rl.masked_whiten(adv, m), "returns": returns}  # fmt: skip
-                    stats = rl.ppo_update(args, policy, value_model, optimizer, batch)
-                    if cuda:
-                        torch.cuda.synchronize()
-                    seconds = time.time() - t0
-                seq = q.numel() + r.numel()  # padded tokens of one pass over the batch
-                flops = n * (
-                    2 * seq * 4
-                    + 2 * seq  # 4 scoring passes; generation ~ 1 pass
-                    + args.ppo_epochs * seq * 2 * (8 if ckpt else 6)
-                )  # policy + value
-                row = {"size": size, "params_millions": round(n / 1e6, 1), "bf16": bf16,
-                       "gradient_checkpointing": ckpt, "seconds": round(seconds, 3),
-                       "response_tokens": int(m.sum()),
-                       "response_tokens_per_s": round(int(m.sum()) / seconds, 1),
-                       "model_tflops_per_s": round(flops / seconds / 1e12, 3),
-                       "ratio_dev_first_mb": stats["ratio_dev_first_mb"],
-                       "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20)
-                       if cuda else None}  # fmt: skip
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-                del policy, reference, reward_model, value_model, optimizer, batch
+    rows, configs = [], [(b, c, 1) for b in (False, True) for c in (False, True)]
+    for size in ["dry-run"] if dry_run else [only[0]] if only else ["gpt2", "gpt2-medium"]:
+        for bf16, ckpt, k in [only[1:]] if only else configs:
+            torch.manual_seed(0)
+            args = rl.Args(model_name="gpt2", bf16=bf16, gradient_checkpointing=ckpt,
+                           cuda=cuda, gradient_accumulation_steps=k,
+                           ppo_epochs=1 if only else 4)  # fmt: skip
+            if dry_run:
+                args.rollout_batch_size, args.minibatch_size = 8, 4
+            n_layer, n_embd, n_head = GPT2_SIZES[size]
+            config = rl.GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head,
+                                   resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                   vocab_size=len(tokenizer) if dry_run else 50257)  # fmt: skip
+            policy = rl.transformers.GPT2LMHeadModel(config).to(device).eval()
+            reference = rl.transformers.GPT2LMHeadModel(config).to(device).eval()
+            reward_model = rl.RewardModel(rl.GPT2Model(config)).to(device).eval()
+            reference.requires_grad_(False), reward_model.requires_grad_(False)
+            value_model = rl.ValueModel(reward_model).requires_grad_(True)
+            rl.checkpointing(policy, args), rl.checkpointing(value_model, args)
+            params = [*policy.parameters(), *value_model.parameters()]
+            optimizer = torch.optim.Adam(params, lr=args.learning_rate, eps=1e-5)
+            rng, n = np.random.default_rng(0), sum(p.numel() for p in policy.parameters())
+            for _ in range(1 if dry_run or only else 2):  # a warm-up, then the measured one
                 if cuda:
-                    torch.cuda.empty_cache()
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                t0 = time.time()
+                chosen = rng.integers(len(rl.PROMPTS), size=args.rollout_batch_size)
+                prompts = [rl.PROMPTS[i] for i in chosen]
+                with torch.no_grad(), rl.autocast(args):
+                    q, qm, r, m, _ = rl.generate_responses(
+                        policy, tokenizer, prompts, args.max_new_tokens, args.temperature
+                    )
+                    logp = rl.token_logprobs(rl.sequence_logits(policy, q, qm, r, m), r, 1.0)
+                    ref = rl.token_logprobs(rl.sequence_logits(reference, q, qm, r, m), r, 1.0)
+                    scores = reward_model(torch.cat([q, r], 1), torch.cat([qm, m], 1)).float()
+                    values = value_model(q, qm, r, m) * m
+                    rewards = rl.kl_shaped_rewards(scores, logp * m, ref * m, m, 0.2)
+                    adv, returns = rl.token_gae(rewards, values, m, 1.0, 0.95)
+                batch = {"q": q, "qm": qm, "r": r, "m": m, "logp": logp * m, "values": values,
+                         "adv": rl.masked_whiten(adv, m), "returns": returns}  # fmt: skip
+                stats = rl.ppo_update(args, policy, value_model, optimizer, batch)
+                if cuda:
+                    torch.cuda.synchronize()
+                seconds = time.time() - t0
+            seq = q.numel() + r.numel()  # padded tokens of one pass over the batch
+            flops = n * (
+                2 * seq * 4
+                + 2 * seq  # 4 scoring passes; generation ~ 1 pass
+                + args.ppo_epochs * seq * 2 * (8 if ckpt else 6)
+            )  # policy + value
+            row = {"size": size, "params_millions": round(n / 1e6, 1), "bf16": bf16,
+                   "gradient_checkpointing": ckpt, "gradient_accumulation_steps": k,
+                   "ppo_epochs": args.ppo_epochs, "seconds": round(seconds, 3),
+                   "response_tokens": int(m.sum()),
+                   "response_tokens_per_s": round(int(m.sum()) / seconds, 1),
+                   "model_tflops_per_s": round(flops / seconds / 1e12, 3),
+                   "ratio_dev_first_mb": stats["ratio_dev_first_mb"],
+                   "peak_gpu_mib": round(torch.cuda.max_memory_allocated() / 2**20)
+                   if cuda else None}  # fmt: skip
+            row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            del policy, reference, reward_model, value_model, optimizer, batch
+            if cuda:
+                torch.cuda.empty_cache()
+    if only:
+        return None
     out = os.path.join(ROOT, "benchmarks", "out" if dry_run else "results", "rlhf_gpu.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
@@ -273,6 +281,34 @@ def gpu_check(dry_run):
                    "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),
                    "rows": rows}, f, indent=1)  # fmt: skip
     print(f"wrote {out}")
+
+
+def memory_table():
+    """--memory-table (issue 33): peak resident memory of one PPO iteration on the CPU (one
+    epoch: the peak is reached in the first minibatch's update, as in four), random weights, at
+    124M and 355M, with none of the options and with each alone (--bf16, 4 micro-batches,
+    --gradient-checkpointing); one process per configuration; rlhf_memory_cpu.json."""
+    rows = []
+    for size in ("gpt2", "gpt2-medium"):
+        for option, only in [("none", (False, False, 1)), ("bf16", (True, False, 1)),
+                             ("accumulation 4", (False, False, 4)),
+                             ("checkpointing", (False, True, 1))]:  # fmt: skip
+            load = loadavg()
+            row = run_child(["--gpu-check", "--only", size, *map(str, only)])
+            rows.append(row | {"option": option, "load_before": load, "load_after": loadavg()})
+            print(json.dumps(rows[-1]), flush=True)
+            with open(
+                os.path.join(ROOT, "benchmarks", "results", "rlhf_memory_cpu.json"), "w"
+            ) as f:
+                json.dump(
+                    {
+                        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, shared",
+                        "date": time.strftime("%Y-%m-%d %H:%M"),
+                        "rows": rows,
+                    },
+                    f,
+                    indent=1,
+                )
 
 
 def trl_child(algo, seed, sft_dir, iterations, beta):
@@ -800,6 +836,8 @@ def main():
     parser.add_argument("--pairs-child", help=argparse.SUPPRESS)
     parser.add_argument("--gpu-check", action="store_true", help="see benchmarks/gpu_rlhf.sh")
     parser.add_argument("--dry-run", action="store_true", help="--gpu-check on the CPU, tiny")
+    parser.add_argument("--only", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-table", action="store_true", help="peak CPU memory, options")
     parser.add_argument("--trl-dpo-child", help=argparse.SUPPRESS)
     parser.add_argument("--ddp", action="store_true", help="1 process vs torchrun, 2 gloo ranks")
     parser.add_argument(
@@ -832,7 +870,14 @@ def main():
         ALGOS_RESULTS = ALGOS_RESULTS.replace(".json", f"_{args.tag}.json")
         ALGOS_PLOT = ALGOS_PLOT.replace(".png", f"_{args.tag}.png")
     if args.gpu_check:
-        return gpu_check(args.dry_run)
+        only = args.only and (
+            args.only[0],
+            *(v == "True" for v in args.only[1:3]),
+            int(args.only[3]),
+        )
+        return gpu_check(args.dry_run, only)
+    if args.memory_table:
+        return memory_table()
     if args.pairs_child:
         return pairs_child(args.seed, args.sft_dir, args.pairs_child)
     if args.trl_dpo_child:

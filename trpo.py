@@ -54,6 +54,7 @@ class Args:
     gamma: float = flag(0.99, "discount factor γ", "in [0, 1]")
     gae_lambda: float = flag(0.98, "GAE λ: 0 is one-step TD, 1 is Monte Carlo", "in [0, 1]")
     max_kl: float = flag(0.01, "δ, the trust region: the bound on the mean KL of a step", "> 0")
+    adv_norm_floor: float = flag(1.0, "std Â below this shrinks δ by (std Â / this)²", ">= 0")
     cg_iters: int = flag(10, "most conjugate-gradient iterations for F s = g", "> 0")
     cg_damping: float = flag(0.1, "λ added to the Fisher matrix: (F + λI) s = g", ">= 0")
     cg_tol: float = flag(1e-8, "CG stops once |residual| <= cg_tol·|g|; below 1", ">= 0")
@@ -346,10 +347,16 @@ def train(args):
             t = valid_transitions(b, adv)
             # Normalised Â. Its scale cannot change the step (s ∝ g and β ∝ 1/|g|, so δ alone
             # sets the length); subtracting the mean is one more baseline, against variance.
-            t_adv = (t["adv"] - t["adv"].mean()) / (t["adv"].std() + 1e-8)
+            # Once Â is only critic noise (std Â < --adv-norm-floor, every episode at the time
+            # limit), a full-length step would move π in a random direction: the step shrinks
+            # with std Â instead, as PPO's does with Â / max(std Â, floor) (issue 31).
+            std = t["adv"].std()
+            t_adv = (t["adv"] - t["adv"].mean()) / (std + 1e-8)
+            scale = min(1.0, std.item() / args.adv_norm_floor) if args.adv_norm_floor > 0 else 1.0
+            step_args = dataclasses.replace(args, max_kl=args.max_kl * scale**2)
             stats = trpo_step(
                 list(agent.actor.parameters()), lambda o: (agent.actor(o),),  # θ; s ↦ (logits,)
-                categorical_log_prob, categorical_kl, t["obs"], t["action"], t_adv, args,
+                categorical_log_prob, categorical_kl, t["obs"], t["action"], t_adv, step_args,
             )  # fmt: skip
             v_loss = fit_critic(agent.critic, optimizer, t["obs"], t["ret"], args.critic_epochs,
                                 args.critic_minibatch_size)  # fmt: skip

@@ -423,3 +423,35 @@ def test_learns_cartpole(tmp_path):
     assert np.convolve(returns, np.ones(20) / 20, "valid").max() >= 150
     assert summary["global_step"] == 24_576 and summary["eval_mean_return"] > 0
     assert (tmp_path / "out" / "model.pt").exists()
+
+
+def test_adv_norm_floor_shrinks_the_trust_region(monkeypatch, tmp_path):
+    """--adv-norm-floor F: each TRPO step gets δ' = δ · min(1, std Â / F)², so its length
+    (β ∝ √δ') shrinks in proportion to std Â once that is below F, as PPO's step does with
+    Â / max(std Â, F); F = 0 keeps δ. Checked against std Â of the batch actually used."""
+    seen = []
+    real_valid, real_step = trpo.valid_transitions, trpo.trpo_step
+
+    def recording_valid(b, adv):
+        t = real_valid(b, adv)
+        seen.append([t["adv"].std().item()])
+        return t
+
+    def recording_step(params, policy, log_prob, kl, obs, action, adv, args):
+        seen[-1].append(args.max_kl)
+        return real_step(params, policy, log_prob, kl, obs, action, adv, args)
+
+    monkeypatch.setattr(trpo, "valid_transitions", recording_valid)
+    monkeypatch.setattr(trpo, "trpo_step", recording_step)
+    for floor in (0.0, 1.0, 100.0):
+        seen.clear()
+        args = trpo.Args(total_timesteps=2048, num_steps=64, cuda=False, adv_norm_floor=floor,
+                         eval_episodes=0, output_dir=str(tmp_path / f"f{floor}"))  # fmt: skip
+        trpo.train(args)
+        assert len(seen) == 4
+        for std, max_kl in seen:
+            scale = 1.0 if floor == 0 else min(1.0, std / floor)
+            assert max_kl == pytest.approx(0.01 * scale**2, rel=1e-6)
+        if floor == 100.0:  # early CartPole: std Â of a few units, so the floor acts
+            assert all(max_kl < 0.01 for _, max_kl in seen)
+    assert trpo.Args().adv_norm_floor == 1.0

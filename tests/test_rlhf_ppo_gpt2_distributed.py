@@ -56,7 +56,7 @@ def global_batch(policy, tokenizer):
     return batch
 
 
-def ppo_job():
+def ppo_job(**flags):
     """One PPO update (1 epoch, one global minibatch of 8) on this rank's share of the batch,
     after whitening the advantages with global statistics."""
     policy, tokenizer = tiny_policy()
@@ -65,7 +65,7 @@ def ppo_job():
     mine = torch.as_tensor(rl.my_share(8))
     batch = {k: v[mine] for k, v in full.items()}
     batch["adv"] = rl.global_masked_whiten(batch["adv"], batch["m"])
-    args = rl.Args(model_name="tiny", rollout_batch_size=8, minibatch_size=8, ppo_epochs=1)
+    args = rl.Args(model_name="tiny", rollout_batch_size=8, minibatch_size=8, ppo_epochs=1, **flags)
     params = [*policy.parameters(), *value_model.parameters()]
     optimizer = torch.optim.Adam(params, lr=1e-3, eps=args.adam_eps)
     rl.ppo_update(args, rl.data_parallel(policy), rl.data_parallel(value_model), optimizer, batch)
@@ -76,11 +76,11 @@ def ppo_job():
     }
 
 
-def sft_job():
+def sft_job(**flags):
     """One SFT step on a global batch of 16 demonstrations."""
     policy, tokenizer = tiny_policy()
     demos = rl.builtin_demonstrations(np.random.default_rng(0), 16)
-    args = rl.Args(model_name="tiny", sft_batch_size=16, sft_epochs=1)
+    args = rl.Args(model_name="tiny", sft_batch_size=16, sft_epochs=1, **flags)
     rl.stage_sft(args, policy, tokenizer, demos, rl.NullWriter())
     return {"params": [p.detach().clone() for p in policy.parameters()]}
 
@@ -131,7 +131,17 @@ def dpo_job():
     }
 
 
-JOBS = {"ppo": ppo_job, "sft": sft_job, "rm": rm_job, "dpo": dpo_job}
+def ppo_accumulated_job():
+    """ppo_job with 2 micro-batches per rank (issue 33: accumulation composes with DDP)."""
+    return ppo_job(gradient_accumulation_steps=2)
+
+
+def sft_accumulated_job():
+    return sft_job(gradient_accumulation_steps=3)  # 8 rows per rank: micro-batches of 3, 3, 2
+
+
+JOBS = {"ppo": ppo_job, "sft": sft_job, "rm": rm_job, "dpo": dpo_job,
+        "ppo_k2": ppo_accumulated_job, "sft_k3": sft_accumulated_job}  # fmt: skip
 
 
 def worker(rank, world_size, port, out):
@@ -178,6 +188,15 @@ def test_two_ranks_give_the_parameters_of_one_process(job, both):
         torch.testing.assert_close(one["reinforce_pp"], one["expected_reinforce_pp"])
     if job == "rm":
         assert two["mean_std"] == pytest.approx(two["expected_mean_std"], rel=1e-6)
+
+
+@pytest.mark.parametrize("job", ["ppo", "sft"])
+def test_accumulation_on_two_ranks_gives_the_parameters_of_one_process(job, both):
+    """K micro-batches on each of 2 ranks = one batch in one process (every normaliser global)."""
+    one = both[job][0]
+    two = both[{"ppo": "ppo_k2", "sft": "sft_k3"}[job]][1]
+    for a, b in zip(one["params"], two["params"], strict=True):
+        torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5)
 
 
 def test_uneven_global_batch_is_a_one_line_error():

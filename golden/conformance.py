@@ -441,15 +441,16 @@ def sb3_contrib_cells():
 
 @functools.cache
 def trl_defaults():
-    """GRPOConfig's defaults on a CPU (made once: a TrainingArguments is slow to build)."""
+    """GRPOConfig's and DPOConfig's defaults on a CPU, and the Accelerator, made once: a
+    TrainingArguments is slow to build, and building one resets the accelerator's state, so
+    the Accelerator comes last."""
     from accelerate import Accelerator
-    from trl import GRPOConfig
+    from trl import DPOConfig, GRPOConfig
 
+    kwargs = dict(output_dir=tempfile.gettempdir(), report_to="none", use_cpu=True, bf16=False)
     with quiet():
-        cfg = GRPOConfig(
-            output_dir=tempfile.gettempdir(), report_to="none", use_cpu=True, bf16=False
-        )
-    return cfg, Accelerator(cpu=True)
+        grpo, dpo = GRPOConfig(**kwargs), DPOConfig(**kwargs)
+    return grpo, Accelerator(cpu=True), dpo
 
 
 def trl_grpo_trainer(
@@ -471,7 +472,7 @@ def trl_grpo_trainer(
     import torch
     from trl import GRPOTrainer
 
-    cfg, accelerator = trl_defaults()
+    cfg, accelerator, _ = trl_defaults()
     cfg = copy.copy(cfg)  # the defaults, with the settings of this run
     cfg.loss_type, cfg.beta, cfg.max_completion_length = loss_type, beta, max_completion_length
     cfg.gradient_accumulation_steps = accumulation
@@ -590,6 +591,12 @@ def trl_cells():
     )
 
     cells["bradley_terry_loss"] = trl_reward_loss()
+    cells["rlhf_dpo_loss"] = trl_dpo_loss()
+    cells["rlhf_reinforce_pp_advantages"] = na(
+        "no REINFORCE++: GRPOTrainer's scale_rewards='batch' divides by the batch's std but "
+        "keeps the per-group mean and has no per-token KL in the return (inline in "
+        "_generate_and_score_completions)"
+    )
     inline = "computed inline in {}, together with generation; not callable alone"
     cells["rlhf_group_advantages"] = na(
         inline.format("GRPOTrainer/RLOOTrainer._generate_and_score_completions")
@@ -734,6 +741,116 @@ def trl_reward_loss():
         and close(grads[1], c["outputs"]["grad_rejected"], tol)
     )
     return verdict(ok, "RewardTrainer.compute_loss (stable logsigmoid, margins ±45 included)", "")
+
+
+def trl_dpo_run(x, precomputed, label_smoothing=None):
+    """DPOTrainer.compute_loss (its _compute_loss) on one case, the trainer built without
+    __init__ from a default DPOConfig, as trl_grpo_trainer does. Policy and reference are
+    stubs of the fused LM head that TRL adds to the model (`model(..., labels=labels,
+    fused_lm_head=True).log_probs`, 0 where the shifted label is -100): each response's log π
+    is spread over its 1 to 3 completion tokens (right padding after a 2-token prompt), so the
+    trainer's own sum over tokens gives back the vector's number. The reference comes
+    precomputed (precompute_ref_log_probs, inputs["ref_chosen_logps"]) or from the
+    reference-model stub. Returns the loss, its gradients wrt the policy's log π (chosen,
+    rejected) and the logged rewards/margins."""
+    import collections
+
+    import torch
+    from trl import DPOTrainer
+
+    _, accelerator, cfg = trl_defaults()
+    n = len(x["logp_chosen"])
+    chosen = t64(x["logp_chosen"]).requires_grad_(True)
+    rejected = t64(x["logp_rejected"]).requires_grad_(True)
+    prompt, width = 2, 3
+    completion_mask = torch.zeros(2 * n, prompt + width, dtype=torch.long)
+    for i in range(2 * n):
+        completion_mask[i, prompt : prompt + 1 + i % width] = 1
+
+    class FusedHeadStub(torch.nn.Module):
+        is_gradient_checkpointing = False
+
+        def __init__(self, logps):
+            super().__init__()
+            self.logps = logps
+
+        def forward(self, labels, fused_lm_head=False, **kwargs):
+            assert fused_lm_head
+            real = (labels[:, 1:] != -100).to(torch.float64)
+            per_token = self.logps()[:, None] * real / real.sum(1, keepdim=True)
+            zeros = torch.zeros_like(per_token)
+            return SimpleNamespace(
+                log_probs=per_token, entropy=zeros, mean_logits=zeros, is_top1=zeros.bool()
+            )
+
+    tr = object.__new__(DPOTrainer)
+    tr.args = cfg
+    tr.model = FusedHeadStub(lambda: torch.cat([chosen, rejected])).train()
+    reference = torch.cat([t64(x["ref_chosen"]), t64(x["ref_rejected"])])
+    tr.ref_model = None if precomputed else FusedHeadStub(lambda: reference).eval()
+    tr.accelerator = accelerator
+    tr.beta, tr.precompute_ref_logps = x["beta"], precomputed
+    tr.loss_types = cfg.loss_type
+    tr.loss_weights = cfg.loss_weights or [1.0] * len(cfg.loss_type)
+    tr.ld_alpha, tr.use_weighting = cfg.ld_alpha, cfg.use_weighting
+    tr.f_divergence_type, tr.f_alpha_divergence_coef = (
+        cfg.f_divergence_type,
+        cfg.f_alpha_divergence_coef,
+    )
+    tr.label_smoothing = cfg.label_smoothing if label_smoothing is None else label_smoothing
+    tr.aux_loss_enabled = False
+    tr._metrics = {"train": collections.defaultdict(list)}
+    tr._total_train_tokens, tr._tp_size = 0, 1
+    in_prompt = (torch.arange(prompt + width) < prompt).long()
+    inputs = {
+        "input_ids": torch.zeros_like(completion_mask),
+        "attention_mask": completion_mask | in_prompt,
+        "completion_mask": completion_mask,
+    }
+    if precomputed:
+        inputs["ref_chosen_logps"] = t64(x["ref_chosen"])
+        inputs["ref_rejected_logps"] = t64(x["ref_rejected"])
+    with quiet():
+        loss = tr.compute_loss(tr.model, inputs)
+    grads = torch.autograd.grad(loss, [chosen, rejected])
+    return loss.detach(), grads, tr._metrics["train"]["rewards/margins"][-1]
+
+
+def trl_dpo_loss():
+    """DPO's loss (Rafailov et al. 2023) with DPOConfig's defaults: loss_type ['sigmoid'],
+    f_divergence_type reverse_kl, no length weighting (ld_alpha), no WPO weighting."""
+    doc = load("rlhf_dpo_loss")
+    cfg, tol = trl_defaults()[2], doc["tolerance"]
+    bad, summed, smoothing_ignored = [], True, True
+    for i, c in enumerate(doc["cases"]):
+        want, losses = c["outputs"], []
+        for precomputed in (True, False):
+            loss, (g_chosen, g_rejected), margin = trl_dpo_run(c["inputs"], precomputed)
+            losses.append(loss)
+            summed &= close(loss, want["loss"] * len(g_chosen), tol)
+            checks = {
+                "loss": close(loss, want["loss"], tol),
+                "grad_logp_chosen": close(g_chosen, want["grad_logp_chosen"], tol),
+                "grad_logp_rejected": close(g_rejected, want["grad_logp_rejected"], tol),
+                "rewards/margins": close(margin, want["margin"], tol),
+            }
+            bad += [f"case {i} {k}" for k, ok in checks.items() if not ok]
+        smoothed, _, _ = trl_dpo_run(c["inputs"], True, label_smoothing=0.1)
+        smoothing_ignored &= close(smoothed, losses[0], tol)
+    settings = (
+        f"loss_type {cfg.loss_type}, f_divergence_type {cfg.f_divergence_type}, "
+        f"label_smoothing {cfg.label_smoothing}"
+    )
+    note = (
+        f"DPOTrainer._compute_loss ({settings}): −mean over pairs of log σ(β·Δ), reference "
+        "precomputed or from a reference model; its gradient wrt the policy's log π and the "
+        "logged rewards/margins agree"
+    )
+    if smoothing_ignored:
+        note += "; label_smoothing does not enter 'sigmoid' (0.1 leaves the loss unchanged)"
+    why = "; it sums over the pairs instead of averaging" if summed else ""
+    bad = ", ".join(dict.fromkeys(bad))  # each once, whichever way the reference came
+    return verdict(not bad, note, f"{settings}: {bad} differ{why}")
 
 
 # ---------------------------------------------------------------- Tianshou
@@ -1044,7 +1161,62 @@ def verl_cells():
         "the temperature division is inline in the actor"
     )
     cells["rlhf_grpo_loss"] = na("the k3 term is added inline in the actor's update_policy")
+    cells["rlhf_reinforce_pp_advantages"] = verl_reinforce_pp()
     return version, cells
+
+
+def verl_reinforce_pp():
+    """REINFORCE++ as verl's driver computes it with algorithm.use_kl_in_reward=True: the score
+    on the last response token (where the reward manager writes it), ray_trainer.apply_kl_penalty
+    (kl_penalty 'kl' = k1, a fixed β), then ray_trainer.compute_advantage with the
+    reinforce_plus_plus estimator (core_algos.compute_reinforce_plus_plus_outcome_advantage),
+    on a DataProto as the driver passes it."""
+    import torch
+    from omegaconf import OmegaConf
+    from verl import DataProto
+    from verl.trainer.ppo import core_algos, ray_trainer
+
+    doc, bad = load("rlhf_reinforce_pp_advantages"), []
+    for i, c in enumerate(doc["cases"]):
+        x, want = c["inputs"], c["outputs"]
+        mask = t64(x["mask"])
+        B, L = mask.shape
+        scores = torch.zeros(B, L, dtype=torch.float64)
+        scores[torch.arange(B), mask.sum(1).long() - 1] = t64(x["scores"])
+        prompt = torch.ones(B, 2, dtype=torch.long)
+        data = DataProto.from_dict(
+            tensors={
+                "responses": torch.zeros(B, L, dtype=torch.long),
+                "attention_mask": torch.cat([prompt, mask.long()], 1),
+                "token_level_scores": scores,
+                "old_log_probs": t64(x["logprobs"]),
+                "ref_log_prob": t64(x["ref_logprobs"]),
+            }
+        )
+        with quiet():
+            data, _ = ray_trainer.apply_kl_penalty(
+                data, core_algos.FixedKLController(x["beta"]), kl_penalty="kl"
+            )
+            data = ray_trainer.compute_advantage(
+                data,
+                core_algos.AdvantageEstimator.REINFORCE_PLUS_PLUS,
+                gamma=x["gamma"],
+                config=OmegaConf.create({"gamma": x["gamma"]}),
+            )
+        for key, name in (
+            ("token_level_rewards", "rewards"),
+            ("returns", "returns"),
+            ("advantages", "advantages"),
+        ):
+            if not close(data.batch[key], want[name], doc["tolerance"]):
+                bad.append(f"case {i} {name}")
+    return verdict(
+        not bad,
+        "ray_trainer.apply_kl_penalty (use_kl_in_reward=True, kl_penalty 'kl', fixed β) + "
+        "compute_advantage('reinforce_plus_plus'): returns whitened over the whole batch's "
+        "response tokens (verl's default use_kl_in_reward=False leaves the KL out of r_t)",
+        ", ".join(bad) + " differ",
+    )
 
 
 # ---------------------------------------------------------------- not callable / not installed
@@ -1140,7 +1312,8 @@ def print_table(rows, markdown=False):
         ):
             verdict_, note = named[vector]
             if markdown:
-                print(f"| {name} | {version} | `{vector}` | {verdict_} | {note} |")
+                cell = note.replace("|", "\\|")  # |ρ − 1| must not end the table cell
+                print(f"| {name} | {version} | `{vector}` | {verdict_} | {cell} |")
             else:
                 print(f"  {vector:34s} {verdict_:8s} {note}")
         rest = len(vector_names()) - len(named)

@@ -61,9 +61,12 @@ def test_the_published_verdicts_still_hold(table):
         ("TRL", "rlhf_loss_aggregation"): "agrees",
         ("TRL", "rlhf_truncated_sampling_logprobs"): "differs",
         ("TRL", "rlhf_grad_accumulation"): "differs",
+        ("TRL", "rlhf_dpo_loss"): "agrees",
+        ("TRL", "rlhf_reinforce_pp_advantages"): "n/a",
         ("Tianshou", "gae"): "agrees",
         ("verl", "rlhf_loss_aggregation"): "differs",
         ("verl", "rlhf_group_advantages"): "agrees",
+        ("verl", "rlhf_reinforce_pp_advantages"): "agrees",
     }
     for name, version, cells, _ in table[0]:
         for (peer, vector), want in published.items():

@@ -20,7 +20,8 @@ https://arxiv.org/abs/2503.20783). Departures from the papers, on purpose:
   takes one on-policy step): the same schedule makes the comparison fair, and with
   --ppo-epochs 1 and one minibatch the ratio is 1 and the update is plain REINFORCE;
 - GRPO's β is adapted by the same KL controller as PPO's, from --loss-kl-coef (the paper
-  keeps it fixed); Dr. GRPO keeps the k3 term (the paper drops it, with a checkable reward).
+  keeps it fixed), and its loss is DAPO's token mean (Yu et al. 2025; --grpo-loss response:
+  the paper's); Dr. GRPO keeps the k3 term (the paper drops it, with a checkable reward).
 REINFORCE++ (Hu 2025, https://arxiv.org/abs/2501.03262) is critic-free with one sample per
 prompt: PPO's KL-shaped token rewards and clipped update, with the return as Â, whitened over
 the global batch. DPO (Rafailov et al. 2023, https://arxiv.org/abs/2305.18290) needs no RM and
@@ -86,9 +87,7 @@ class Args:
     annotator_temperature: float = flag(0.1, "τ of the simulated annotators; 0 = noiseless", ">= 0")
     threads: int = flag(0, "torch CPU threads; 0 = 1 for --model-name tiny, else torch's", ">= 0")
     bf16: bool = flag(False, "bfloat16 autocast; weights, Adam state and log-softmax stay fp32")
-    gradient_accumulation_steps: int = flag(
-        1, "micro-batches per optimizer step (any stage)", "> 0"
-    )
+    gradient_accumulation_steps: int = flag(1, "micro-batches per optimizer step, any stage", "> 0")
     gradient_checkpointing: bool = flag(False, "recompute each block's activations in backward")
     # Stage 1: SFT
     sft_demos: int = flag(6144, "built-in demonstrations to fine-tune on", "> 0")
@@ -119,8 +118,10 @@ class Args:
     gae_lambda: float = flag(0.95, "GAE λ over response tokens", "in [0, 1]")
     init_kl_coef: float = flag(0.2, "initial β of the KL penalty in the reward (not grpo)", ">= 0")
     loss_kl_coef: float = flag(0.5, "initial β of the k3 KL loss term (grpo, dr_grpo)", ">= 0")
+    grpo_loss: str = flag("token", "grpo: token mean (DAPO) or per response", ("token", "response"))
     kl_target: float = flag(4.0, "target KL(π‖π_ref), nats per response; 0 = fixed β", ">= 0")
     kl_horizon: int = flag(500, "horizon (in responses) of the adaptive KL controller", "> 0")
+    kl_control: str = flag("", "fixed/adaptive β; '' = fixed for rloo", ("", "fixed", "adaptive"))
     no_eos_penalty: float = flag(1.0, "subtracted from the score of a response with no EOS", ">= 0")
     eval_samples: int = flag(256, "responses to evaluate SFT and final policy (and RM norm)", "> 0")
     sample_every: int = flag(10, "print sample responses every N iterations; 0 = never", ">= 0")
@@ -316,17 +317,16 @@ def dpo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta):
     return bradley_terry_loss(r_chosen, r_rejected), (r_chosen - r_rejected).detach().mean()
 
 
-def grpo_policy_loss(
-    logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_coef, beta, constant=0
-):
+def grpo_policy_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_coef, beta,
+                     constant=0):  # fmt: skip
     """GRPO's loss (Shao et al. 2024, eq. 3): the clipped surrogate plus a k3 KL term per token,
 
     ℓ_t = −min(ρ_t Â_t, clip(ρ_t, 1−ε, 1+ε) Â_t) + β k3_t,   ρ_t = π/π_old,
     L = mean_i (1/|y_i|) Σ_t ℓ_{i,t}        (per response, then over responses), or
-    L = Σ_i Σ_t ℓ_{i,t} / constant          (Dr. GRPO, Liu et al. 2025: constant > 0).
+    L = Σ_i Σ_t ℓ_{i,t} / C       (C = constant > 0: Dr. GRPO's most tokens; DAPO's Σ_i |y_i|).
 
     GRPO's per-response mean gives each token of a short response more weight than one of a
-    long response (a length bias); Dr. GRPO's constant does not. Also returns the clip
+    long response (a length bias), its KL term too; a constant does not. Also returns the clip
     fraction and approx. KL(π_old‖π), as token_policy_loss does."""
     log_ratio = logprobs - old_logprobs
     ratio = log_ratio.exp()
@@ -518,12 +518,13 @@ def minibatch_loss(args, policy, value_model, b, mb, beta, whole):
     if args.algo in ("ppo", "rloo", "reinforce_pp"):
         pg_loss, clipfrac, approx_kl = token_policy_loss(logp, old, b["adv"][mb], m, args.clip_coef)
         pg_loss = pg_loss * token_share(m, b["m"][whole].sum())
-    else:  # Dr. GRPO's constant: the most tokens a minibatch can hold
-        constant = len(whole) * args.max_new_tokens if args.algo == "dr_grpo" else 0
-        pg_loss, clipfrac, approx_kl = grpo_policy_loss(
-            logp, old, b["ref_logp"][mb], b["adv"][mb], m, args.clip_coef, beta, constant
-        )
-        pg_loss = pg_loss * (1 if constant else len(mb) / len(whole))  # the mean of responses
+    else:  # the constant: Dr. GRPO's, the most tokens a minibatch can hold; DAPO's, its tokens
+        dapo = args.algo == "grpo" and args.grpo_loss == "token"
+        constant = len(whole) * args.max_new_tokens if args.algo == "dr_grpo" else m.sum() * dapo
+        pg_loss, clipfrac, approx_kl = grpo_policy_loss(logp, old, b["ref_logp"][mb],
+            b["adv"][mb], m, args.clip_coef, beta, constant)  # fmt: skip
+        share = token_share(m, b["m"][whole].sum()) if dapo else len(mb) / len(whole)  # as PPO's
+        pg_loss = pg_loss * (1 if args.algo == "dr_grpo" else share)
     v_loss = torch.zeros(())  # critic-free: + 0
     if value_model is not None:
         values = value_model(q, qm, r, m)
@@ -620,7 +621,6 @@ PAIR = ("chosen", "rejected")
 def stage_sft(args, policy, tokenizer, demos, writer):
     """Stage 1: cross-entropy on the response tokens (and EOS) of the demonstrations."""
     device, max_length = next(policy.parameters()).device, policy.config.n_positions
-
     texts = lambda rows: ([x["prompt"] for x in rows], [x["response"] for x in rows])  # noqa: E731
 
     def loss_fn(model, rows, batch):
@@ -718,8 +718,10 @@ def stage_rl(args, models, value_model, prompts, rng, writer, out, last):
     train_value = data_parallel(value_model and checkpointing(value_model, args))
     k = responses_per_prompt(args)
     # β weighs a KL penalty in the reward (ppo, rloo, reinforce_pp) or a KL term in the loss
-    # (grpo, dr_grpo): two scales, two starting values; one controller adapts either
+    # (grpo, dr_grpo): two scales, two starting values. The controller adapts β; RLOO's stays
+    # fixed, as in its paper (adapted, it fell into the RM's blind spots: issue 31, the docs)
     beta = args.loss_kl_coef if args.algo in ("grpo", "dr_grpo") else args.init_kl_coef
+    target = 0.0 if (args.kl_control or args.algo) in ("fixed", "rloo") else args.kl_target
     start = time.time()
     csv_path = os.path.join(out, f"{args.algo}_metrics.csv") if rank == 0 else os.devnull
     with open(csv_path, "w") as csv:
@@ -742,7 +744,7 @@ def stage_rl(args, models, value_model, prompts, rng, writer, out, last):
                 values = all_reduce_sum(torch.tensor(list(stats.values()), dtype=torch.float64))
                 stats = dict(zip(stats, (values / world_size).tolist(), strict=True))
             stats["beta"], n = beta, len(roll["r"]) * world_size  # n: the global batch
-            beta = adaptive_kl_coef(beta, stats["kl"], args.kl_target, n, args.kl_horizon)
+            beta = adaptive_kl_coef(beta, stats["kl"], target, n, args.kl_horizon)
             for key, v in stats.items():
                 writer.add_scalar(f"{args.algo}/{key}", v, it)
             csv.write(("iteration," + ",".join(stats) + "\n") * (it == 1))  # the header first

@@ -582,7 +582,9 @@ def report_algos(runs, trl_rows, args):
                 g >= 0.5 and r["final_well_formed"] >= 0.9 for g, r in zip(gains, rs, strict=True)
             ]
             line += f"; target (+0.5 gold at >= 0.9 well-formed) met on {sum(ok)}/{len(rs)}"
-        print(line)
+        ok = [g >= 0.5 and r["final_well_formed"] >= 0.9 and r["final_kl"] <= r["kl_target"]
+              for g, r in zip(gains, rs, strict=True)]  # fmt: skip
+        print(line + f"; issue 31 (+0.5 at >= 0.9 within the KL target) on {sum(ok)}/{len(rs)}")
     dpo_rows = [r for r in trl_rows if r["impl"].endswith("_dpo")]
     trl_rows = [r for r in trl_rows if not r["impl"].endswith("_dpo")]
     if dpo_rows:

@@ -832,6 +832,28 @@ def test_gradient_accumulation_gives_the_parameters_of_one_batch(job):
         assert max_difference(run_job(job, gradient_accumulation_steps=k), one) < 1e-6
 
 
+@pytest.mark.parametrize("choice", ["token", "response"])
+def test_grpo_loss_token_is_dapo_token_mean_response_the_papers_mean(sft, choice):
+    """--grpo-loss (issue 31): 'token' (the default) is DAPO's Σ_i Σ_t ℓ / Σ_i |y_i|, 'response'
+    the paper's mean_i (1/|y_i|) Σ_t ℓ; at ratio 1, ℓ_t = −Â_t + β k3_t. Both hold under
+    gradient accumulation (every normaliser is the whole minibatch's)."""
+    policy, tokenizer = sft
+    b, idx = padded_rollout(policy, tokenizer), torch.arange(8)
+    args = rl.Args(model_name="tiny", algo="grpo", grpo_loss=choice)
+    with torch.no_grad():
+        loss = rl.minibatch_loss(args, policy, None, b, idx, 0.1, idx)[0]
+        logp = rl.token_logprobs(rl.sequence_logits(policy, *(b[x] for x in "q qm r m".split())),
+                                 b["r"], 1.0)  # fmt: skip
+    m = b["m"]
+    ell = (-b["adv"] + 0.1 * rl.kl_estimators(logp, b["ref_logp"])[2]) * m
+    want = ell.sum() / m.sum() if choice == "token" else (ell.sum(1) / m.sum(1)).mean()
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    one = run_job("grpo", grpo_loss=choice)
+    assert (
+        max_difference(run_job("grpo", grpo_loss=choice, gradient_accumulation_steps=4), one) < 1e-6
+    )
+
+
 @pytest.mark.parametrize("job", ["sft", "ppo"])
 def test_a_per_micro_batch_token_mean_fails_the_accumulation_check(job, monkeypatch):
     """The bug of TRL #2617 and #3021: each micro-batch normalised by its own token count,

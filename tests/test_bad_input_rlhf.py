@@ -569,7 +569,8 @@ def test_signals_from_outside_during_training_and_during_the_final_save(tmp_path
     sent = time.time()
     for name, proc in procs.items():
         assert proc.wait(timeout=120) == 130, Path(f"{name}/stderr").read_text()
-        assert name != "rlhf_ppo_gpt2" or time.time() - sent < 10  # within a few seconds
+        # seconds, not TensorBoard's 120 s flush; 10.4 s was seen at load 15, so 20 s of room
+        assert name != "rlhf_ppo_gpt2" or time.time() - sent < 20
         err = Path(f"{name}/stderr").read_text().strip().splitlines()
         assert err[-1] == "error: interrupted; files saved before the interrupt are kept", err
         assert not leftovers(name)

@@ -254,6 +254,28 @@ def summarize(results, budget, threshold, floor):
     }
 
 
+def bootstrap(results, key, n=10_000, seed=0):
+    """Percentile 95% intervals of each implementation's median `key` (an unsolved seed counts
+    as infinitely slow) and of the ratio first / other, resampling the seeds with replacement
+    (the same seeds for both sides: the runs are paired by seed)."""
+    names = list(results)
+    x = {k: np.array([np.inf if r[key] is None else r[key] for r in results[k]]) for k in names}
+    idx = np.random.default_rng(seed).integers(0, len(x[names[0]]), (n, len(x[names[0]])))
+    med = {k: np.median(v[idx], axis=1) for k, v in x.items()}
+
+    def ci(v):  # an end among unsolved medians is inf; a ratio inf/inf (nan) is left out
+        with np.errstate(invalid="ignore"):
+            ends = np.nanpercentile(v, [2.5, 97.5])
+        return [float(e) for e in np.nan_to_num(ends, nan=np.inf)]
+
+    out = {k: {"median": float(np.median(v)), "ci95": ci(med[k])} for k, v in x.items()}
+    with np.errstate(invalid="ignore"):  # inf - inf and inf / inf, handled in ci()
+        for other in names[1:]:
+            point = float(np.median(x[names[0]]) / np.median(x[other]))
+            out[f"ratio_over_{other}"] = {"ratio": point, "ci95": ci(med[names[0]] / med[other])}
+    return out
+
+
 def plot(curves, path, budget, threshold, title, ylim, solved_panel=True):
     """Left: the last-20 mean of every seed, with the median where every seed still runs.
     Right (solved_panel): the fraction of seeds solved against steps."""
@@ -318,6 +340,9 @@ def bench_args(impls):
         default=list(impls),
         choices=list(impls),
         help="run only these implementations",
+    )
+    p.add_argument(
+        "--name", help="results/NAME.json, docs/img/NAME_curve.png; default: the bench's"
     )
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "out"))
     p.add_argument("--no-save", action="store_true", help="print only; write no results/plot")
@@ -404,6 +429,7 @@ def benchmark(
     impls: {label: run(seed, out_dir) -> dict with solved_at_step, solved_at_s, episodes}.
     """
     a = bench_args(impls)
+    name = a.name or name
     print(f"{name}: {len(a.seeds)} {seed_set_name(a.seeds)} seeds {a.seeds}", flush=True)
 
     def solve(r):
@@ -451,14 +477,23 @@ def benchmark(
                          "median_s": ratio("median_s", other)}  # fmt: skip
         print(f"\n{first} / {other}: median steps ratio {ratios[other]['median_steps']}, "
               f"median seconds ratio {ratios[other]['median_s']}")  # fmt: skip
-    if a.no_save:
-        return results, rows
     extra = {
         "budget": budget,
         "threshold": threshold,
         "summary": rows,
         "ratios_first_over_other": ratios,
     }
+    if len(results) > 1:  # medians of heavy-tailed steps need their uncertainty stated
+        extra["bootstrap_95"] = {
+            k: bootstrap(results, k) for k in ("solved_at_step", "solved_at_s")
+        }
+        print("\nbootstrap 95% intervals (seeds resampled 10,000 times, paired by seed):")
+        for key, b in extra["bootstrap_95"].items():
+            for label, v in b.items():
+                point = v.get("median", v.get("ratio"))
+                print(f"  {key} {label}: {point:,.3f} [{v['ci95'][0]:,.3f}, {v['ci95'][1]:,.3f}]")
+    if a.no_save:
+        return results, rows
     save_results(
         name, a, results, loads, extra, title, budget=budget, threshold=threshold, ylim=ylim
     )
@@ -510,6 +545,7 @@ def benchmark_final(name, impls, budget, title, ylim=None):
     eval_std_return}. The last-20 mean is recomputed from the episodes, one rule for all.
     """
     a = bench_args(impls)
+    name = a.name or name
     print(f"{name}: {len(a.seeds)} {seed_set_name(a.seeds)} seeds {a.seeds}", flush=True)
 
     def final(r):

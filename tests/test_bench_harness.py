@@ -75,3 +75,19 @@ learn_and_report(model, t_start)
     eps = [tuple(e) for e in out["episodes"]]
     assert len(eps) >= 20 and all(0 < s <= 1024 for s, _ in eps)
     assert out["solved_at_step"] == harness.solved_step(eps, 20.0)
+
+
+def test_bootstrap_intervals_and_paired_ratio():
+    # Constant runs: every resample has the same median, so each interval is the point.
+    runs = {"a": [{"k": 10.0}] * 5, "b": [{"k": 20.0}] * 5}
+    out = harness.bootstrap(runs, "k", n=200)
+    assert out["a"] == {"median": 10.0, "ci95": [10.0, 10.0]}
+    assert out["ratio_over_b"] == {"ratio": 0.5, "ci95": [0.5, 0.5]}
+    # Paired by seed: b is exactly twice a on every seed, so every resampled ratio is 0.5
+    # although the medians themselves vary; an unsolved seed (None) counts as infinitely slow.
+    a = [1.0, 2.0, 3.0, 4.0, None]
+    runs = {"a": [{"k": x} for x in a], "b": [{"k": None if x is None else 2 * x} for x in a]}
+    out = harness.bootstrap(runs, "k", n=500)
+    assert out["a"]["median"] == 3.0 and out["a"]["ci95"][0] < 3.0
+    assert out["a"]["ci95"][1] == float("inf")  # resamples with 3 of 5 unsolved: no upper end
+    assert out["ratio_over_b"]["ci95"] == [0.5, 0.5]

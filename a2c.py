@@ -29,7 +29,6 @@ import os
 import sys
 import threading
 import time
-from collections import deque
 
 import gymnasium as gym
 import numpy as np
@@ -85,8 +84,7 @@ def gae(rewards, values, terminated, dones, gamma, lam):
     `values` has T + 1 rows: values[T] is V of the observation after the last step. With
     Gymnasium's next-step autoreset, the row after an episode's last step holds that
     episode's final observation, so at a truncation δ_t bootstraps with V(final obs) while
-    the recursion still stops (done = terminated or truncated). Returns Â, shape [T, N].
-    """
+    the recursion still stops (done = terminated or truncated). Returns Â, shape [T, N]."""
     delta = rewards + gamma * values[1:] * (1 - terminated) - values[:-1]
     decay = gamma * lam * (1 - dones)
     advantages = torch.zeros_like(rewards)
@@ -104,8 +102,7 @@ def a2c_loss(logp, logits, values, adv, returns, vf_coef, ent_coef):
 
     Â and V^targ are constants: −∇ of the first term is the policy-gradient estimate
     mean_t ∇log π_θ(a_t|s_t) Â_t, the score-function estimator with the critic as baseline.
-    L^VF is ppo_cartpole.py's halved regression. Returns (L, policy term, L^VF, S).
-    """
+    L^VF is ppo_cartpole.py's halved regression. Returns (L, policy term, L^VF, S)."""
     pg_loss = -(logp * adv.detach()).mean()
     v_loss = 0.5 * (values - returns.detach()).pow(2).mean()
     entropy = categorical_entropy(logits)
@@ -128,20 +125,16 @@ def explained_variance(pred, target):
 # ---- The agent ----
 
 
-def layer_init(layer, std=2**0.5, bias=0.0):
-    """Orthogonal weights with gain `std` and constant bias (PPO implementation detail #2 of
-    Huang et al. 2022: the gains √2 for hidden layers, 0.01 for the policy head so that the
-    first policy is near uniform, and 1 for the value head)."""
-    nn.init.orthogonal_(layer.weight, std)
-    nn.init.constant_(layer.bias, bias)
-    return layer
-
-
 def mlp(in_dim, out_dim, hidden, last_std):
-    """Two tanh hidden layers of width `hidden`; the output layer's gain is `last_std`."""
-    return nn.Sequential(layer_init(nn.Linear(in_dim, hidden)), nn.Tanh(),
-                         layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
-                         layer_init(nn.Linear(hidden, out_dim), last_std))  # fmt: skip
+    """Two tanh hidden layers of width `hidden`; orthogonal weights, zero biases, gain √2 for
+    the hidden layers and `last_std` for the output: 0.01 for the policy head (the first
+    policy is near uniform), 1 for the value head (Huang et al. 2022, PPO detail #2)."""
+    sizes, layers = (in_dim, hidden, hidden, out_dim), []
+    for i in range(3):
+        layers += [nn.Linear(sizes[i], sizes[i + 1]), nn.Tanh()]
+        nn.init.orthogonal_(layers[-2].weight, 2**0.5 if i < 2 else last_std)
+        nn.init.zeros_(layers[-2].bias)
+    return nn.Sequential(*layers[:-1])
 
 
 # The paper shares a trunk (its Atari convolutions are costly); on 4 numbers it saves nothing.
@@ -183,12 +176,9 @@ def make_optimizer(params, args):
 
 
 def rollout(agent, envs, obs, prev_done, num_steps, device):
-    """Collect num_steps steps in each env under the current policy π_θold.
-
-    Returns (batch, obs, prev_done). The batch holds [T, N] tensors; "obs" and "value" have
-    T + 1 rows, the last being the observation after the final step and V of it. prev_done
-    says which envs ended an episode in their last step and so will reset in their next.
-    """
+    """num_steps steps in each env under π_θold: (batch of [T, N] tensors, obs, prev_done).
+    "obs" and "value" have T + 1 rows, the last for the observation after the final step;
+    prev_done marks the envs that ended an episode in their last step (they reset next)."""
     T, N = num_steps, envs.num_envs
     obs_buf = np.zeros((T + 1, *obs.shape), np.float32)
     reward, terminated, done, valid = (np.zeros((T, N), np.float32) for _ in range(4))
@@ -205,9 +195,8 @@ def rollout(agent, envs, obs, prev_done, num_steps, device):
         prev_done = terminated[t].astype(bool) | truncated
         done[t] = prev_done
     obs_buf[T] = obs
-    # log π_θold and V for the whole rollout in one batched pass, which is cheaper than one
-    # per step. After a truncation the next row holds the final observation, so V of it is
-    # the bootstrap value that gae() needs (truncation is not termination).
+    # log π_θold and V in one batched pass. The row after a truncation holds the episode's
+    # final observation: V of it is gae()'s bootstrap (truncation is not termination).
     obs_all = torch.as_tensor(obs_buf, device=device)
     with torch.no_grad():
         logp = agent.evaluate(obs_all[:-1], action)[0]
@@ -248,22 +237,20 @@ def a2c_update(agent, optimizer, t, args):
 def train(args):
     """rollout → advantages → one update → log, for --total-timesteps steps."""
     if args.eval_checkpoint:  # no training: the saved agent's greedy returns
-        agent, envs, _, device = load_for_eval(args, (gym.spaces.Discrete,), Agent)
-        return eval_summary(args, evaluate_greedy(agent.actor, envs, args.seed + 10_000, device))
+        return evaluate_checkpoint(args, (gym.spaces.Discrete,), Agent, evaluate_greedy)
     require(args.rms_alpha < 1, "--rms-alpha must be below 1: at 1 the mean of g² stays 0")
     num_iterations = max(1, args.total_timesteps // (args.num_steps * args.num_envs))
     run = Run(args, (gym.spaces.Discrete,), num_iterations)  # seeds, envs, files, logging
     envs, device = run.envs, run.device
-    agent = Agent(*env_dims(envs), args.hidden_size).to(device)
+    agent = Agent(*envs.dims, args.hidden_size).to(device)
     optimizer = make_optimizer(agent.parameters(), args)
     obs, _ = envs.reset(seed=args.seed)
     prev_done, ep_return = np.zeros(args.num_envs, bool), np.zeros(args.num_envs)
     global_step = 0
     try:
         for iteration in range(1, num_iterations + 1):
-            frac = 1.0 - (iteration - 1) / num_iterations
-            lr = frac * args.learning_rate if args.anneal_lr else args.learning_rate
-            optimizer.param_groups[0]["lr"] = lr
+            frac = 1.0 - (iteration - 1) / num_iterations if args.anneal_lr else 1.0
+            optimizer.param_groups[0]["lr"] = lr = frac * args.learning_rate
 
             b, obs, prev_done = rollout(agent, envs, obs, prev_done, args.num_steps, device)
             global_step = run.add_rollout(ep_return, b["reward"], b["done"], global_step)
@@ -277,7 +264,7 @@ def train(args):
             run.iteration(global_step, stats, agent, "--learning-rate")
     finally:  # on success, a non-finite loss, Ctrl-C and SIGTERM alike
         run.finish()
-    returns = evaluate_greedy(agent.actor, run.eval_envs, args.seed + 10_000, device)
+    returns = evaluate_greedy(agent, run.eval_envs, args.seed + 10_000, device)
     return run.summary("a2c", global_step, returns)
 
 
@@ -333,20 +320,20 @@ def make_envs(env_id, num_envs, action_spaces, video_dir=None):
     except Exception as e:  # gym.error.Error, DependencyNotInstalled (names the package), ...
         raise ValueError(f"{flag} {env_id}: {brief(e)}") from None
     act, obs = envs.single_action_space, envs.single_observation_space
-    if not (isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1
-            and isinstance(act, action_spaces)
-            and envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP):  # fmt: skip
-        envs.close()
-        need = " or ".join(s.__name__ for s in action_spaces)
-        raise ValueError(f"--env-id {env_id} has {obs} observations and {act} actions; need a "
-                         f"flat Box and {need}, with next-step autoreset")  # fmt: skip
+    flat = isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1
+    require(flat and isinstance(act, action_spaces)
+            and envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP,
+            f"--env-id {env_id} has {obs} observations and {act} actions; need a flat Box and "
+            f"{' or '.join(a.__name__ for a in action_spaces)}, next-step autoreset")  # fmt: skip
 
     def as_float32(o):  # a NaN would fail deep inside sampling, without naming the env
         require(np.isfinite(o).all(), f"--env-id {env_id} returned a NaN or inf observation")
         return o.astype(np.float32)
 
     box = gym.spaces.Box(-np.inf, np.inf, obs.shape, np.float32)  # no network uses bounds
-    return gym.wrappers.vector.TransformObservation(envs, as_float32, single_observation_space=box)
+    envs = gym.wrappers.vector.TransformObservation(envs, as_float32, single_observation_space=box)
+    envs.dims = obs.shape[0], getattr(act, "n", None) or act.shape[0]  # the networks' in, out
+    return envs
 
 
 def seed_and_device(seed, cuda):
@@ -355,12 +342,6 @@ def seed_and_device(seed, cuda):
     torch.manual_seed(seed)
     torch.set_num_threads(1)
     return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
-
-
-def env_dims(envs):
-    """The sizes of an observation and of an action (the number of actions, if Discrete)."""
-    act = envs.single_action_space
-    return envs.single_observation_space.shape[0], getattr(act, "n", None) or act.shape[0]
 
 
 class Run:
@@ -375,18 +356,15 @@ class Run:
         self.out = args.output_dir or os.path.join("runs", name)
         require(args.overwrite or not os.path.exists(f"{self.out}/model.pt"),
                 f"--output-dir {self.out} holds a run; pass --overwrite to replace it")  # fmt: skip
-        video_dir = f"{self.out}/videos" if args.capture_video else None
-        self.eval_envs = None  # made now: a missing video package stops the run before training
-        if args.eval_episodes:
-            self.eval_envs = make_envs(args.env_id, args.eval_episodes, action_spaces, video_dir)
-        # A full disk: no traceback from TensorBoard's thread (the writer raises it here too);
-        # flush_secs=2, as close() after a Ctrl-C waits for the thread's next flush.
+        video = f"{self.out}/videos" if args.capture_video else None  # checked before training
+        n = args.eval_episodes
+        self.eval_envs = make_envs(args.env_id, n, action_spaces, video) if n else None
+        # A full disk: one error line, no thread's traceback; close() waits for the next flush.
         threading.excepthook = lambda a: isinstance(a.exc_value, OSError) or sys.excepthook(*a[:3])
         self.writer = SummaryWriter(self.out, flush_secs=2)
         self.writer.add_text("args", json.dumps(vars(args), indent=1))
-        self.episodes, self.recent, self.done, self.shown = [], deque(maxlen=20), 0, 0
+        self.episodes, self.done, self.shown, self.t0 = [], 0, 0, time.time()
         self.solved_at_step = self.solved_at_s = self.state = None
-        self.t0 = time.time()
         print(f"{SCRIPT} on {args.env_id} for {args.total_timesteps} steps; files in {self.out}")
 
     def add_rollout(self, ep_return, rewards, dones, step):
@@ -396,16 +374,15 @@ class Run:
             ep_return += reward
             for ret in ep_return[done]:
                 self.episodes.append((step, ret))
-                self.recent.append(ret)
                 self.writer.add_scalar("charts/episodic_return", ret, step)
-                if (self.solved_at_step is None and self.threshold is not None
-                        and len(self.recent) == 20 and self.mean() >= self.threshold):  # fmt: skip
+                marked = self.threshold is not None and self.solved_at_step is None
+                if marked and len(self.episodes) >= 20 and self.mean() >= self.threshold:
                     self.solved_at_step, self.solved_at_s = step, time.time() - self.t0
             ep_return[done] = 0
         return step
 
-    def mean(self):
-        return float(np.mean(self.recent)) if self.recent else None
+    def mean(self):  # of the last 20 episodes' returns
+        return float(np.mean([r for _, r in self.episodes[-20:]])) if self.episodes else None
 
     def iteration(self, step, stats, agent, hint, **extra):
         """Stop on a non-finite loss or weight (or beyond ±1e20), else keep them as last good."""
@@ -434,8 +411,7 @@ class Run:
                 csv = lambda rows, f: np.savetxt(f, rows, "%g", ",", header=header, comments="")  # noqa: E731
                 save_atomic(self.state, f"{self.out}/model.pt")
                 save_atomic(np.reshape(self.episodes, (-1, 2)), f"{self.out}/episodes.csv", csv)
-            self.envs.close()
-            self.writer.close()
+            self.envs.close(), self.writer.close()
         finally:
             for s, handler in zip(signals, held, strict=True):
                 signal.signal(s, handler)
@@ -463,23 +439,24 @@ def save_atomic(obj, path, write=torch.save):
         raise
 
 
-def evaluate_greedy(policy, envs, seed, device):
-    """Returns of a = argmax_a π(a|s), one episode per env (first finishers favour the short)."""
+def evaluate_greedy(agent, envs, seed, device, ckpt=None):
+    """Returns of a = argmax_a π(a|s), one episode per env (first finishers favour the short);
+    None without envs. Nothing in a checkpoint besides the weights is needed."""
     if envs is None:
         return None
     obs, _ = envs.reset(seed=seed)
     returns, alive = np.zeros(envs.num_envs), np.ones(envs.num_envs, bool)
     while alive.any():
         with torch.no_grad():
-            action = policy(torch.as_tensor(obs, device=device)).argmax(-1)
+            action = agent.actor(torch.as_tensor(obs, device=device)).argmax(-1)
         obs, reward, term, trunc, _ = envs.step(action.cpu().numpy())
         returns, alive = returns + reward * alive, alive & ~(term | trunc)
     envs.close()
     return returns
 
 
-def load_for_eval(args, action_spaces, agent_class):
-    """--eval-checkpoint: the saved agent and --eval-episodes envs of the env it was made on."""
+def evaluate_checkpoint(args, action_spaces, agent_class, evaluate):
+    """--eval-checkpoint: `evaluate` the saved agent on --eval-episodes envs of its env."""
     require(args.eval_episodes > 0, "--eval-checkpoint needs --eval-episodes > 0")
     device = seed_and_device(args.seed, args.cuda)
     try:
@@ -488,16 +465,12 @@ def load_for_eval(args, action_spaces, agent_class):
         name = f"runs/{ckpt['env_id']}__{SCRIPT[:-3]}__eval__{args.seed}__{int(time.time())}"
         video_dir = f"{args.output_dir or name}/videos" if args.capture_video else None
         envs = make_envs(ckpt["env_id"], args.eval_episodes, action_spaces, video_dir)
-        agent = agent_class(*env_dims(envs), ckpt["args"]["hidden_size"]).to(device)
+        agent = agent_class(*envs.dims, ckpt["args"]["hidden_size"]).to(device)
         agent.load_state_dict(ckpt["agent"])
     except Exception as e:  # no file, a truncated zip, another script's, another size, ...
         raise ValueError(f"--eval-checkpoint {args.eval_checkpoint}: {brief(e)}") from None
-    args.env_id = ckpt["env_id"]
-    return agent, envs, ckpt, device
-
-
-def eval_summary(args, returns):
-    return dict(script=SCRIPT, env_id=args.env_id, checkpoint=args.eval_checkpoint,
+    returns = evaluate(agent, envs, args.seed + 10_000, device, ckpt)
+    return dict(script=SCRIPT, env_id=ckpt["env_id"], checkpoint=args.eval_checkpoint,
                 eval_episodes=len(returns), eval_mean_return=np.mean(returns),
                 eval_std_return=np.std(returns))  # fmt: skip
 

@@ -23,7 +23,6 @@ import os
 import sys
 import threading
 import time
-from collections import deque
 
 import gymnasium as gym
 import numpy as np
@@ -86,8 +85,7 @@ def reinforce_loss(logprob, advantages):
     makes it small, which lowers the variance.
     With γ < 1 we drop the γ^t factor the discounted theorem puts in front of each term, as
     nearly all implementations do: the result is not exactly ∇ of the discounted objective
-    (Nota & Thomas 2020, "Is the policy gradient a gradient?"). With γ = 1 it is exact.
-    """
+    (Nota & Thomas 2020, "Is the policy gradient a gradient?"). With γ = 1 it is exact."""
     return -(logprob * advantages.detach()).mean()
 
 
@@ -98,8 +96,7 @@ def reward_to_go(rewards, ends, bootstrap, gamma):
         G_t = r_{t+1} + γ bootstrap_t         on the last step of an episode (ends_t = 1).
 
     rewards[t] is the reward that followed the action at t; bootstrap is 0 for a terminated
-    episode (and for pure Monte Carlo), V(s_final) for a time-limit-truncated one.
-    """
+    episode (and for pure Monte Carlo), V(s_final) for a time-limit-truncated one."""
     returns = torch.zeros_like(rewards)
     next_return = torch.zeros_like(rewards[0])
     for t in reversed(range(rewards.shape[0])):
@@ -116,8 +113,7 @@ def advantage_estimate(returns, values, baseline, normalize):
     The batch mean contains G_t itself: its bias is O(1/batch size), negligible here; and
     normalisation subtracts the mean anyway, so with it "mean" and "none" coincide.
     Normalisation is a per-batch change of step size that keeps the sign of every weight
-    relative to the batch mean (Schulman et al.'s implementations; Andrychowicz et al. 2021).
-    """
+    relative to the batch mean (Schulman et al.'s implementations; Andrychowicz et al. 2021)."""
     if baseline == "none":
         adv = returns
     elif baseline == "mean":
@@ -137,20 +133,16 @@ def value_regression_loss(values, returns):
 # ---- The agent ----
 
 
-def layer_init(layer, std=2**0.5, bias=0.0):
-    """Orthogonal weights with gain `std` and constant bias (PPO implementation detail #2 of
-    Huang et al. 2022: the gains √2 for hidden layers, 0.01 for the policy head so that the
-    first policy is near uniform, and 1 for the value head)."""
-    nn.init.orthogonal_(layer.weight, std)
-    nn.init.constant_(layer.bias, bias)
-    return layer
-
-
 def mlp(in_dim, out_dim, hidden, last_std):
-    """Two tanh hidden layers of width `hidden`; the output layer's gain is `last_std`."""
-    return nn.Sequential(layer_init(nn.Linear(in_dim, hidden)), nn.Tanh(),
-                         layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
-                         layer_init(nn.Linear(hidden, out_dim), last_std))  # fmt: skip
+    """Two tanh hidden layers of width `hidden`; orthogonal weights, zero biases, gain √2 for
+    the hidden layers and `last_std` for the output: 0.01 for the policy head (the first
+    policy is near uniform), 1 for the value head (Huang et al. 2022, PPO detail #2)."""
+    sizes, layers = (in_dim, hidden, hidden, out_dim), []
+    for i in range(3):
+        layers += [nn.Linear(sizes[i], sizes[i + 1]), nn.Tanh()]
+        nn.init.orthogonal_(layers[-2].weight, 2**0.5 if i < 2 else last_std)
+        nn.init.zeros_(layers[-2].bias)
+    return nn.Sequential(*layers[:-1])
 
 
 class Agent(nn.Module):
@@ -187,8 +179,7 @@ def collect_episodes(envs, policy, device, seed=None):
     nothing it returns is kept: its autoreset step and next episode never enter the batch,
     so the autoreset mode does not matter here. Returns [T, N] tensors (obs: [T, N, obs_dim]);
     `alive` marks the steps that belong to an episode; `truncated` the last steps of episodes
-    cut by the time limit that did not also terminate.
-    """
+    cut by the time limit that did not also terminate."""
     obs, _ = envs.reset(seed=seed)
     alive = np.ones(envs.num_envs, dtype=bool)
     steps = []
@@ -264,11 +255,10 @@ def log_episodes(run, batch, step):
 def train(args):
     """collect episodes → returns → advantages → update → log, until --total-timesteps."""
     if args.eval_checkpoint:  # no training: the saved agent's greedy returns
-        agent, envs, _, device = load_for_eval(args, (gym.spaces.Discrete,), Agent)
-        return eval_summary(args, evaluate_greedy(agent.actor, envs, args.seed + 10_000, device))
+        return evaluate_checkpoint(args, (gym.spaces.Discrete,), Agent, evaluate_greedy)
     run = Run(args, (gym.spaces.Discrete,), 1)  # seeds, envs, files, logging
     envs, device = run.envs, run.device
-    agent = Agent(*env_dims(envs), args.hidden_size).to(device)
+    agent = Agent(*envs.dims, args.hidden_size).to(device)
     optimizer = torch.optim.Adam([
         {"params": agent.actor.parameters(), "lr": args.learning_rate},
         {"params": agent.critic.parameters(), "lr": args.value_learning_rate},
@@ -296,7 +286,7 @@ def train(args):
             )
     finally:  # on success, a non-finite loss, Ctrl-C and SIGTERM alike
         run.finish()
-    returns = evaluate_greedy(agent.actor, run.eval_envs, args.seed + 10_000, device)
+    returns = evaluate_greedy(agent, run.eval_envs, args.seed + 10_000, device)
     return run.summary("reinforce", global_step, returns) | dict(env_steps_simulated=simulated)
 
 
@@ -352,20 +342,20 @@ def make_envs(env_id, num_envs, action_spaces, video_dir=None):
     except Exception as e:  # gym.error.Error, DependencyNotInstalled (names the package), ...
         raise ValueError(f"{flag} {env_id}: {brief(e)}") from None
     act, obs = envs.single_action_space, envs.single_observation_space
-    if not (isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1
-            and isinstance(act, action_spaces)
-            and envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP):  # fmt: skip
-        envs.close()
-        need = " or ".join(s.__name__ for s in action_spaces)
-        raise ValueError(f"--env-id {env_id} has {obs} observations and {act} actions; need a "
-                         f"flat Box and {need}, with next-step autoreset")  # fmt: skip
+    flat = isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1
+    require(flat and isinstance(act, action_spaces)
+            and envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP,
+            f"--env-id {env_id} has {obs} observations and {act} actions; need a flat Box and "
+            f"{' or '.join(a.__name__ for a in action_spaces)}, next-step autoreset")  # fmt: skip
 
     def as_float32(o):  # a NaN would fail deep inside sampling, without naming the env
         require(np.isfinite(o).all(), f"--env-id {env_id} returned a NaN or inf observation")
         return o.astype(np.float32)
 
     box = gym.spaces.Box(-np.inf, np.inf, obs.shape, np.float32)  # no network uses bounds
-    return gym.wrappers.vector.TransformObservation(envs, as_float32, single_observation_space=box)
+    envs = gym.wrappers.vector.TransformObservation(envs, as_float32, single_observation_space=box)
+    envs.dims = obs.shape[0], getattr(act, "n", None) or act.shape[0]  # the networks' in, out
+    return envs
 
 
 def seed_and_device(seed, cuda):
@@ -374,12 +364,6 @@ def seed_and_device(seed, cuda):
     torch.manual_seed(seed)
     torch.set_num_threads(1)
     return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
-
-
-def env_dims(envs):
-    """The sizes of an observation and of an action (the number of actions, if Discrete)."""
-    act = envs.single_action_space
-    return envs.single_observation_space.shape[0], getattr(act, "n", None) or act.shape[0]
 
 
 class Run:
@@ -394,18 +378,15 @@ class Run:
         self.out = args.output_dir or os.path.join("runs", name)
         require(args.overwrite or not os.path.exists(f"{self.out}/model.pt"),
                 f"--output-dir {self.out} holds a run; pass --overwrite to replace it")  # fmt: skip
-        video_dir = f"{self.out}/videos" if args.capture_video else None
-        self.eval_envs = None  # made now: a missing video package stops the run before training
-        if args.eval_episodes:
-            self.eval_envs = make_envs(args.env_id, args.eval_episodes, action_spaces, video_dir)
-        # A full disk: no traceback from TensorBoard's thread (the writer raises it here too);
-        # flush_secs=2, as close() after a Ctrl-C waits for the thread's next flush.
+        video = f"{self.out}/videos" if args.capture_video else None  # checked before training
+        n = args.eval_episodes
+        self.eval_envs = make_envs(args.env_id, n, action_spaces, video) if n else None
+        # A full disk: one error line, no thread's traceback; close() waits for the next flush.
         threading.excepthook = lambda a: isinstance(a.exc_value, OSError) or sys.excepthook(*a[:3])
         self.writer = SummaryWriter(self.out, flush_secs=2)
         self.writer.add_text("args", json.dumps(vars(args), indent=1))
-        self.episodes, self.recent, self.done, self.shown = [], deque(maxlen=20), 0, 0
+        self.episodes, self.done, self.shown, self.t0 = [], 0, 0, time.time()
         self.solved_at_step = self.solved_at_s = self.state = None
-        self.t0 = time.time()
         print(f"{SCRIPT} on {args.env_id} for {args.total_timesteps} steps; files in {self.out}")
 
     def add_rollout(self, ep_return, rewards, dones, step):
@@ -415,16 +396,15 @@ class Run:
             ep_return += reward
             for ret in ep_return[done]:
                 self.episodes.append((step, ret))
-                self.recent.append(ret)
                 self.writer.add_scalar("charts/episodic_return", ret, step)
-                if (self.solved_at_step is None and self.threshold is not None
-                        and len(self.recent) == 20 and self.mean() >= self.threshold):  # fmt: skip
+                marked = self.threshold is not None and self.solved_at_step is None
+                if marked and len(self.episodes) >= 20 and self.mean() >= self.threshold:
                     self.solved_at_step, self.solved_at_s = step, time.time() - self.t0
             ep_return[done] = 0
         return step
 
-    def mean(self):
-        return float(np.mean(self.recent)) if self.recent else None
+    def mean(self):  # of the last 20 episodes' returns
+        return float(np.mean([r for _, r in self.episodes[-20:]])) if self.episodes else None
 
     def iteration(self, step, stats, agent, hint, **extra):
         """Stop on a non-finite loss or weight (or beyond ±1e20), else keep them as last good."""
@@ -453,8 +433,7 @@ class Run:
                 csv = lambda rows, f: np.savetxt(f, rows, "%g", ",", header=header, comments="")  # noqa: E731
                 save_atomic(self.state, f"{self.out}/model.pt")
                 save_atomic(np.reshape(self.episodes, (-1, 2)), f"{self.out}/episodes.csv", csv)
-            self.envs.close()
-            self.writer.close()
+            self.envs.close(), self.writer.close()
         finally:
             for s, handler in zip(signals, held, strict=True):
                 signal.signal(s, handler)
@@ -482,23 +461,24 @@ def save_atomic(obj, path, write=torch.save):
         raise
 
 
-def evaluate_greedy(policy, envs, seed, device):
-    """Returns of a = argmax_a π(a|s), one episode per env (first finishers favour the short)."""
+def evaluate_greedy(agent, envs, seed, device, ckpt=None):
+    """Returns of a = argmax_a π(a|s), one episode per env (first finishers favour the short);
+    None without envs. Nothing in a checkpoint besides the weights is needed."""
     if envs is None:
         return None
     obs, _ = envs.reset(seed=seed)
     returns, alive = np.zeros(envs.num_envs), np.ones(envs.num_envs, bool)
     while alive.any():
         with torch.no_grad():
-            action = policy(torch.as_tensor(obs, device=device)).argmax(-1)
+            action = agent.actor(torch.as_tensor(obs, device=device)).argmax(-1)
         obs, reward, term, trunc, _ = envs.step(action.cpu().numpy())
         returns, alive = returns + reward * alive, alive & ~(term | trunc)
     envs.close()
     return returns
 
 
-def load_for_eval(args, action_spaces, agent_class):
-    """--eval-checkpoint: the saved agent and --eval-episodes envs of the env it was made on."""
+def evaluate_checkpoint(args, action_spaces, agent_class, evaluate):
+    """--eval-checkpoint: `evaluate` the saved agent on --eval-episodes envs of its env."""
     require(args.eval_episodes > 0, "--eval-checkpoint needs --eval-episodes > 0")
     device = seed_and_device(args.seed, args.cuda)
     try:
@@ -507,16 +487,12 @@ def load_for_eval(args, action_spaces, agent_class):
         name = f"runs/{ckpt['env_id']}__{SCRIPT[:-3]}__eval__{args.seed}__{int(time.time())}"
         video_dir = f"{args.output_dir or name}/videos" if args.capture_video else None
         envs = make_envs(ckpt["env_id"], args.eval_episodes, action_spaces, video_dir)
-        agent = agent_class(*env_dims(envs), ckpt["args"]["hidden_size"]).to(device)
+        agent = agent_class(*envs.dims, ckpt["args"]["hidden_size"]).to(device)
         agent.load_state_dict(ckpt["agent"])
     except Exception as e:  # no file, a truncated zip, another script's, another size, ...
         raise ValueError(f"--eval-checkpoint {args.eval_checkpoint}: {brief(e)}") from None
-    args.env_id = ckpt["env_id"]
-    return agent, envs, ckpt, device
-
-
-def eval_summary(args, returns):
-    return dict(script=SCRIPT, env_id=args.env_id, checkpoint=args.eval_checkpoint,
+    returns = evaluate(agent, envs, args.seed + 10_000, device, ckpt)
+    return dict(script=SCRIPT, env_id=ckpt["env_id"], checkpoint=args.eval_checkpoint,
                 eval_episodes=len(returns), eval_mean_return=np.mean(returns),
                 eval_std_return=np.std(returns))  # fmt: skip
 

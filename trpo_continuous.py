@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 import warnings
-from collections import deque
 
 import gymnasium as gym
 import numpy as np
@@ -88,8 +87,7 @@ def gae(rewards, values, terminated, dones, gamma, lam):
     `values` has T + 1 rows: values[T] is V of the observation after the last step. With
     Gymnasium's next-step autoreset, the row after an episode's last step holds that
     episode's final observation, so at a truncation δ_t bootstraps with V(final obs) while
-    the recursion still stops (done = terminated or truncated). Returns Â, shape [T, N].
-    """
+    the recursion still stops (done = terminated or truncated). Returns Â, shape [T, N]."""
     delta = rewards + gamma * values[1:] * (1 - terminated) - values[:-1]
     decay = gamma * lam * (1 - dones)
     advantages = torch.zeros_like(rewards)
@@ -103,8 +101,7 @@ def gae(rewards, values, terminated, dones, gamma, lam):
 def gaussian_log_prob(action, mean, log_std):
     """log π(a|s) of a diagonal Gaussian N(μ, diag σ²), summed over the D action dimensions:
 
-    log π(a|s) = −Σ_i [ (a_i − μ_i)² / (2 σ_i²) + log σ_i + ½ log 2π ]
-    """
+    log π(a|s) = −Σ_i [ (a_i − μ_i)² / (2 σ_i²) + log σ_i + ½ log 2π ]"""
     z = (action - mean) * torch.exp(-log_std)
     return -(0.5 * z**2 + log_std + 0.5 * math.log(2 * math.pi)).sum(-1)
 
@@ -112,8 +109,7 @@ def gaussian_log_prob(action, mean, log_std):
 def gaussian_kl(mean_p, log_std_p, mean_q, log_std_q):
     """KL(p ‖ q) between two diagonal Gaussians, in closed form, summed over dimensions:
 
-    KL = Σ_i [ log σ_q,i − log σ_p,i + (σ_p,i² + (μ_p,i − μ_q,i)²) / (2 σ_q,i²) − ½ ]
-    """
+    KL = Σ_i [ log σ_q,i − log σ_p,i + (σ_p,i² + (μ_p,i − μ_q,i)²) / (2 σ_q,i²) − ½ ]"""
     var_ratio = torch.exp(2 * (log_std_p - log_std_q))
     mean_term = ((mean_p - mean_q) * torch.exp(-log_std_q)) ** 2
     return (log_std_q - log_std_p + 0.5 * (var_ratio + mean_term) - 0.5).sum(-1)
@@ -124,8 +120,7 @@ def surrogate_advantage(logp, logp_old, adv):
 
     L(θ) = E[π_θ(a|s) / π_θold(a|s) · Â] = mean(exp(log π_θ − log π_θold) · Â)
 
-    At θ = θ_old it equals E[Â], and its gradient there is the policy gradient g.
-    """
+    At θ = θ_old it equals E[Â], and its gradient there is the policy gradient g."""
     return (torch.exp(logp - logp_old) * adv).mean()
 
 
@@ -138,8 +133,7 @@ def conjugate_gradient(matvec, b, iters, tol):
 
     Stops after `iters` iterations or once |r_k| <= tol·|b|. In exact arithmetic it solves an
     n×n system in n iterations; TRPO stops after about 10, because a rough direction is enough
-    when the line search checks the step anyway.
-    """
+    when the line search checks the step anyway."""
     x = torch.zeros_like(b)
     r, p = b.clone(), b.clone()
     rr = r @ r
@@ -165,8 +159,7 @@ def fisher_vector_product(kl, params, damping):
     `kl` is KL̄ at θ_old, a graph of `params` with π_θold held fixed: its value is 0 but its
     first and second derivatives are not. At θ_old the Hessian of the KL is the Fisher
     information matrix of the policy (the first derivative is zero there). Damping keeps the
-    system positive definite where the batch's Fisher matrix is nearly singular.
-    """
+    system positive definite where the batch's Fisher matrix is nearly singular."""
     grad_kl = parameters_to_vector(torch.autograd.grad(kl, params, create_graph=True))
 
     def matvec(v):  # every CG iteration reuses the graph of ∇_θ KL̄
@@ -190,8 +183,7 @@ def natural_step(params, evaluate, max_kl, damping, cg_iters, cg_tol, ls_steps):
     L(θ_old); if none passes, θ_old is kept. The linear model predicts an improvement gᵀΔθ.
 
     `evaluate()` gives (KL̄, L) at the current parameters, as tensors; F is damped, F + λI.
-    Returns statistics for the logs.
-    """
+    Returns statistics for the logs."""
     kl_old, surr_old = evaluate()
     fvp = fisher_vector_product(kl_old, params, damping)
     g = parameters_to_vector(torch.autograd.grad(surr_old, params, retain_graph=True))
@@ -257,8 +249,7 @@ def update_moments(mean, var, count, batch):
     σ² = (σ²_A n_A + σ²_B n_B + δ² n_A n_B / n) / n
 
     The result equals the mean and the (population) variance of every sample seen so far,
-    whatever the batch sizes; count starts at 0. Works on numpy arrays, along axis 0.
-    """
+    whatever the batch sizes; count starts at 0. Works on numpy arrays, along axis 0."""
     n_b = batch.shape[0]
     if n_b == 0:
         return mean, var, count
@@ -274,11 +265,9 @@ def normalize_obs(obs, mean, var, clip):
 
 
 def discounted_return(ret, reward, valid, gamma):
-    """The running discounted return per env whose std scales the rewards:
-
-    R_t = γ R_{t−1} + r_t within an episode,   R = 0 on an autoreset step (valid = False),
-    so each episode starts again from R = r of its first step.
-    """
+    """The running discounted return per env, whose std scales the rewards:
+    R_t = γ R_{t−1} + r_t within an episode, R = 0 on an autoreset step (valid = False), so
+    that each episode starts again from R = r of its first step."""
     return np.where(valid, gamma * ret + reward, 0.0)
 
 
@@ -292,31 +281,25 @@ def scale_reward(reward, ret_var, clip):
 # ---- The agent ----
 
 
-def layer_init(layer, std=2**0.5, bias=0.0):
-    """Orthogonal weights with gain `std` and constant bias (PPO implementation detail #2 of
-    Huang et al. 2022: the gains √2 for hidden layers, 0.01 for the policy head so that the
-    first policy is near uniform, and 1 for the value head)."""
-    nn.init.orthogonal_(layer.weight, std)
-    nn.init.constant_(layer.bias, bias)
-    return layer
-
-
 def mlp(in_dim, out_dim, hidden, last_std):
-    """Two tanh hidden layers of width `hidden`; the output layer's gain is `last_std`."""
-    return nn.Sequential(layer_init(nn.Linear(in_dim, hidden)), nn.Tanh(),
-                         layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
-                         layer_init(nn.Linear(hidden, out_dim), last_std))  # fmt: skip
+    """Two tanh hidden layers of width `hidden`; orthogonal weights, zero biases, gain √2 for
+    the hidden layers and `last_std` for the output: 0.01 for the policy head (the first
+    policy is near uniform), 1 for the value head (Huang et al. 2022, PPO detail #2)."""
+    sizes, layers = (in_dim, hidden, hidden, out_dim), []
+    for i in range(3):
+        layers += [nn.Linear(sizes[i], sizes[i + 1]), nn.Tanh()]
+        nn.init.orthogonal_(layers[-2].weight, 2**0.5 if i < 2 else last_std)
+        nn.init.zeros_(layers[-2].bias)
+    return nn.Sequential(*layers[:-1])
 
 
 class GaussianAgent(nn.Module):
     """Separate actor and critic MLPs (tanh). The actor gives the mean μ_θ(s) of a diagonal
-    Gaussian; log σ is one learned vector, the same in every state.
-
-    Why state-independent: it is what both the TRPO and the PPO papers used on MuJoCo; σ then
-    only shrinks as the whole policy grows sure, instead of collapsing in the states the
-    policy gradient happens to push on (a state-dependent σ head can drive σ → 0 or ∞ on
-    rarely-seen states); and the entropy and the log σ block of the Fisher matrix become
-    constants, simple to check."""
+    Gaussian; log σ is one learned vector, the same in every state, as in the TRPO and PPO
+    papers on MuJoCo: σ then shrinks only as the whole policy grows sure, instead of collapsing
+    in the states the policy gradient happens to push on (a state-dependent σ head can drive
+    σ → 0 or ∞ on rarely-seen states); and the entropy and the log σ block of the Fisher
+    matrix are constants, simple to check."""
 
     def __init__(self, obs_dim, act_dim, hidden=64, init_log_std=0.0):
         super().__init__()
@@ -391,14 +374,10 @@ class Normalizer:
 
 @torch.no_grad()  # once for the whole rollout, not once per step
 def rollout_normalized(agent, envs, obs, prev_done, num_steps, normalizer, device):
-    """Collect num_steps steps in each env under π_θold, normalising observations and
-    scaling rewards on the way (updating the running statistics).
-
-    `obs` is the normalised observation the envs are in. Returns (batch, obs, prev_done).
-    The batch holds [T, N] tensors: "obs" and "value" have T + 1 rows, the last being the
-    observation after the final step and V of it; "action" (T, N, D) the unclipped samples,
-    "logp" their log π_θold; "reward" the scaled rewards and "raw_reward" the env's own.
-    """
+    """num_steps steps in each env under π_θold: (batch of [T, N] tensors, obs, prev_done),
+    observations normalised and rewards scaled on the way (the running statistics updated).
+    "obs" and "value" have T + 1 rows, the last for the observation after the final step;
+    "action" [T, N, D] holds the unclipped samples, "reward" the scaled rewards."""
     T, N = num_steps, envs.num_envs
     low, high = envs.single_action_space.low, envs.single_action_space.high
     obs_buf = np.zeros((T + 1, *obs.shape), np.float32)
@@ -411,9 +390,8 @@ def rollout_normalized(agent, envs, obs, prev_done, num_steps, normalizer, devic
         # is not a transition of the MDP, so it is marked invalid and gets no loss.
         valid[t] = ~prev_done
         action[t] = agent.sample(torch.as_tensor(obs, device=device)).cpu().numpy()
-        # The Gaussian is unbounded: only the copy sent to the environment is clipped. The
-        # stored action stays the sample, so log π_θold(a|s) is its true log-density
-        # (clipping first would give actions at the bounds the wrong probability).
+        # Only the copy sent to the environment is clipped: the stored sample keeps its true
+        # log-density (clipping first gives actions at the bounds the wrong probability).
         env_action = np.clip(action[t], low, high)
         raw_obs, raw_reward[t], terminated[t], truncated, _ = envs.step(env_action)
         reward[t] = normalizer.reward(raw_reward[t], ~prev_done)
@@ -421,9 +399,8 @@ def rollout_normalized(agent, envs, obs, prev_done, num_steps, normalizer, devic
         prev_done = terminated[t].astype(bool) | truncated
         done[t] = prev_done
     obs_buf[T] = obs
-    # log π_θold and V for the whole rollout in one batched pass, which is cheaper than one
-    # per step. After a truncation the next row holds the final observation, so V of it is
-    # the bootstrap value that gae() needs (truncation is not termination).
+    # log π_θold and V in one batched pass. The row after a truncation holds the episode's
+    # final observation: V of it is gae()'s bootstrap (truncation is not termination).
     obs_all, action = (torch.as_tensor(x, device=device) for x in (obs_buf, action))
     logp = agent.evaluate(obs_all[:-1], action)[0]
     value = agent.value(obs_all)
@@ -447,13 +424,13 @@ def train(args):
     """rollout → advantages → TRPO step of the policy, regression of the critic → log."""
     quiet_mujoco()
     if args.eval_checkpoint:  # no training: the saved agent, its saved statistics frozen
-        return evaluate_checkpoint_normalized(args)
+        return evaluate_checkpoint(args, (gym.spaces.Box,), GaussianAgent, evaluate_normalized)
     require(args.cg_tol < 1, "--cg-tol must be below 1: |r_0| = |g| would stop CG at once")
     num_iterations = max(1, args.total_timesteps // (args.num_steps * args.num_envs))
     run = Run(args, (gym.spaces.Box,), num_iterations)  # seeds, envs, files, logging
     run.threshold = solved_threshold(args)  # once make_envs has checked --env-id
     envs, device = run.envs, run.device
-    obs_dim, act_dim = env_dims(envs)
+    obs_dim, act_dim = envs.dims
     agent = GaussianAgent(obs_dim, act_dim, args.hidden_size, args.init_log_std).to(device)
     # Only the critic has an optimizer: the policy moves by the TRPO step alone.
     optimizer = torch.optim.Adam(agent.critic.parameters(), lr=args.learning_rate)
@@ -543,20 +520,20 @@ def make_envs(env_id, num_envs, action_spaces, video_dir=None):
     except Exception as e:  # gym.error.Error, DependencyNotInstalled (names the package), ...
         raise ValueError(f"{flag} {env_id}: {brief(e)}") from None
     act, obs = envs.single_action_space, envs.single_observation_space
-    if not (isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1
-            and isinstance(act, action_spaces)
-            and envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP):  # fmt: skip
-        envs.close()
-        need = " or ".join(s.__name__ for s in action_spaces)
-        raise ValueError(f"--env-id {env_id} has {obs} observations and {act} actions; need a "
-                         f"flat Box and {need}, with next-step autoreset")  # fmt: skip
+    flat = isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1
+    require(flat and isinstance(act, action_spaces)
+            and envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP,
+            f"--env-id {env_id} has {obs} observations and {act} actions; need a flat Box and "
+            f"{' or '.join(a.__name__ for a in action_spaces)}, next-step autoreset")  # fmt: skip
 
     def as_float32(o):  # a NaN would fail deep inside sampling, without naming the env
         require(np.isfinite(o).all(), f"--env-id {env_id} returned a NaN or inf observation")
         return o.astype(np.float32)
 
     box = gym.spaces.Box(-np.inf, np.inf, obs.shape, np.float32)  # no network uses bounds
-    return gym.wrappers.vector.TransformObservation(envs, as_float32, single_observation_space=box)
+    envs = gym.wrappers.vector.TransformObservation(envs, as_float32, single_observation_space=box)
+    envs.dims = obs.shape[0], getattr(act, "n", None) or act.shape[0]  # the networks' in, out
+    return envs
 
 
 def seed_and_device(seed, cuda):
@@ -565,12 +542,6 @@ def seed_and_device(seed, cuda):
     torch.manual_seed(seed)
     torch.set_num_threads(1)
     return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
-
-
-def env_dims(envs):
-    """The sizes of an observation and of an action (the number of actions, if Discrete)."""
-    act = envs.single_action_space
-    return envs.single_observation_space.shape[0], getattr(act, "n", None) or act.shape[0]
 
 
 def quiet_mujoco():
@@ -601,18 +572,15 @@ class Run:
         self.out = args.output_dir or os.path.join("runs", name)
         require(args.overwrite or not os.path.exists(f"{self.out}/model.pt"),
                 f"--output-dir {self.out} holds a run; pass --overwrite to replace it")  # fmt: skip
-        video_dir = f"{self.out}/videos" if args.capture_video else None
-        self.eval_envs = None  # made now: a missing video package stops the run before training
-        if args.eval_episodes:
-            self.eval_envs = make_envs(args.env_id, args.eval_episodes, action_spaces, video_dir)
-        # A full disk: no traceback from TensorBoard's thread (the writer raises it here too);
-        # flush_secs=2, as close() after a Ctrl-C waits for the thread's next flush.
+        video = f"{self.out}/videos" if args.capture_video else None  # checked before training
+        n = args.eval_episodes
+        self.eval_envs = make_envs(args.env_id, n, action_spaces, video) if n else None
+        # A full disk: one error line, no thread's traceback; close() waits for the next flush.
         threading.excepthook = lambda a: isinstance(a.exc_value, OSError) or sys.excepthook(*a[:3])
         self.writer = SummaryWriter(self.out, flush_secs=2)
         self.writer.add_text("args", json.dumps(vars(args), indent=1))
-        self.episodes, self.recent, self.done, self.shown = [], deque(maxlen=20), 0, 0
+        self.episodes, self.done, self.shown, self.t0 = [], 0, 0, time.time()
         self.solved_at_step = self.solved_at_s = self.state = None
-        self.t0 = time.time()
         print(f"{SCRIPT} on {args.env_id} for {args.total_timesteps} steps; files in {self.out}")
 
     def add_rollout(self, ep_return, rewards, dones, step):
@@ -622,16 +590,15 @@ class Run:
             ep_return += reward
             for ret in ep_return[done]:
                 self.episodes.append((step, ret))
-                self.recent.append(ret)
                 self.writer.add_scalar("charts/episodic_return", ret, step)
-                if (self.solved_at_step is None and self.threshold is not None
-                        and len(self.recent) == 20 and self.mean() >= self.threshold):  # fmt: skip
+                marked = self.threshold is not None and self.solved_at_step is None
+                if marked and len(self.episodes) >= 20 and self.mean() >= self.threshold:
                     self.solved_at_step, self.solved_at_s = step, time.time() - self.t0
             ep_return[done] = 0
         return step
 
-    def mean(self):
-        return float(np.mean(self.recent)) if self.recent else None
+    def mean(self):  # of the last 20 episodes' returns
+        return float(np.mean([r for _, r in self.episodes[-20:]])) if self.episodes else None
 
     def iteration(self, step, stats, agent, hint, **extra):
         """Stop on a non-finite loss or weight (or beyond ±1e20), else keep them as last good."""
@@ -660,8 +627,7 @@ class Run:
                 csv = lambda rows, f: np.savetxt(f, rows, "%g", ",", header=header, comments="")  # noqa: E731
                 save_atomic(self.state, f"{self.out}/model.pt")
                 save_atomic(np.reshape(self.episodes, (-1, 2)), f"{self.out}/episodes.csv", csv)
-            self.envs.close()
-            self.writer.close()
+            self.envs.close(), self.writer.close()
         finally:
             for s, handler in zip(signals, held, strict=True):
                 signal.signal(s, handler)
@@ -709,8 +675,8 @@ def evaluate_deterministic(agent, envs, seed, device, obs_stats, clip_obs):
     return returns
 
 
-def load_for_eval(args, action_spaces, agent_class):
-    """--eval-checkpoint: the saved agent and --eval-episodes envs of the env it was made on."""
+def evaluate_checkpoint(args, action_spaces, agent_class, evaluate):
+    """--eval-checkpoint: `evaluate` the saved agent on --eval-episodes envs of its env."""
     require(args.eval_episodes > 0, "--eval-checkpoint needs --eval-episodes > 0")
     device = seed_and_device(args.seed, args.cuda)
     try:
@@ -719,29 +685,22 @@ def load_for_eval(args, action_spaces, agent_class):
         name = f"runs/{ckpt['env_id']}__{SCRIPT[:-3]}__eval__{args.seed}__{int(time.time())}"
         video_dir = f"{args.output_dir or name}/videos" if args.capture_video else None
         envs = make_envs(ckpt["env_id"], args.eval_episodes, action_spaces, video_dir)
-        agent = agent_class(*env_dims(envs), ckpt["args"]["hidden_size"]).to(device)
+        agent = agent_class(*envs.dims, ckpt["args"]["hidden_size"]).to(device)
         agent.load_state_dict(ckpt["agent"])
     except Exception as e:  # no file, a truncated zip, another script's, another size, ...
         raise ValueError(f"--eval-checkpoint {args.eval_checkpoint}: {brief(e)}") from None
-    args.env_id = ckpt["env_id"]
-    return agent, envs, ckpt, device
-
-
-def evaluate_checkpoint_normalized(args):
-    """--eval-checkpoint: the saved agent's deterministic returns on the env it was trained
-    on, its observations normalised by the statistics saved with it, frozen."""
-    agent, envs, ckpt, device = load_for_eval(args, (gym.spaces.Box,), GaussianAgent)
-    normalizer = Normalizer(env_dims(envs)[0], 1, saved := argparse.Namespace(**ckpt["args"]))
-    normalizer.load_state_dict(ckpt["normalizer"])
-    stats = normalizer.frozen_obs_stats()
-    returns = evaluate_deterministic(agent, envs, args.seed + 10_000, device, stats, saved.clip_obs)
-    return eval_summary(args, returns)
-
-
-def eval_summary(args, returns):
-    return dict(script=SCRIPT, env_id=args.env_id, checkpoint=args.eval_checkpoint,
+    returns = evaluate(agent, envs, args.seed + 10_000, device, ckpt)
+    return dict(script=SCRIPT, env_id=ckpt["env_id"], checkpoint=args.eval_checkpoint,
                 eval_episodes=len(returns), eval_mean_return=np.mean(returns),
                 eval_std_return=np.std(returns))  # fmt: skip
+
+
+def evaluate_normalized(agent, envs, seed, device, ckpt):
+    """evaluate_deterministic with the statistics saved in the checkpoint `ckpt`, frozen."""
+    normalizer = Normalizer(envs.dims[0], 1, saved := argparse.Namespace(**ckpt["args"]))
+    normalizer.load_state_dict(ckpt["normalizer"])
+    stats = normalizer.frozen_obs_stats()
+    return evaluate_deterministic(agent, envs, seed, device, stats, saved.clip_obs)
 
 
 def brief(e):

@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import types
-from collections import deque
 from pathlib import Path
 
 import gymnasium as gym
@@ -305,7 +304,7 @@ def test_solved_rule_matches_a_naive_window(threshold):
     )
     run = object.__new__(mod.Run)  # only the episode log: no envs, no files
     run.writer, run.threshold, run.t0 = NullWriter(), threshold, 0.0
-    run.episodes, run.recent, run.solved_at_step, run.solved_at_s = [], deque(maxlen=20), None, None
+    run.episodes, run.solved_at_step, run.solved_at_s = [], None, None
     ones = torch.ones(len(rets), 1)
     step = run.add_rollout(np.zeros(1), torch.as_tensor(rets[:, None]), ones, 0)
     episodes = [(i + 1, float(r)) for i, r in enumerate(rets)]

@@ -280,10 +280,9 @@ def train(args):
             # Iterations differ in length: Run's progress becomes the fraction of steps done.
             total = args.total_timesteps
             run.iterations = (run.done + 1) * total / min(global_step, total)
-            state = dict(optimizer=copy.deepcopy(optimizer.state_dict()), iteration=iteration)
-            run.iteration(
-                global_step, stats, agent, "--learning-rate or --value-learning-rate", **state
-            )
+            hint = "--learning-rate or --value-learning-rate"
+            opt = copy.deepcopy(optimizer.state_dict())
+            run.iteration(global_step, stats, agent, hint, optimizer=opt, iteration=iteration)
     finally:  # on success, a non-finite loss, Ctrl-C and SIGTERM alike
         run.finish()
     returns = evaluate_greedy(agent, run.eval_envs, args.seed + 10_000, device)
@@ -342,11 +341,12 @@ def make_envs(env_id, num_envs, action_spaces, video_dir=None):
     except Exception as e:  # gym.error.Error, DependencyNotInstalled (names the package), ...
         raise ValueError(f"{flag} {env_id}: {brief(e)}") from None
     act, obs = envs.single_action_space, envs.single_observation_space
-    flat = isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1
-    require(flat and isinstance(act, action_spaces)
-            and envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP,
-            f"--env-id {env_id} has {obs} observations and {act} actions; need a flat Box and "
-            f"{' or '.join(a.__name__ for a in action_spaces)}, next-step autoreset")  # fmt: skip
+    ok = isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1 and isinstance(act, action_spaces)
+    if not (ok and envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP):
+        envs.close()
+        need = " or ".join(a.__name__ for a in action_spaces)
+        raise ValueError(f"--env-id {env_id} has {obs} observations and {act} actions; need a "
+                         f"flat Box and {need}, with next-step autoreset")  # fmt: skip
 
     def as_float32(o):  # a NaN would fail deep inside sampling, without naming the env
         require(np.isfinite(o).all(), f"--env-id {env_id} returned a NaN or inf observation")

@@ -134,19 +134,16 @@ def conjugate_gradient(matvec, b, iters, tol):
     Stops after `iters` iterations or once |r_k| <= tol·|b|. In exact arithmetic it solves an
     n×n system in n iterations; TRPO stops after about 10, because a rough direction is enough
     when the line search checks the step anyway."""
-    x = torch.zeros_like(b)
-    r, p = b.clone(), b.clone()
+    x, r, p = torch.zeros_like(b), b.clone(), b.clone()
     rr = r @ r
     for _ in range(iters):
         if rr.sqrt() <= tol * b.norm():
             break
         Ap = matvec(p)
         alpha = rr / (p @ Ap)
-        x = x + alpha * p
-        r = r - alpha * Ap
+        x, r = x + alpha * p, r - alpha * Ap
         rr_new = r @ r
-        p = r + (rr_new / rr) * p
-        rr = rr_new
+        p, rr = r + (rr_new / rr) * p, rr_new
     return x
 
 
@@ -156,9 +153,8 @@ def fisher_vector_product(kl, params, damping):
     KL̄(θ) = E_s[KL(π_θold(·|s) ‖ π_θ(·|s))],   F = ∇²_θ KL̄ at θ = θ_old
     F v = ∇_θ((∇_θ KL̄)ᵀ v)                   (Pearlmutter 1994: double backprop)
 
-    `kl` is KL̄ at θ_old, a graph of `params` with π_θold held fixed: its value is 0 but its
-    first and second derivatives are not. At θ_old the Hessian of the KL is the Fisher
-    information matrix of the policy (the first derivative is zero there). Damping keeps the
+    `kl` is KL̄ at θ_old, a graph of `params` with π_θold held fixed: its value and gradient
+    are 0 there, its Hessian is the Fisher information matrix of the policy. Damping keeps the
     system positive definite where the batch's Fisher matrix is nearly singular."""
     grad_kl = parameters_to_vector(torch.autograd.grad(kl, params, create_graph=True))
 
@@ -520,11 +516,12 @@ def make_envs(env_id, num_envs, action_spaces, video_dir=None):
     except Exception as e:  # gym.error.Error, DependencyNotInstalled (names the package), ...
         raise ValueError(f"{flag} {env_id}: {brief(e)}") from None
     act, obs = envs.single_action_space, envs.single_observation_space
-    flat = isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1
-    require(flat and isinstance(act, action_spaces)
-            and envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP,
-            f"--env-id {env_id} has {obs} observations and {act} actions; need a flat Box and "
-            f"{' or '.join(a.__name__ for a in action_spaces)}, next-step autoreset")  # fmt: skip
+    ok = isinstance(obs, gym.spaces.Box) and len(obs.shape) == 1 and isinstance(act, action_spaces)
+    if not (ok and envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP):
+        envs.close()
+        need = " or ".join(a.__name__ for a in action_spaces)
+        raise ValueError(f"--env-id {env_id} has {obs} observations and {act} actions; need a "
+                         f"flat Box and {need}, with next-step autoreset")  # fmt: skip
 
     def as_float32(o):  # a NaN would fail deep inside sampling, without naming the env
         require(np.isfinite(o).all(), f"--env-id {env_id} returned a NaN or inf observation")

@@ -106,11 +106,9 @@ def gae(rewards, values, terminated, dones, gamma, lam):
     the recursion still stops (done = terminated or truncated). Returns Â, shape [T, N]."""
     delta = rewards + gamma * values[1:] * (1 - terminated) - values[:-1]
     decay = gamma * lam * (1 - dones)
-    advantages = torch.zeros_like(rewards)
-    next_adv = torch.zeros_like(rewards[0])
+    advantages, next_adv = torch.zeros_like(rewards), torch.zeros_like(rewards[0])
     for t in reversed(range(rewards.shape[0])):
-        next_adv = delta[t] + decay[t] * next_adv
-        advantages[t] = next_adv
+        advantages[t] = next_adv = delta[t] + decay[t] * next_adv
     return advantages
 
 

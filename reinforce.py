@@ -97,11 +97,9 @@ def reward_to_go(rewards, ends, bootstrap, gamma):
 
     rewards[t] is the reward that followed the action at t; bootstrap is 0 for a terminated
     episode (and for pure Monte Carlo), V(s_final) for a time-limit-truncated one."""
-    returns = torch.zeros_like(rewards)
-    next_return = torch.zeros_like(rewards[0])
+    returns, next_g = torch.zeros_like(rewards), torch.zeros_like(rewards[0])  # G_{t+1}
     for t in reversed(range(rewards.shape[0])):
-        next_return = rewards[t] + gamma * torch.where(ends[t], bootstrap[t], next_return)
-        returns[t] = next_return
+        returns[t] = next_g = rewards[t] + gamma * torch.where(ends[t], bootstrap[t], next_g)
     return returns
 
 

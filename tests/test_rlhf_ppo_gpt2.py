@@ -926,3 +926,22 @@ def test_gpu_check_dry_run_runs_end_to_end_on_the_cpu():
         (a, b) for a in (False, True) for b in (False, True)
     }
     assert all(r["ratio_dev_first_mb"] < 1e-5 and r["response_tokens"] > 0 for r in rows)
+
+
+def test_conv1d_column_major_keeps_shape_bytes_and_function(monkeypatch):
+    """bench_rlhf --conv1d-column-major (the 355M --bf16 memory cell): a Conv1D made after it
+    holds the same [in, out] weight, as many bytes, in column-major strides, and computes what
+    a row-major copy of that weight computes."""
+    import transformers.pytorch_utils as pu
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import bench_rlhf
+
+    monkeypatch.setattr(pu.Conv1D, "__init__", pu.Conv1D.__init__)  # restored after the test
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    bench_rlhf.conv1d_column_major()
+    layer = pu.Conv1D(6, 4)
+    assert layer.weight.shape == (4, 6) and layer.weight.stride() == (1, 4)
+    assert layer.weight.untyped_storage().nbytes() == 4 * 6 * 4
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(layer(x), x @ layer.weight.contiguous() + layer.bias)

@@ -91,3 +91,24 @@ def test_bootstrap_intervals_and_paired_ratio():
     assert out["a"]["median"] == 3.0 and out["a"]["ci95"][0] < 3.0
     assert out["a"]["ci95"][1] == float("inf")  # resamples with 3 of 5 unsolved: no upper end
     assert out["ratio_over_b"]["ci95"] == [0.5, 0.5]
+
+
+def test_same_runs_finds_a_changed_byte_or_tensor(tmp_path):
+    """benchmarks/same_runs.py (the bit-for-bit check of a refactor) on run folders made by
+    hand: identical folders pass; one changed CSV byte or one changed weight fails."""
+    import same_runs
+    import torch
+
+    def folder(name, csv, bias):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "episodes.csv").write_text(csv)
+        state = {"agent": {"w": torch.ones(2), "b": torch.tensor([bias])}, "args": {"seed": 1},
+                 "optimizer": {"state": {0: {"exp_avg": torch.zeros(2)}}}}  # fmt: skip
+        torch.save(state, d / "model.pt")
+        return d
+
+    a = folder("a", "global_step,episodic_return\n10,9\n", 0.5)
+    assert same_runs.same(a, folder("b", "global_step,episodic_return\n10,9\n", 0.5)) == (1, 1)
+    assert same_runs.same(a, folder("c", "global_step,episodic_return\n10,8\n", 0.5)) == (0, 1)
+    assert same_runs.same(a, folder("d", "global_step,episodic_return\n10,9\n", 0.5001)) == (1, 0)

@@ -13,8 +13,7 @@ the steps, and the normalisation keeps the larger step from collapsing the polic
 The critic is a separate network (see Agent), and the gradient norm is clipped, as in SB3.
 
     python a2c.py --output-dir runs/a2c    # RMSprop, as in the paper and SB3; solves CartPole-v1
-    python a2c.py --eval-checkpoint runs/a2c/model.pt --capture-video
-"""
+    python a2c.py --eval-checkpoint runs/a2c/model.pt --capture-video"""
 
 import signal
 
@@ -73,8 +72,6 @@ class Args:
 
 
 # ---- The math: pure functions of tensors, each checked alone by the tests ----
-
-
 def gae(rewards, values, terminated, dones, gamma, lam):
     """Generalized advantage estimation over a [T, N] rollout.
 
@@ -114,15 +111,12 @@ def categorical_entropy(logits):
 
 
 def explained_variance(pred, target):
-    """1 − Var[target − pred] / Var[target]: 1 is a perfect critic, ≤ 0 is no better than a
-    constant. NaN when the targets do not vary."""
+    """1 − Var[target − pred] / Var[target]: 1 for a perfect critic, ≤ 0 for a useless one."""
     var = target.var()
     return float("nan") if var == 0 else float(1 - (target - pred).var() / var)
 
 
 # ---- The agent ----
-
-
 def mlp(in_dim, out_dim, hidden, last_std):
     """Two tanh hidden layers of width `hidden`; orthogonal weights, zero biases, gain √2 for
     the hidden layers and `last_std` for the output: 0.01 for the policy head (the first
@@ -147,8 +141,7 @@ class Agent(nn.Module):
     def value(self, obs):
         return self.critic(obs).squeeze(-1)
 
-    def sample(self, obs):
-        """a ~ π_θ(·|s)."""
+    def sample(self, obs):  # a ~ π_θ(·|s)
         return torch.multinomial(self.actor(obs).softmax(-1), 1).squeeze(-1)
 
     def evaluate(self, obs, action):
@@ -170,8 +163,7 @@ def make_optimizer(params, args):
 
 
 # ---- Rollout, update, and the training loop ----
-
-
+@torch.no_grad()
 def rollout(agent, envs, obs, prev_done, num_steps, device):
     """num_steps steps in each env under π_θold: (batch of [T, N] tensors, obs, prev_done).
     "obs" and "value" have T + 1 rows, the last for the observation after the final step;
@@ -186,18 +178,14 @@ def rollout(agent, envs, obs, prev_done, num_steps, device):
         # ignores the action, returns reward 0 and the new episode's first observation. It
         # is not a transition of the MDP, so it is marked invalid and gets no loss.
         valid[t] = ~prev_done
-        with torch.no_grad():
-            action[t] = agent.sample(torch.as_tensor(obs, device=device))
+        action[t] = agent.sample(torch.as_tensor(obs, device=device))
         obs, reward[t], terminated[t], truncated, _ = envs.step(action[t].cpu().numpy())
-        prev_done = terminated[t].astype(bool) | truncated
-        done[t] = prev_done
+        done[t] = prev_done = terminated[t].astype(bool) | truncated
     obs_buf[T] = obs
-    # log π_θold and V in one batched pass. The row after a truncation holds the episode's
-    # final observation: V of it is gae()'s bootstrap (truncation is not termination).
+    # log π_θold and V in one batched pass; V of the row after a truncation is gae()'s bootstrap.
     obs_all = torch.as_tensor(obs_buf, device=device)
-    with torch.no_grad():
-        logp = agent.evaluate(obs_all[:-1], action)[0]
-        value = agent.value(obs_all)
+    logp = agent.evaluate(obs_all[:-1], action)[0]
+    value = agent.value(obs_all)
     arrays = dict(reward=reward, terminated=terminated, done=done, valid=valid > 0)
     batch = {k: torch.as_tensor(v, device=device) for k, v in arrays.items()}
     batch.update(obs=obs_all, action=action, logp=logp, value=value)
@@ -207,10 +195,9 @@ def rollout(agent, envs, obs, prev_done, num_steps, device):
 def valid_transitions(b, adv):
     """The rollout's real transitions (autoreset steps dropped) as flat tensors, with Â and
     the λ-return V^targ = Â + V(s), the critic's regression target."""
-    keep = b["valid"].flatten()
     flat = dict(obs=b["obs"][:-1], action=b["action"], logp=b["logp"], adv=adv,
                 ret=adv + b["value"][:-1], value=b["value"][:-1])  # fmt: skip
-    return {k: v.flatten(0, 1)[keep] for k, v in flat.items()}
+    return {k: v.flatten(0, 1)[b["valid"].flatten()] for k, v in flat.items()}
 
 
 def a2c_update(agent, optimizer, t, args):
@@ -243,7 +230,7 @@ def train(args):
     optimizer = make_optimizer(agent.parameters(), args)
     obs, _ = envs.reset(seed=args.seed)
     prev_done, ep_return = np.zeros(args.num_envs, bool), np.zeros(args.num_envs)
-    global_step = 0
+    global_step, gamma, lam = 0, args.gamma, args.gae_lambda
     try:
         for iteration in range(1, num_iterations + 1):
             frac = 1.0 - (iteration - 1) / num_iterations if args.anneal_lr else 1.0
@@ -251,32 +238,27 @@ def train(args):
 
             b, obs, prev_done = rollout(agent, envs, obs, prev_done, args.num_steps, device)
             global_step = run.add_rollout(ep_return, b["reward"], b["done"], global_step)
-            adv = gae(
-                b["reward"], b["value"], b["terminated"], b["done"], args.gamma, args.gae_lambda
-            )
+            adv = gae(b["reward"], b["value"], b["terminated"], b["done"], gamma, lam)
             t = valid_transitions(b, adv)
             stats = a2c_update(agent, optimizer, t, args)
             stats.update(explained_variance=explained_variance(t["value"], t["ret"]), lr=lr)
             run.iteration(global_step, stats, agent, "--learning-rate")
     finally:  # on success, a non-finite loss, Ctrl-C and SIGTERM alike
         run.finish()
-    returns = evaluate_greedy(agent, run.eval_envs, args.seed + 10_000, device)
+    returns = run.eval_envs and evaluate_greedy(agent, run.eval_envs, args.seed + 10_000, device)
     return run.summary("a2c", global_step, returns)
 
 
 # ==== Plumbing: command line, envs, files, evaluation. The algorithm ends above. ====
 # Each piece is the same text in every script that has it (tests/test_shared_code.py).
-
 RULES = {None: lambda v: True, "> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0,
-         "in [0, 1]": lambda v: 0 <= v <= 1, "in [0, 2^32)": lambda v: 0 <= v < 2**32,
-         "finite": lambda v: True, "in [-20, 20]": lambda v: -20 <= v <= 20}  # fmt: skip
+         "in [0, 1]": lambda v: 0 <= v <= 1, "in [0, 2^32)": lambda v: 0 <= v < 2**32}  # fmt: skip
 
 
 def parse_args(argv=None):
     """Args from the command line; a value that breaks its flag's rule is a ValueError."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description=__doc__)  # fmt: skip
     for f in dataclasses.fields(Args):
         is_bool, shown = type(f.default) is bool, f" (default: {f.default})" * (f.default != "")
         parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=f.metadata[
@@ -333,21 +315,14 @@ def make_envs(env_id, num_envs, action_spaces, video_dir=None):
     return envs
 
 
-def seed_and_device(seed, cuda):
-    """Seed numpy and torch; one thread (small networks lose time to more); the device."""
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
-    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
-
-
 class Run:
-    """A training run's plumbing: seeds, envs, --output-dir, TensorBoard, the episodes, the
-    solved step (last-20 mean return ≥ `threshold`), progress, the last good weights, summary."""
+    """A run's plumbing: seeds and one thread (faster for small networks), envs, --output-dir,
+    TensorBoard, the episodes, the solved step (last-20 mean ≥ `threshold`), progress, saves."""
 
     def __init__(self, args, action_spaces, iterations, threshold=475.0):
         self.args, self.iterations, self.threshold = args, iterations, threshold
-        self.device = seed_and_device(args.seed, args.cuda)
+        np.random.seed(args.seed), torch.manual_seed(args.seed), torch.set_num_threads(1)
+        self.device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
         self.envs = make_envs(args.env_id, args.num_envs, action_spaces)
         name = f"{args.env_id}__{SCRIPT[:-3]}__{args.seed}__{int(time.time())}"
         self.out = args.output_dir or os.path.join("runs", name)
@@ -437,10 +412,8 @@ def save_atomic(obj, path, write=torch.save):
 
 
 def evaluate_greedy(agent, envs, seed, device, ckpt=None):
-    """Returns of a = argmax_a π(a|s), one episode per env (first finishers favour the short);
-    None without envs. Nothing in a checkpoint besides the weights is needed."""
-    if envs is None:
-        return None
+    """Returns of a = argmax_a π(a|s), one episode per env (first finishers favour the short).
+    Nothing in a checkpoint besides the weights is needed."""
     obs, _ = envs.reset(seed=seed)
     returns, alive = np.zeros(envs.num_envs), np.ones(envs.num_envs, bool)
     while alive.any():
@@ -453,20 +426,19 @@ def evaluate_greedy(agent, envs, seed, device, ckpt=None):
 
 
 def evaluate_checkpoint(args, action_spaces, agent_class, evaluate):
-    """--eval-checkpoint: `evaluate` the saved agent on --eval-episodes envs of its env."""
+    """--eval-checkpoint: `evaluate` the saved agent, on the CPU, in --eval-episodes envs."""
     require(args.eval_episodes > 0, "--eval-checkpoint needs --eval-episodes > 0")
-    device = seed_and_device(args.seed, args.cuda)
     try:
         ckpt = torch.load(args.eval_checkpoint, map_location="cpu", weights_only=True)
         require(ckpt.get("script") == SCRIPT, f"it was not made by {SCRIPT}")
         name = f"runs/{ckpt['env_id']}__{SCRIPT[:-3]}__eval__{args.seed}__{int(time.time())}"
         video_dir = f"{args.output_dir or name}/videos" if args.capture_video else None
         envs = make_envs(ckpt["env_id"], args.eval_episodes, action_spaces, video_dir)
-        agent = agent_class(*envs.dims, ckpt["args"]["hidden_size"]).to(device)
+        agent = agent_class(*envs.dims, ckpt["args"]["hidden_size"])
         agent.load_state_dict(ckpt["agent"])
     except Exception as e:  # no file, a truncated zip, another script's, another size, ...
         raise ValueError(f"--eval-checkpoint {args.eval_checkpoint}: {brief(e)}") from None
-    returns = evaluate(agent, envs, args.seed + 10_000, device, ckpt)
+    returns = evaluate(agent, envs, args.seed + 10_000, "cpu", ckpt)
     return dict(script=SCRIPT, env_id=ckpt["env_id"], checkpoint=args.eval_checkpoint,
                 eval_episodes=len(returns), eval_mean_return=np.mean(returns),
                 eval_std_return=np.std(returns))  # fmt: skip

@@ -12,8 +12,7 @@ with a smaller initial σ; PENDULUM below is the tuned set for Pendulum-v1.
     python ppo_continuous.py --output-dir runs/cheetah   # HalfCheetah-v5 (gymnasium[mujoco])
     python ppo_continuous.py --env-id Pendulum-v1 --total-timesteps 100000 --num-envs 4 \\
         --num-steps 256 --gamma 0.95 --num-minibatches 8 --learning-rate 1e-3 --init-log-std 0
-    python ppo_continuous.py --eval-checkpoint runs/cheetah/model.pt --capture-video
-"""
+    python ppo_continuous.py --eval-checkpoint runs/cheetah/model.pt --capture-video"""
 
 import signal
 
@@ -92,8 +91,6 @@ PENDULUM = dict(env_id="Pendulum-v1", init_log_std=0.0, total_timesteps=100_000,
 
 
 # ---- The math: pure functions of tensors and arrays, each checked alone by the tests ----
-
-
 def gae(rewards, values, terminated, dones, gamma, lam):
     """Generalized advantage estimation over a [T, N] rollout.
 
@@ -167,8 +164,7 @@ def value_loss(values, values_old, returns, clip_coef):
 
 
 def explained_variance(pred, target):
-    """1 − Var[target − pred] / Var[target]: 1 is a perfect critic, ≤ 0 is no better than a
-    constant. NaN when the targets do not vary."""
+    """1 − Var[target − pred] / Var[target]: 1 for a perfect critic, ≤ 0 for a useless one."""
     var = target.var()
     return float("nan") if var == 0 else float(1 - (target - pred).var() / var)
 
@@ -225,8 +221,6 @@ def scale_reward(reward, ret_var, clip):
 
 
 # ---- The agent ----
-
-
 def mlp(in_dim, out_dim, hidden, last_std):
     """Two tanh hidden layers of width `hidden`; orthogonal weights, zero biases, gain √2 for
     the hidden layers and `last_std` for the output: 0.01 for the policy head (the first
@@ -307,8 +301,6 @@ class Normalizer:
 
 
 # ---- Rollout, update, and the training loop ----
-
-
 @torch.no_grad()  # once for the whole rollout, not once per step
 def rollout_normalized(agent, envs, obs, prev_done, num_steps, normalizer, device):
     """num_steps steps in each env under π_θold: (batch of [T, N] tensors, obs, prev_done),
@@ -351,43 +343,37 @@ def rollout_normalized(agent, envs, obs, prev_done, num_steps, normalizer, devic
 def valid_transitions(b, adv):
     """The rollout's real transitions (autoreset steps dropped) as flat tensors, with Â and
     the λ-return V^targ = Â + V(s), the critic's regression target."""
-    keep = b["valid"].flatten()
     flat = dict(obs=b["obs"][:-1], action=b["action"], logp=b["logp"], adv=adv,
                 ret=adv + b["value"][:-1], value=b["value"][:-1])  # fmt: skip
-    return {k: v.flatten(0, 1)[keep] for k, v in flat.items()}
+    return {k: v.flatten(0, 1)[b["valid"].flatten()] for k, v in flat.items()}
 
 
 def ppo_epochs(agent, optimizer, t, args, beta, entropy):
     """--update-epochs passes of shuffled minibatches over the transitions `t`, each step
     minimising L = −L^CLIP (or −L^KLPEN) + c1 L^VF − c2 S. `entropy` maps the distribution
     parameters that agent.evaluate returns (the logits, or log σ) to S, the batch's mean
-    entropy. --norm-adv: Â ← (Â − mean Â) / max(std Â, --adv-norm-floor) per minibatch; the
-    floor keeps critic noise (all Â tiny) from being scaled up to unit size. Returns the mean
-    losses."""
+    entropy. --norm-adv: Â ← (Â − mean Â) / max(std Â, --adv-norm-floor) per minibatch, so
+    that critic noise (all Â tiny) is not scaled up to unit size. Returns the mean losses."""
     stats = []
     for _epoch in range(args.update_epochs):
         perm = torch.randperm(len(t["obs"]), device=t["obs"].device)
         for mb in torch.tensor_split(perm, args.num_minibatches):
             logp, dist, v = agent.evaluate(t["obs"][mb], t["action"][mb])
-            mb_adv, logp_old = t["adv"][mb], t["logp"][mb]
+            adv, logp_old = t["adv"][mb], t["logp"][mb]
             if args.norm_adv and len(mb) > 1:
-                std = mb_adv.std().clamp(min=args.adv_norm_floor)
-                mb_adv = (mb_adv - mb_adv.mean()) / (std + 1e-8)
+                adv = (adv - adv.mean()) / (adv.std().clamp(args.adv_norm_floor) + 1e-8)
             if args.loss_type == "clip":
-                pg_loss, clipfrac = clipped_surrogate_loss(logp, logp_old, mb_adv, args.clip_coef)
+                pg_loss, clipfrac = clipped_surrogate_loss(logp, logp_old, adv, args.clip_coef)
             else:  # nothing is clipped in this objective
-                pg_loss = kl_penalty_loss(logp, logp_old, mb_adv, beta)
-                clipfrac = torch.zeros((), device=logp.device)
-            v_clip = args.clip_coef if args.clip_vloss else 0.0
-            v_loss = value_loss(v, t["value"][mb], t["ret"][mb], v_clip)
+                pg_loss, clipfrac = kl_penalty_loss(logp, logp_old, adv, beta), logp.new_zeros(())
+            v_loss = value_loss(v, t["value"][mb], t["ret"][mb], args.clip_coef * args.clip_vloss)
             entropy_mean = entropy(dist)
             loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * entropy_mean
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm, foreach=True)
             optimizer.step()
-            with torch.no_grad():
-                kl = approx_kl(logp, logp_old)
+            kl = approx_kl(logp.detach(), logp_old)
             stats.append(torch.stack([pg_loss, v_loss, entropy_mean, kl, clipfrac]))
         if args.target_kl > 0 and kl > args.target_kl:
             break  # early stop: the policy has moved far enough from π_θold
@@ -413,7 +399,7 @@ def train(args):
     normalizer = Normalizer(obs_dim, args.num_envs, args)
     obs = normalizer.observe(envs.reset(seed=args.seed)[0])
     prev_done, ep_return = np.zeros(args.num_envs, bool), np.zeros(args.num_envs)
-    global_step, beta = 0, args.kl_beta
+    global_step, beta, gamma, lam = 0, args.kl_beta, args.gamma, args.gae_lambda
     entropy = lambda log_std: gaussian_entropy(log_std).mean()  # noqa: E731 (same in every s)
     try:
         for iteration in range(1, num_iterations + 1):
@@ -425,9 +411,7 @@ def train(args):
             )
             # Episode returns are the environment's own rewards, not the scaled ones.
             global_step = run.add_rollout(ep_return, b["raw_reward"], b["done"], global_step)
-            adv = gae(
-                b["reward"], b["value"], b["terminated"], b["done"], args.gamma, args.gae_lambda
-            )
+            adv = gae(b["reward"], b["value"], b["terminated"], b["done"], gamma, lam)
             t = valid_transitions(b, adv)
             stats = ppo_epochs(agent, optimizer, t, args, beta, entropy)
 
@@ -442,14 +426,14 @@ def train(args):
                           normalizer=normalizer.state_dict())  # fmt: skip
     finally:  # on success, a non-finite loss, Ctrl-C and SIGTERM alike
         run.finish()
-    returns = evaluate_deterministic(agent, run.eval_envs, args.seed + 10_000, device,
-                                     normalizer.frozen_obs_stats(), args.clip_obs)  # fmt: skip
+    frozen = normalizer.frozen_obs_stats()
+    returns = run.eval_envs and evaluate_deterministic(agent, run.eval_envs, args.seed + 10_000,
+                                                       device, frozen, args.clip_obs)  # fmt: skip
     return run.summary("ppo_continuous_" + args.loss_type, global_step, returns)
 
 
 # ==== Plumbing: command line, envs, files, evaluation. The algorithm ends above. ====
 # Each piece is the same text in every script that has it (tests/test_shared_code.py).
-
 RULES = {None: lambda v: True, "> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0,
          "in [0, 1]": lambda v: 0 <= v <= 1, "in [0, 2^32)": lambda v: 0 <= v < 2**32,
          "finite": lambda v: True, "in [-20, 20]": lambda v: -20 <= v <= 20}  # fmt: skip
@@ -457,9 +441,8 @@ RULES = {None: lambda v: True, "> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0,
 
 def parse_args(argv=None):
     """Args from the command line; a value that breaks its flag's rule is a ValueError."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description=__doc__)  # fmt: skip
     for f in dataclasses.fields(Args):
         is_bool, shown = type(f.default) is bool, f" (default: {f.default})" * (f.default != "")
         parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=f.metadata[
@@ -516,14 +499,6 @@ def make_envs(env_id, num_envs, action_spaces, video_dir=None):
     return envs
 
 
-def seed_and_device(seed, cuda):
-    """Seed numpy and torch; one thread (small networks lose time to more); the device."""
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
-    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
-
-
 def quiet_mujoco():
     """MuJoCo's warnings as Python warnings, less its deprecation of 'settotalmass' (in
     HalfCheetah-v5's XML, not ours) and the MUJOCO_LOG.TXT its own handler writes."""
@@ -541,12 +516,13 @@ def solved_threshold(args):
 
 
 class Run:
-    """A training run's plumbing: seeds, envs, --output-dir, TensorBoard, the episodes, the
-    solved step (last-20 mean return ≥ `threshold`), progress, the last good weights, summary."""
+    """A run's plumbing: seeds and one thread (faster for small networks), envs, --output-dir,
+    TensorBoard, the episodes, the solved step (last-20 mean ≥ `threshold`), progress, saves."""
 
     def __init__(self, args, action_spaces, iterations, threshold=475.0):
         self.args, self.iterations, self.threshold = args, iterations, threshold
-        self.device = seed_and_device(args.seed, args.cuda)
+        np.random.seed(args.seed), torch.manual_seed(args.seed), torch.set_num_threads(1)
+        self.device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
         self.envs = make_envs(args.env_id, args.num_envs, action_spaces)
         name = f"{args.env_id}__{SCRIPT[:-3]}__{args.seed}__{int(time.time())}"
         self.out = args.output_dir or os.path.join("runs", name)
@@ -638,9 +614,7 @@ def save_atomic(obj, path, write=torch.save):
 def evaluate_deterministic(agent, envs, seed, device, obs_stats, clip_obs):
     """Returns of the deterministic policy a = clip(μ_θ(õ)), one episode in each env of
     `envs`, with observations normalised by the *frozen* training statistics obs_stats =
-    (μ, σ²), never updated here (None: no normalisation); None without envs."""
-    if envs is None:
-        return None
+    (μ, σ²), never updated here (None: no normalisation)."""
     low, high = envs.single_action_space.low, envs.single_action_space.high
     obs, _ = envs.reset(seed=seed)
     returns, alive = np.zeros(envs.num_envs), np.ones(envs.num_envs, bool)
@@ -656,20 +630,19 @@ def evaluate_deterministic(agent, envs, seed, device, obs_stats, clip_obs):
 
 
 def evaluate_checkpoint(args, action_spaces, agent_class, evaluate):
-    """--eval-checkpoint: `evaluate` the saved agent on --eval-episodes envs of its env."""
+    """--eval-checkpoint: `evaluate` the saved agent, on the CPU, in --eval-episodes envs."""
     require(args.eval_episodes > 0, "--eval-checkpoint needs --eval-episodes > 0")
-    device = seed_and_device(args.seed, args.cuda)
     try:
         ckpt = torch.load(args.eval_checkpoint, map_location="cpu", weights_only=True)
         require(ckpt.get("script") == SCRIPT, f"it was not made by {SCRIPT}")
         name = f"runs/{ckpt['env_id']}__{SCRIPT[:-3]}__eval__{args.seed}__{int(time.time())}"
         video_dir = f"{args.output_dir or name}/videos" if args.capture_video else None
         envs = make_envs(ckpt["env_id"], args.eval_episodes, action_spaces, video_dir)
-        agent = agent_class(*envs.dims, ckpt["args"]["hidden_size"]).to(device)
+        agent = agent_class(*envs.dims, ckpt["args"]["hidden_size"])
         agent.load_state_dict(ckpt["agent"])
     except Exception as e:  # no file, a truncated zip, another script's, another size, ...
         raise ValueError(f"--eval-checkpoint {args.eval_checkpoint}: {brief(e)}") from None
-    returns = evaluate(agent, envs, args.seed + 10_000, device, ckpt)
+    returns = evaluate(agent, envs, args.seed + 10_000, "cpu", ckpt)
     return dict(script=SCRIPT, env_id=ckpt["env_id"], checkpoint=args.eval_checkpoint,
                 eval_episodes=len(returns), eval_mean_return=np.mean(returns),
                 eval_std_return=np.std(returns))  # fmt: skip

@@ -6,8 +6,7 @@ uses exactly one complete episode per environment, all collected with the curren
 
     python reinforce.py --output-dir runs/reinforce          # value baseline: solves CartPole-v1
     python reinforce.py --baseline none --no-normalize-advantages   # textbook REINFORCE
-    python reinforce.py --eval-checkpoint runs/reinforce/model.pt --capture-video
-"""
+    python reinforce.py --eval-checkpoint runs/reinforce/model.pt --capture-video"""
 
 import signal
 
@@ -28,7 +27,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.distributions import Categorical
 from torch.utils.tensorboard import SummaryWriter
 
@@ -65,8 +63,6 @@ class Args:
 
 
 # ---- The math: pure functions of tensors, each checked alone by the tests ----
-
-
 def reinforce_loss(logprob, advantages):
     """Surrogate whose gradient is the REINFORCE estimate, averaged over all steps:
 
@@ -112,12 +108,7 @@ def advantage_estimate(returns, values, baseline, normalize):
     normalisation subtracts the mean anyway, so with it "mean" and "none" coincide.
     Normalisation is a per-batch change of step size that keeps the sign of every weight
     relative to the batch mean (Schulman et al.'s implementations; Andrychowicz et al. 2021)."""
-    if baseline == "none":
-        adv = returns
-    elif baseline == "mean":
-        adv = returns - returns.mean()
-    else:
-        adv = returns - values.detach()
+    adv = returns - {"none": 0.0, "mean": returns.mean(), "value": values}[baseline]
     if normalize and adv.numel() > 1:
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
     return adv
@@ -129,8 +120,6 @@ def value_regression_loss(values, returns):
 
 
 # ---- The agent ----
-
-
 def mlp(in_dim, out_dim, hidden, last_std):
     """Two tanh hidden layers of width `hidden`; orthogonal weights, zero biases, gain √2 for
     the hidden layers and `last_std` for the output: 0.01 for the policy head (the first
@@ -143,31 +132,14 @@ def mlp(in_dim, out_dim, hidden, last_std):
     return nn.Sequential(*layers[:-1])
 
 
-class Agent(nn.Module):
-    """Separate actor and critic MLPs (tanh). Sharing a trunk would couple the two losses."""
-
-    def __init__(self, obs_dim, n_actions, hidden=64):
-        super().__init__()
-        self.actor = mlp(obs_dim, n_actions, hidden, 0.01)
-        self.critic = mlp(obs_dim, 1, hidden, 1.0)
-
-    def value(self, obs):
-        return self.critic(obs).squeeze(-1)
-
-    def sample(self, obs):
-        """a ~ π_θ(·|s)."""
-        return torch.multinomial(self.actor(obs).softmax(-1), 1).squeeze(-1)
-
-    def evaluate(self, obs, action):
-        """log π_θ(a|s), the logits and V(s) for given actions (any leading shape)."""
-        logits = self.actor(obs)
-        logp = F.log_softmax(logits, -1).gather(-1, action[..., None]).squeeze(-1)
-        return logp, logits, self.value(obs)
+def make_agent(obs_dim, n_actions, hidden=64):
+    """The policy π_θ (actor) and the baseline V(s) (critic), separate tanh MLPs: sharing a
+    trunk would couple the two losses."""
+    actor, critic = mlp(obs_dim, n_actions, hidden, 0.01), mlp(obs_dim, 1, hidden, 1.0)
+    return nn.ModuleDict(dict(actor=actor, critic=critic))
 
 
 # ---- Episodes, update, and the training loop ----
-
-
 def collect_episodes(envs, policy, device, seed=None):
     """Play exactly one episode in every env, from a fresh reset, with the current policy.
 
@@ -190,8 +162,7 @@ def collect_episodes(envs, policy, device, seed=None):
         # then reports terminated and truncated together. That is a real terminal state.
         cut = truncated & ~terminated
         steps.append((obs, action, reward * alive, end & alive, cut & alive, next_obs, alive))
-        alive = alive & ~end
-        obs = next_obs
+        alive, obs = alive & ~end, next_obs
     keys = ("obs", "actions", "rewards", "ends", "truncated", "final_obs", "alive")
     batch = {k: torch.as_tensor(np.stack(v), device=device)
              for k, v in zip(keys, zip(*steps, strict=True), strict=True)}  # fmt: skip
@@ -219,7 +190,7 @@ def episode_returns(batch, critic, gamma):
 def reinforce_update(agent, optimizer, obs, actions, returns, args):
     """One gradient step on L = −mean_t log π(a_t|s_t) Â_t − c_ent S (+ L_V with --baseline
     value) over all live steps of the batch. Returns the statistics to log."""
-    values = agent.value(obs) if args.baseline == "value" else None
+    values = agent.critic(obs).squeeze(-1) if args.baseline == "value" else None
     adv = advantage_estimate(returns, values, args.baseline, args.normalize_advantages)
     dist = Categorical(logits=agent.actor(obs))
     entropy = dist.entropy().mean()
@@ -253,10 +224,10 @@ def log_episodes(run, batch, step):
 def train(args):
     """collect episodes → returns → advantages → update → log, until --total-timesteps."""
     if args.eval_checkpoint:  # no training: the saved agent's greedy returns
-        return evaluate_checkpoint(args, (gym.spaces.Discrete,), Agent, evaluate_greedy)
+        return evaluate_checkpoint(args, (gym.spaces.Discrete,), make_agent, evaluate_greedy)
     run = Run(args, (gym.spaces.Discrete,), 1)  # seeds, envs, files, logging
     envs, device = run.envs, run.device
-    agent = Agent(*envs.dims, args.hidden_size).to(device)
+    agent = make_agent(*envs.dims, args.hidden_size).to(device)
     optimizer = torch.optim.Adam([
         {"params": agent.actor.parameters(), "lr": args.learning_rate},
         {"params": agent.critic.parameters(), "lr": args.value_learning_rate},
@@ -276,30 +247,26 @@ def train(args):
             stats = reinforce_update(agent, optimizer, obs, actions, returns, args)
             stats.update(episodes_per_update=int(batch["ends"].sum()))
             # Iterations differ in length: Run's progress becomes the fraction of steps done.
-            total = args.total_timesteps
-            run.iterations = (run.done + 1) * total / min(global_step, total)
+            run.iterations = (run.done + 1) / min(global_step / args.total_timesteps, 1)
             hint = "--learning-rate or --value-learning-rate"
             opt = copy.deepcopy(optimizer.state_dict())
             run.iteration(global_step, stats, agent, hint, optimizer=opt, iteration=iteration)
     finally:  # on success, a non-finite loss, Ctrl-C and SIGTERM alike
         run.finish()
-    returns = evaluate_greedy(agent, run.eval_envs, args.seed + 10_000, device)
+    returns = run.eval_envs and evaluate_greedy(agent, run.eval_envs, args.seed + 10_000, device)
     return run.summary("reinforce", global_step, returns) | dict(env_steps_simulated=simulated)
 
 
 # ==== Plumbing: command line, envs, files, evaluation. The algorithm ends above. ====
 # Each piece is the same text in every script that has it (tests/test_shared_code.py).
-
 RULES = {None: lambda v: True, "> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0,
-         "in [0, 1]": lambda v: 0 <= v <= 1, "in [0, 2^32)": lambda v: 0 <= v < 2**32,
-         "finite": lambda v: True, "in [-20, 20]": lambda v: -20 <= v <= 20}  # fmt: skip
+         "in [0, 1]": lambda v: 0 <= v <= 1, "in [0, 2^32)": lambda v: 0 <= v < 2**32}  # fmt: skip
 
 
 def parse_args(argv=None):
     """Args from the command line; a value that breaks its flag's rule is a ValueError."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description=__doc__)  # fmt: skip
     for f in dataclasses.fields(Args):
         is_bool, shown = type(f.default) is bool, f" (default: {f.default})" * (f.default != "")
         parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=f.metadata[
@@ -356,21 +323,14 @@ def make_envs(env_id, num_envs, action_spaces, video_dir=None):
     return envs
 
 
-def seed_and_device(seed, cuda):
-    """Seed numpy and torch; one thread (small networks lose time to more); the device."""
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
-    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
-
-
 class Run:
-    """A training run's plumbing: seeds, envs, --output-dir, TensorBoard, the episodes, the
-    solved step (last-20 mean return ≥ `threshold`), progress, the last good weights, summary."""
+    """A run's plumbing: seeds and one thread (faster for small networks), envs, --output-dir,
+    TensorBoard, the episodes, the solved step (last-20 mean ≥ `threshold`), progress, saves."""
 
     def __init__(self, args, action_spaces, iterations, threshold=475.0):
         self.args, self.iterations, self.threshold = args, iterations, threshold
-        self.device = seed_and_device(args.seed, args.cuda)
+        np.random.seed(args.seed), torch.manual_seed(args.seed), torch.set_num_threads(1)
+        self.device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
         self.envs = make_envs(args.env_id, args.num_envs, action_spaces)
         name = f"{args.env_id}__{SCRIPT[:-3]}__{args.seed}__{int(time.time())}"
         self.out = args.output_dir or os.path.join("runs", name)
@@ -460,10 +420,8 @@ def save_atomic(obj, path, write=torch.save):
 
 
 def evaluate_greedy(agent, envs, seed, device, ckpt=None):
-    """Returns of a = argmax_a π(a|s), one episode per env (first finishers favour the short);
-    None without envs. Nothing in a checkpoint besides the weights is needed."""
-    if envs is None:
-        return None
+    """Returns of a = argmax_a π(a|s), one episode per env (first finishers favour the short).
+    Nothing in a checkpoint besides the weights is needed."""
     obs, _ = envs.reset(seed=seed)
     returns, alive = np.zeros(envs.num_envs), np.ones(envs.num_envs, bool)
     while alive.any():
@@ -476,20 +434,19 @@ def evaluate_greedy(agent, envs, seed, device, ckpt=None):
 
 
 def evaluate_checkpoint(args, action_spaces, agent_class, evaluate):
-    """--eval-checkpoint: `evaluate` the saved agent on --eval-episodes envs of its env."""
+    """--eval-checkpoint: `evaluate` the saved agent, on the CPU, in --eval-episodes envs."""
     require(args.eval_episodes > 0, "--eval-checkpoint needs --eval-episodes > 0")
-    device = seed_and_device(args.seed, args.cuda)
     try:
         ckpt = torch.load(args.eval_checkpoint, map_location="cpu", weights_only=True)
         require(ckpt.get("script") == SCRIPT, f"it was not made by {SCRIPT}")
         name = f"runs/{ckpt['env_id']}__{SCRIPT[:-3]}__eval__{args.seed}__{int(time.time())}"
         video_dir = f"{args.output_dir or name}/videos" if args.capture_video else None
         envs = make_envs(ckpt["env_id"], args.eval_episodes, action_spaces, video_dir)
-        agent = agent_class(*envs.dims, ckpt["args"]["hidden_size"]).to(device)
+        agent = agent_class(*envs.dims, ckpt["args"]["hidden_size"])
         agent.load_state_dict(ckpt["agent"])
     except Exception as e:  # no file, a truncated zip, another script's, another size, ...
         raise ValueError(f"--eval-checkpoint {args.eval_checkpoint}: {brief(e)}") from None
-    returns = evaluate(agent, envs, args.seed + 10_000, device, ckpt)
+    returns = evaluate(agent, envs, args.seed + 10_000, "cpu", ckpt)
     return dict(script=SCRIPT, env_id=ckpt["env_id"], checkpoint=args.eval_checkpoint,
                 eval_episodes=len(returns), eval_mean_return=np.mean(returns),
                 eval_std_return=np.std(returns))  # fmt: skip

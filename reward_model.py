@@ -551,9 +551,8 @@ RULES = {None: lambda v: True, "> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0,
 
 def parse_args(argv=None):
     """Args from the command line; a value that breaks its flag's rule is a ValueError."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description=__doc__)  # fmt: skip
     for f in dataclasses.fields(Args):
         is_bool, shown = type(f.default) is bool, f" (default: {f.default})" * (f.default != "")
         parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=f.metadata[

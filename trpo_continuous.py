@@ -9,8 +9,7 @@ normalisation (saved with the model, frozen at evaluation), and the closed-form 
 
     python trpo_continuous.py --output-dir runs/pendulum  # Pendulum-v1, 100k steps
     python trpo_continuous.py --env-id HalfCheetah-v5 --total-timesteps 1000000
-    python trpo_continuous.py --eval-checkpoint runs/pendulum/model.pt --capture-video
-"""
+    python trpo_continuous.py --eval-checkpoint runs/pendulum/model.pt --capture-video"""
 
 import signal
 
@@ -76,8 +75,6 @@ class Args:
 
 
 # ---- The math: pure functions of tensors and arrays, each checked alone by the tests ----
-
-
 def gae(rewards, values, terminated, dones, gamma, lam):
     """Generalized advantage estimation over a [T, N] rollout.
 
@@ -273,8 +270,6 @@ def scale_reward(reward, ret_var, clip):
 
 
 # ---- The agent ----
-
-
 def mlp(in_dim, out_dim, hidden, last_std):
     """Two tanh hidden layers of width `hidden`; orthogonal weights, zero biases, gain √2 for
     the hidden layers and `last_std` for the output: 0.01 for the policy head (the first
@@ -364,8 +359,6 @@ class Normalizer:
 
 
 # ---- Rollout, update, and the training loop ----
-
-
 @torch.no_grad()  # once for the whole rollout, not once per step
 def rollout_normalized(agent, envs, obs, prev_done, num_steps, normalizer, device):
     """num_steps steps in each env under π_θold: (batch of [T, N] tensors, obs, prev_done),
@@ -408,10 +401,9 @@ def rollout_normalized(agent, envs, obs, prev_done, num_steps, normalizer, devic
 def valid_transitions(b, adv):
     """The rollout's real transitions (autoreset steps dropped) as flat tensors, with Â and
     the λ-return V^targ = Â + V(s), the critic's regression target."""
-    keep = b["valid"].flatten()
     flat = dict(obs=b["obs"][:-1], action=b["action"], logp=b["logp"], adv=adv,
                 ret=adv + b["value"][:-1], value=b["value"][:-1])  # fmt: skip
-    return {k: v.flatten(0, 1)[keep] for k, v in flat.items()}
+    return {k: v.flatten(0, 1)[b["valid"].flatten()] for k, v in flat.items()}
 
 
 def train(args):
@@ -431,7 +423,7 @@ def train(args):
     normalizer = Normalizer(obs_dim, args.num_envs, args)
     obs = normalizer.observe(envs.reset(seed=args.seed)[0])
     prev_done, ep_return = np.zeros(args.num_envs, bool), np.zeros(args.num_envs)
-    global_step = 0
+    global_step, gamma, lam = 0, args.gamma, args.gae_lambda
     actor = [*agent.actor_mean.parameters(), agent.actor_log_std]  # θ of the policy
     try:
         for _iteration in range(num_iterations):
@@ -440,9 +432,7 @@ def train(args):
             )
             # Episode returns are the environment's own rewards, not the scaled ones.
             global_step = run.add_rollout(ep_return, b["raw_reward"], b["done"], global_step)
-            adv = gae(
-                b["reward"], b["value"], b["terminated"], b["done"], args.gamma, args.gae_lambda
-            )
+            adv = gae(b["reward"], b["value"], b["terminated"], b["done"], gamma, lam)
             t = valid_transitions(b, adv)
             # Normalised Â. Its scale cannot change the step (s ∝ g and β ∝ 1/|g|, so δ alone
             # sets the length); subtracting the mean is one more baseline, against variance.
@@ -457,14 +447,14 @@ def train(args):
                           normalizer=normalizer.state_dict())  # fmt: skip
     finally:  # on success, a non-finite loss, Ctrl-C and SIGTERM alike
         run.finish()
-    returns = evaluate_deterministic(agent, run.eval_envs, args.seed + 10_000, device,
-                                     normalizer.frozen_obs_stats(), args.clip_obs)  # fmt: skip
+    frozen = normalizer.frozen_obs_stats()
+    returns = run.eval_envs and evaluate_deterministic(agent, run.eval_envs, args.seed + 10_000,
+                                                       device, frozen, args.clip_obs)  # fmt: skip
     return run.summary("trpo_continuous", global_step, returns)
 
 
 # ==== Plumbing: command line, envs, files, evaluation. The algorithm ends above. ====
 # Each piece is the same text in every script that has it (tests/test_shared_code.py).
-
 RULES = {None: lambda v: True, "> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0,
          "in [0, 1]": lambda v: 0 <= v <= 1, "in [0, 2^32)": lambda v: 0 <= v < 2**32,
          "finite": lambda v: True, "in [-20, 20]": lambda v: -20 <= v <= 20}  # fmt: skip
@@ -472,9 +462,8 @@ RULES = {None: lambda v: True, "> 0": lambda v: v > 0, ">= 0": lambda v: v >= 0,
 
 def parse_args(argv=None):
     """Args from the command line; a value that breaks its flag's rule is a ValueError."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description=__doc__)  # fmt: skip
     for f in dataclasses.fields(Args):
         is_bool, shown = type(f.default) is bool, f" (default: {f.default})" * (f.default != "")
         parser.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=f.metadata[
@@ -531,14 +520,6 @@ def make_envs(env_id, num_envs, action_spaces, video_dir=None):
     return envs
 
 
-def seed_and_device(seed, cuda):
-    """Seed numpy and torch; one thread (small networks lose time to more); the device."""
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
-    return torch.device("cuda" if cuda and torch.cuda.is_available() else "cpu")
-
-
 def quiet_mujoco():
     """MuJoCo's warnings as Python warnings, less its deprecation of 'settotalmass' (in
     HalfCheetah-v5's XML, not ours) and the MUJOCO_LOG.TXT its own handler writes."""
@@ -556,12 +537,13 @@ def solved_threshold(args):
 
 
 class Run:
-    """A training run's plumbing: seeds, envs, --output-dir, TensorBoard, the episodes, the
-    solved step (last-20 mean return ≥ `threshold`), progress, the last good weights, summary."""
+    """A run's plumbing: seeds and one thread (faster for small networks), envs, --output-dir,
+    TensorBoard, the episodes, the solved step (last-20 mean ≥ `threshold`), progress, saves."""
 
     def __init__(self, args, action_spaces, iterations, threshold=475.0):
         self.args, self.iterations, self.threshold = args, iterations, threshold
-        self.device = seed_and_device(args.seed, args.cuda)
+        np.random.seed(args.seed), torch.manual_seed(args.seed), torch.set_num_threads(1)
+        self.device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
         self.envs = make_envs(args.env_id, args.num_envs, action_spaces)
         name = f"{args.env_id}__{SCRIPT[:-3]}__{args.seed}__{int(time.time())}"
         self.out = args.output_dir or os.path.join("runs", name)
@@ -653,9 +635,7 @@ def save_atomic(obj, path, write=torch.save):
 def evaluate_deterministic(agent, envs, seed, device, obs_stats, clip_obs):
     """Returns of the deterministic policy a = clip(μ_θ(õ)), one episode in each env of
     `envs`, with observations normalised by the *frozen* training statistics obs_stats =
-    (μ, σ²), never updated here (None: no normalisation); None without envs."""
-    if envs is None:
-        return None
+    (μ, σ²), never updated here (None: no normalisation)."""
     low, high = envs.single_action_space.low, envs.single_action_space.high
     obs, _ = envs.reset(seed=seed)
     returns, alive = np.zeros(envs.num_envs), np.ones(envs.num_envs, bool)
@@ -671,20 +651,19 @@ def evaluate_deterministic(agent, envs, seed, device, obs_stats, clip_obs):
 
 
 def evaluate_checkpoint(args, action_spaces, agent_class, evaluate):
-    """--eval-checkpoint: `evaluate` the saved agent on --eval-episodes envs of its env."""
+    """--eval-checkpoint: `evaluate` the saved agent, on the CPU, in --eval-episodes envs."""
     require(args.eval_episodes > 0, "--eval-checkpoint needs --eval-episodes > 0")
-    device = seed_and_device(args.seed, args.cuda)
     try:
         ckpt = torch.load(args.eval_checkpoint, map_location="cpu", weights_only=True)
         require(ckpt.get("script") == SCRIPT, f"it was not made by {SCRIPT}")
         name = f"runs/{ckpt['env_id']}__{SCRIPT[:-3]}__eval__{args.seed}__{int(time.time())}"
         video_dir = f"{args.output_dir or name}/videos" if args.capture_video else None
         envs = make_envs(ckpt["env_id"], args.eval_episodes, action_spaces, video_dir)
-        agent = agent_class(*envs.dims, ckpt["args"]["hidden_size"]).to(device)
+        agent = agent_class(*envs.dims, ckpt["args"]["hidden_size"])
         agent.load_state_dict(ckpt["agent"])
     except Exception as e:  # no file, a truncated zip, another script's, another size, ...
         raise ValueError(f"--eval-checkpoint {args.eval_checkpoint}: {brief(e)}") from None
-    returns = evaluate(agent, envs, args.seed + 10_000, device, ckpt)
+    returns = evaluate(agent, envs, args.seed + 10_000, "cpu", ckpt)
     return dict(script=SCRIPT, env_id=ckpt["env_id"], checkpoint=args.eval_checkpoint,
                 eval_episodes=len(returns), eval_mean_return=np.mean(returns),
                 eval_std_return=np.std(returns))  # fmt: skip
